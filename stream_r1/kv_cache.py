@@ -1,0 +1,191 @@
+"""Preallocated self-attention KV cache with the released checkpoints' cache policies, and the text cache.
+
+One `KVCache` per stream holds, for every transformer layer, a K and a V buffer of `cache_frames`
+latent frames plus the cross-attention K/V of the current prompt. All index bookkeeping is done on the
+host with Python ints (no `.item()` syncs); the buffers never grow.
+
+Policies (see `StreamConfig.cache_policy`), each reproducing the public code its checkpoints came from:
+
+* ``full`` (Self-Forcing): keys stored rotated at absolute frame positions; no eviction; the stream
+  may not exceed the buffer.
+* ``longlive`` (LongLive base): keys rotated at absolute positions; when a new chunk does not fit, the
+  oldest non-sink frames are dropped and the rest slides left, the first `sink_frames` stay fixed.
+* ``window_sink`` (Reward Forcing / Stream-R1): keys stored un-rotated and re-rotated every call with
+  window-relative positions 0..n-1 (so positions never exceed the window and streams are unbounded);
+  on eviction the sink is blended with an EMA, ``sink <- a*sink + (1-a)*e``. Exactly as in the
+  reference, ``e`` is the slice ``[sink + n_rolled, sink + n_rolled + n_evicted)`` of the buffer *before*
+  it slides (in steady state: the most recent finished chunk, not the chunk that leaves the window).
+
+In every policy the current chunk attends to ``buffer[0 : local_end]`` (sink + window incl. itself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .config import StreamConfig
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """Index algebra of one model call over `num_new` tokens starting at absolute token `start`."""
+
+    start: int
+    """Absolute token index (over the whole stream) of the call's first token."""
+    num_new: int
+    evict: int
+    """Tokens dropped from the buffer by this call (0 unless a new chunk does not fit)."""
+    rolled: int
+    """Tokens that slide from [sink + evict, ...) down to [sink, ...)."""
+    local_end: int
+    """Buffer index just past the call's tokens after the write."""
+    global_end: int
+
+    @property
+    def write_slice(self) -> slice:
+        return slice(self.local_end - self.num_new, self.local_end)
+
+
+class KVCache:
+    """K/V buffers [num_layers, B, S, n, d] + cross-attention K/V [num_layers, B, text_len, n, d]."""
+
+    def __init__(self, *, num_layers: int, batch: int, num_heads: int, head_dim: int, frame_seqlen: int,
+                 cfg: StreamConfig, text_len: int = 512, device: "torch.device | str" = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.cfg = cfg
+        self.frame_seqlen = frame_seqlen                        # 480x832 -> 1560 tokens per latent frame
+        self.capacity = cfg.cache_frames * frame_seqlen         # window 9 -> 14,040 tokens
+        self.sink_tokens = (cfg.sink_frames if cfg.cache_policy != "full" else 0) * frame_seqlen
+        shape = (num_layers, batch, self.capacity, num_heads, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        cshape = (num_layers, batch, text_len, num_heads, head_dim)
+        self.cross_k = torch.zeros(cshape, device=device, dtype=dtype)
+        self.cross_v = torch.zeros(cshape, device=device, dtype=dtype)
+        self.cross_valid = [False] * num_layers
+        self.global_end = 0
+        self.local_end = 0
+        self._plan: Optional[WritePlan] = None
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def for_model(cls, model, cfg: StreamConfig, *, batch: int, height: int, width: int,
+                  device=None, dtype=None) -> "KVCache":
+        """Sizes from the model's config and the pixel grid (never the 1.3B/480p constants)."""
+        p = next(model.parameters())
+        mc = model.cfg
+        return cls(num_layers=mc.num_layers, batch=batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
+                   frame_seqlen=mc.tokens_per_frame(height, width), cfg=cfg, text_len=mc.text_len,
+                   device=device or p.device, dtype=dtype or p.dtype)
+
+    @property
+    def relative_rope(self) -> bool:
+        return self.cfg.relative_rope
+
+    @property
+    def num_layers(self) -> int:
+        return self.k.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.cross_k, self.cross_v))
+
+    # ---- verbs ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the stream (buffers are kept allocated and zeroed)."""
+        self.k.zero_()
+        self.v.zero_()
+        self.global_end = self.local_end = 0
+        self._plan = None
+        self.reset_cross()
+
+    def reset_cross(self) -> None:
+        """Invalidate the text K/V (a new prompt): recomputed at the next call of each layer."""
+        self.cross_valid = [False] * self.num_layers
+
+    def plan(self, start: int, num_new: int) -> WritePlan:
+        """Compute the write/evict plan of a call (same for every layer); `commit()` after all layers."""
+        cap, sink = self.capacity, self.sink_tokens
+        end = start + num_new
+        new_tokens = end - self.global_end          # > 0 for a new chunk, 0 for a re-run of the same chunk
+        if start % self.frame_seqlen or num_new % self.frame_seqlen:
+            raise ValueError("KV cache calls must cover whole latent frames")
+        if start > self.global_end:
+            raise ValueError(f"call starts at token {start} but the cache ends at {self.global_end}: "
+                             "chunks must be generated in order")
+        evict = rolled = 0
+        if self.cfg.cache_policy != "full" and new_tokens > 0 and self.local_end + num_new > cap:
+            evict = num_new + self.local_end - cap
+            rolled = self.local_end - evict - sink
+        local_end = self.local_end + new_tokens - evict
+        if local_end > cap or local_end - num_new < 0:
+            raise ValueError(
+                f"the stream needs {end // self.frame_seqlen} latent frames but the '{self.cfg.cache_policy}' cache "
+                f"holds {cap // self.frame_seqlen}; raise full_cache_frames or use the window_sink policy "
+                "for long streams")
+        self._plan = WritePlan(start, num_new, evict, rolled, local_end, max(end, self.global_end))
+        return self._plan
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this layer's new K/V [B, N, n, d] per the current plan; return the attended K/V views.
+
+        For absolute policies `k` must already be rotated; for window_sink it is un-rotated and the
+        caller rotates the returned keys with positions 0..n-1.
+        """
+        p = self._plan
+        assert p is not None, "call plan() before update()"
+        kb, vb = self.k[layer], self.v[layer]                   # [B, S, n, d]
+        if p.evict:
+            sink, ev, ro = self.sink_tokens, p.evict, p.rolled
+            if self.cfg.cache_policy == "window_sink" and sink > 0:
+                e_k = kb[:, sink + ro: sink + ro + ev].clone()  # reference's "evicted" slice (pre-roll)
+                e_v = vb[:, sink + ro: sink + ro + ev].clone()
+            kb[:, sink: sink + ro] = kb[:, sink + ev: sink + ev + ro].clone()
+            vb[:, sink: sink + ro] = vb[:, sink + ev: sink + ev + ro].clone()
+        kb[:, p.write_slice] = k
+        vb[:, p.write_slice] = v
+        if p.evict and self.cfg.cache_policy == "window_sink" and self.sink_tokens > 0:
+            self._blend_sink(kb, vb, e_k, e_v)
+        return kb[:, :p.local_end], vb[:, :p.local_end]
+
+    def _blend_sink(self, kb: Tensor, vb: Tensor, e_k: Tensor, e_v: Tensor) -> None:
+        sink, a = self.sink_tokens, self.cfg.sink_ema_alpha
+        if e_k.shape[1] == sink:                                # steady state: EMA
+            kb[:, :sink] = a * kb[:, :sink] + (1 - a) * e_k
+            vb[:, :sink] = a * vb[:, :sink] + (1 - a) * e_v
+        else:                                                   # other lengths: overwrite the first slots
+            n = min(e_k.shape[1], sink)
+            kb[:, :n] = e_k[:, :n]
+            vb[:, :n] = e_v[:, :n]
+
+    def commit(self) -> None:
+        p = self._plan
+        assert p is not None
+        self.local_end, self.global_end = p.local_end, p.global_end
+        self._plan = None
+
+    def query_start_frame(self) -> int:
+        """Temporal RoPE position of the current call's first frame (valid between plan and commit)."""
+        p = self._plan
+        assert p is not None
+        if self.relative_rope:
+            return (p.local_end - p.num_new) // self.frame_seqlen
+        return p.start // self.frame_seqlen
+
+    def cross(self, layer: int) -> Optional[tuple[Tensor, Tensor]]:
+        return (self.cross_k[layer], self.cross_v[layer]) if self.cross_valid[layer] else None
+
+    def set_cross(self, layer: int, k: Tensor, v: Tensor) -> None:
+        self.cross_k[layer].copy_(k)
+        self.cross_v[layer].copy_(v)
+        self.cross_valid[layer] = True
+
+    @property
+    def frames_cached(self) -> int:
+        return self.local_end // self.frame_seqlen
+
+    @property
+    def frames_seen(self) -> int:
+        return self.global_end // self.frame_seqlen

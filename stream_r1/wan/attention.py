@@ -1,0 +1,74 @@
+"""Attention backends and the block-causal training mask.
+
+All backends take q, k, v as [B, L, n, d] and return [B, Lq, n, d]. PyTorch SDPA is always there;
+flash-attn is used when installed (CUDA, fp16/bf16, no mask); any callable with the same signature
+can be injected (the ComfyUI adapter passes ComfyUI's own attention this way).
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AttentionFn = Callable[..., Tensor]
+"""fn(q, k, v, mask=None) -> out, all [B, L, n, d]; mask: bool [Lq, Lk] (True = attend) or None."""
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask)                  # [B, n, Lq, d]
+    return out.transpose(1, 2)
+
+
+def _flash_attention() -> Optional[AttentionFn]:
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
+    try:
+        from flash_attn import flash_attn_func  # type: ignore
+    except Exception:  # a broken install must never stop loading
+        return None
+
+    def flash(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if mask is not None or q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+            return sdpa_attention(q, k, v, mask)
+        out = flash_attn_func(q, k, v)
+        return out[0] if isinstance(out, tuple) else out
+
+    return flash
+
+
+def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
+    """'auto' (flash-attn when installed, else SDPA), 'sdpa', 'flash', or a callable."""
+    if callable(backend):
+        return backend
+    if backend == "sdpa":
+        return sdpa_attention
+    if backend in ("auto", "flash"):
+        flash = _flash_attention()
+        if flash is not None:
+            return flash
+        if backend == "flash":
+            raise ValueError("attention backend 'flash' needs the flash-attn package: pip install flash-attn, "
+                             "or choose 'sdpa'")
+        return sdpa_attention
+    raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'sdpa', 'flash' or pass a callable")
+
+
+def block_causal_mask(num_frames: int, frame_seqlen: int, frames_per_block: int, *,
+                      window_frames: Optional[int] = None, sink_frames: int = 0,
+                      device: "torch.device | str | None" = None) -> Tensor:
+    """bool [L, L], L = num_frames * frame_seqlen; True where query token may attend key token.
+
+    Every token sees all earlier blocks and its whole own block (kv < end of its block). With a window of
+    W frames it sees only kv >= end - W*frame_seqlen, plus the first `sink_frames` frames.
+    """
+    frame = torch.arange(num_frames * frame_seqlen, device=device) // frame_seqlen      # [L] frame index
+    block_end = (frame // frames_per_block + 1) * frames_per_block                      # [L] in frames
+    q_end, kv = block_end[:, None], frame[None, :]
+    allowed = kv < q_end                                                                 # [L, L]
+    if window_frames is not None:
+        allowed &= (kv >= q_end - window_frames) | (kv < sink_frames)
+    return allowed
