@@ -1,0 +1,38 @@
+"""The pack imports the way ComfyUI imports it, cheaply, and the core stays free of ComfyUI."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pack_imports_under_a_path_derived_name():
+    name = "custom_nodes_x_stream_r1_test"                     # ComfyUI: module_path.replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        assert isinstance(mod.NODE_CLASS_MAPPINGS, dict)
+        assert set(mod.NODE_DISPLAY_NAME_MAPPINGS) <= set(mod.NODE_CLASS_MAPPINGS)
+        assert mod.WEB_DIRECTORY == "./web"
+    finally:
+        for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[k]
+
+
+def test_core_import_is_cheap_and_comfy_free():
+    code = ("import sys, stream_r1; from stream_r1 import WanConfig, StreamConfig; "
+            "bad = [m for m in ('comfy', 'folder_paths', 'server', 'transformers', 'av') if m in sys.modules]; "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_core_never_imports_comfyui():
+    for path in (ROOT / "stream_r1").rglob("*.py"):
+        text = path.read_text()
+        for mod in ("import comfy", "from comfy", "import folder_paths", "import server"):
+            assert mod not in text, f"{path} imports {mod.split()[-1]}"
