@@ -156,7 +156,7 @@ def cmd_generate(args) -> int:
         context = _load_tensor(args.context, "context")
     elif args.text_encoder:
         from .text_encoder import load_text_encoder
-        enc = load_text_encoder(args.text_encoder, tokenizer=args.tokenizer, device=device)
+        enc = load_text_encoder(args.text_encoder, tokenizer=args.tokenizer, device=device, dtype=dtype)
         context = enc.encode([args.prompt])
         del enc
     elif demo:

@@ -129,23 +129,27 @@ class WanModel(nn.Module):
     def init_weights(self, seed: Optional[int] = None) -> "WanModel":
         """Seeded random init in Wan's style (xavier linears, small embeddings); the head is NOT zeroed,
         so random models give non-trivial outputs for tests and speed runs."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        dev = self.patch_embedding.weight.device
+        g = torch.Generator(device=dev)
+        g.manual_seed(seed if seed is not None else torch.seed())
+        rand = lambda shape: torch.rand(shape, generator=g, device=dev)     # noqa: E731
+        randn = lambda shape: torch.randn(shape, generator=g, device=dev)   # noqa: E731
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 bound = math.sqrt(6.0 / (m.in_features + m.out_features))
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 2 * bound - bound)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.02)
+                m.weight.copy_(rand(m.weight.shape) * 2 * bound - bound)
+                m.bias.copy_(randn(m.bias.shape) * 0.02)
         for name, p in self.named_parameters():
             if name.endswith("modulation"):
-                p.copy_(torch.randn(p.shape, generator=g) / self.cfg.dim ** 0.5)
-            elif name.endswith("norm_q.weight") or name.endswith("norm_k.weight") or name.endswith("norm3.weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(randn(p.shape) / self.cfg.dim ** 0.5)
+            elif name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+                p.copy_(1 + 0.1 * randn(p.shape))
             elif name.endswith("norm3.bias"):
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+                p.copy_(0.02 * randn(p.shape))
         w = self.patch_embedding.weight
         fan = w[0].numel() + w.shape[0]
-        w.copy_(torch.randn(w.shape, generator=g) * math.sqrt(2.0 / fan))
-        self.patch_embedding.bias.copy_(torch.randn(self.patch_embedding.bias.shape, generator=g) * 0.02)
+        w.copy_(randn(w.shape) * math.sqrt(2.0 / fan))
+        self.patch_embedding.bias.copy_(randn(self.patch_embedding.bias.shape) * 0.02)
         return self
 
     # ---- pieces -----------------------------------------------------------------------------------
