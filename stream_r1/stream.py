@@ -186,10 +186,10 @@ def chunks_for_frames(latent_frames: int, frames_per_block: int) -> int:
 
 
 def latent_frames_for_seconds(seconds: float, fps: int = 16, frames_per_block: int = 3) -> int:
-    """Latent frames covering `seconds` of video, rounded up to whole chunks (5 s -> 21 -> 81 frames)."""
-    video = max(1, round(seconds * fps))
-    lat = 1 + -(-(video - 1) // 4)
-    return chunks_for_frames(lat, frames_per_block) * frames_per_block
+    """Latent frames for `seconds` of video, rounded to the nearest whole chunk (at least one):
+    5 s -> 21 latent = 81 frames; 30 s -> 120 latent = 477 frames (29.8 s), as the reference clips."""
+    lat = (seconds * fps - 1) / 4 + 1
+    return max(1, round(lat / frames_per_block)) * frames_per_block
 
 
 @torch.no_grad()
