@@ -212,7 +212,9 @@ def cmd_generate(args) -> int:
     if args.latents_out and latents:
         from safetensors.torch import save_file
         lat = torch.cat(latents, dim=1)[:, :latent_frames].contiguous()
-        save_file({"latents": lat}, args.latents_out)
+        tmp = Path(args.latents_out).with_name(Path(args.latents_out).name + ".partial")
+        save_file({"latents": lat}, str(tmp))
+        tmp.replace(args.latents_out)                       # never a half-written file under the final name
         log.info("latents %s -> %s", list(lat.shape), args.latents_out)
     st = session.stats
     if writer is not None:

@@ -1,0 +1,64 @@
+"""`python -m stream_r1`: the demo run, the exact-comparison flags, and errors that say what to change."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stream_r1.cli import main
+from stream_r1.config import StreamConfig
+from stream_r1.stream import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_files(tmp_path, tiny_model):
+    ckpt = pytest.importorskip("stream_r1.checkpoint")
+    path = tmp_path / "tiny.safetensors"
+    ckpt.save_dit_export(path, tiny_model.state_dict(), tiny_model.cfg)
+    g = torch.Generator().manual_seed(5)
+    save_file({"noise": torch.randn(1, 15, 16, 4, 6, generator=g)}, tmp_path / "noise.safetensors")
+    save_file({"context": torch.randn(1, 11, 32, generator=g)}, tmp_path / "ctx.safetensors")
+    return tmp_path
+
+
+@pytest.mark.parametrize("policy", ["window_sink", "full", "longlive"])
+def test_exact_comparison_flags_reproduce_the_api(tiny_files, tiny_model, policy):
+    out = tiny_files / f"lat_{policy}.safetensors"
+    rc = main(["generate", "--checkpoint", str(tiny_files / "tiny.safetensors"),
+               "--noise", str(tiny_files / "noise.safetensors"), "--context", str(tiny_files / "ctx.safetensors"),
+               "--denoising-steps", "1000", "--cache-policy", policy, "--latents-out", str(out), "--no-decode",
+               "--device", "cpu", "--dtype", "float32", "--width", "48", "--height", "32", "--quiet",
+               "--attention", "sdpa"])
+    assert rc == 0
+    lat = load_file(out)["latents"]
+    assert lat.shape == (1, 15, 16, 4, 6)
+    noise = load_file(tiny_files / "noise.safetensors")["noise"]
+    ctx = load_file(tiny_files / "ctx.safetensors")["context"]
+    sc = StreamConfig.for_policy(policy).replace(denoising_steps=(1000.0,), full_cache_frames=15)
+    ref, _ = generate(tiny_model, ctx, sc, 15, height=32, width=48, noise=noise)
+    assert torch.allclose(lat, ref, atol=1e-6)
+
+
+def test_demo_run_writes_a_playable_video(tmp_path):
+    from stream_r1.video_io import probe
+    out = tmp_path / "demo.mp4"
+    r = subprocess.run([sys.executable, "-m", "stream_r1", "generate", "--frames", "21", "--width", "64",
+                        "--height", "48", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = probe(out)
+    assert info["frames"] == 21 and info["fps"] == 16 and (info["width"], info["height"]) == (64, 48)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--width", "50"], "width must be a positive multiple of 16, got 50; try 48"),
+    (["--frames", "20"], "num_frames must be 4k+1"),
+    (["--checkpoint", "/nonexistent/model.safetensors"], "nonexistent"),
+])
+def test_bad_input_is_explained(tmp_path, capsys, args, msg):
+    rc = main(["generate", "--out", str(tmp_path / "x.mp4"), "--quiet", "--no-decode", *args])
+    assert rc == 2
+    assert msg in capsys.readouterr().err
