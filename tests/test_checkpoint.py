@@ -331,7 +331,7 @@ def test_lora_for_another_model_is_refused(tmp_path):
     save_file(lora, str(tmp_path / "lora.safetensors"))
     with pytest.raises(ValueError, match="trained for another model"):
         load_dit_checkpoint(f, num_heads=2, lora=tmp_path / "lora.safetensors")
-    with pytest.raises(ValueError, match="LoRA adapter.*pass it as lora="):
+    with pytest.raises(ValueError, match="LoRA adapter.*pass it with --lora"):
         load_dit_checkpoint(tmp_path / "lora.safetensors")
     assert inspect_checkpoint(tmp_path / "lora.safetensors")["kind"] == "lora"
 
