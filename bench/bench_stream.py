@@ -41,7 +41,8 @@ def dit_tflop(cfg: WanConfig, sc: StreamConfig, fs: int, latent_frames: int) -> 
 
 def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0):
     dev = context.device
-    sess = StreamSession(model, sc, context, height=height, width=width, seed=seed, decoder=decoder)
+    sess = StreamSession(model, sc, context, height=height, width=width, seed=seed, decoder=decoder,
+                         timing_sync=True)
     n = chunks_for_frames(latent_frames, sc.frames_per_block)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()

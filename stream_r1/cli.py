@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the checkpoint family's (window_sink for Stream-R1 / Reward Forcing)")
     g.add_argument("--window", type=int, default=None, help="KV window in latent frames (sink included)")
     g.add_argument("--sink", type=int, default=None, help="sink frames")
+    g.add_argument("--sink-ema-source", choices=["evicted", "newest"], default=None,
+                   help="window_sink: EMA the frames leaving the window (Reward Forcing today) or the newest "
+                        "finished chunk (its code before 2025-12-15)")
     g.add_argument("--latents-out", default=None, help="write latents [1, F, 16, H/8, W/8] (key 'latents')")
     g.add_argument("--no-decode", action="store_true", help="skip the VAE (no video written)")
     g.add_argument("--quiet", action="store_true")
@@ -143,6 +146,8 @@ def cmd_generate(args) -> int:
         changes["window_frames"] = args.window
     if args.sink is not None:
         changes["sink_frames"] = args.sink
+    if args.sink_ema_source is not None:
+        changes["sink_ema_source"] = args.sink_ema_source
 
     noise = _load_tensor(args.noise, "noise") if args.noise else None
     latent_frames = _latent_frames(args, noise, sc.frames_per_block)

@@ -146,6 +146,9 @@ class StreamConfig:
     """Latent frames at the start of the cache that are never evicted."""
     sink_ema_alpha: float = 0.999
     """window_sink: sink <- alpha * sink + (1 - alpha) * block leaving the window (Reward Forcing's constant)."""
+    sink_ema_source: Literal["evicted", "newest"] = "evicted"
+    """window_sink: which block feeds the EMA: `evicted` (the frames leaving the window; Reward Forcing
+    after its 2025-12-15 fix) or `newest` (the most recent finished chunk; its code before that fix)."""
     full_cache_frames: int = 21
     """`full` policy: cache length in latent frames (Self-Forcing was trained on 21 = 81 video frames)."""
     context_noise: float = 0.0
@@ -171,6 +174,8 @@ class StreamConfig:
                     f"window_frames ({self.window_frames}) must leave room for one chunk beyond the sink "
                     f"({self.sink_frames} + {self.frames_per_block}); try window_frames="
                     f"{self.sink_frames + 2 * self.frames_per_block}")
+        if self.sink_ema_source not in ("evicted", "newest"):
+            raise ValueError(f"sink_ema_source must be 'evicted' or 'newest', got {self.sink_ema_source!r}")
         if not 0.0 <= self.sink_ema_alpha <= 1.0:
             raise ValueError(f"sink_ema_alpha must be in [0, 1], got {self.sink_ema_alpha}")
 

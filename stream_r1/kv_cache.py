@@ -12,9 +12,11 @@ Policies (see `StreamConfig.cache_policy`), each reproducing the public code its
   oldest non-sink frames are dropped and the rest slides left, the first `sink_frames` stay fixed.
 * ``window_sink`` (Reward Forcing / Stream-R1): keys stored un-rotated and re-rotated every call with
   window-relative positions 0..n-1 (so positions never exceed the window and streams are unbounded);
-  on eviction the sink is blended with an EMA, ``sink <- a*sink + (1-a)*e``. Exactly as in the
-  reference, ``e`` is the slice ``[sink + n_rolled, sink + n_rolled + n_evicted)`` of the buffer *before*
-  it slides (in steady state: the most recent finished chunk, not the chunk that leaves the window).
+  on eviction the sink is blended with an EMA, ``sink <- a*sink + (1-a)*e``, where ``e`` is the block
+  that leaves the window (the oldest non-sink frames), as in Reward Forcing since its "[fix] ema sink"
+  commit (4317f5a, 2025-12-15). `sink_ema_source="newest"` reproduces the code before that fix, which
+  blended the slice ``[sink + n_rolled, sink + n_rolled + n_evicted)`` of the buffer before it slides
+  (in steady state the most recent finished chunk, which also stays in the window).
 
 In every policy the current chunk attends to ``buffer[0 : local_end]`` (sink + window incl. itself).
 """
@@ -140,8 +142,9 @@ class KVCache:
         if p.evict:
             sink, ev, ro = self.sink_tokens, p.evict, p.rolled
             if self.cfg.cache_policy == "window_sink" and sink > 0:
-                e_k = kb[:, sink + ro: sink + ro + ev].clone()  # reference's "evicted" slice (pre-roll)
-                e_v = vb[:, sink + ro: sink + ro + ev].clone()
+                lo = sink if self.cfg.sink_ema_source == "evicted" else sink + ro     # pre-roll slice
+                e_k = kb[:, lo: lo + ev].clone()
+                e_v = vb[:, lo: lo + ev].clone()
             kb[:, sink: sink + ro] = kb[:, sink + ev: sink + ev + ro].clone()
             vb[:, sink: sink + ro] = vb[:, sink + ev: sink + ev + ro].clone()
         kb[:, p.write_slice] = k

@@ -64,7 +64,8 @@ class StreamSession:
 
     def __init__(self, model: WanModel, cfg: StreamConfig, context: Tensor, *, height: int, width: int,
                  seed: int = 0, noise: Optional[Tensor] = None, decoder: Optional[ChunkDecoder] = None,
-                 device: "torch.device | str | None" = None, dtype: Optional[torch.dtype] = None):
+                 device: "torch.device | str | None" = None, dtype: Optional[torch.dtype] = None,
+                 timing_sync: bool = False):
         mc = model.cfg
         if height % mc.pixel_multiple or width % mc.pixel_multiple:
             from .config import check_resolution
@@ -89,6 +90,9 @@ class StreamSession:
                                  f"{width}x{height}, got {list(noise.shape)}")
             self.noise = noise.to(self.device, self.dtype)
         self.decoder = decoder
+        self.timing_sync = timing_sync and self.device.type == "cuda"
+        """Synchronise the GPU before each clock read so `stats` split DiT and decode time exactly
+        (benchmarks only: it adds host syncs between the two stages)."""
         self.chunk_index = 0
         self.stats = StreamStats()
         self.interrupted = False
@@ -141,11 +145,15 @@ class StreamSession:
                 x = self.schedule.add_noise(x0, eps, ts[k + 1])
         if not (last and self.cfg.skip_last_context_pass):
             self._denoise(x0, self.cfg.context_noise, start)               # clean K/V into the cache
+        if self.timing_sync:
+            torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
         frames = None
         if self.decoder is not None:
             video = self.decoder.decode(rearrange(x0, "b f c h w -> b c f h w"))   # [B, 3, T, H, W]
             frames = rearrange(video.float().clamp(-1, 1) * 0.5 + 0.5, "b c t h w -> b t c h w")
+        if self.timing_sync:
+            torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         chunk = Chunk(self.chunk_index, start, x0, frames, t2 - t0)
         self.chunk_index += 1

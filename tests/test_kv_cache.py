@@ -32,9 +32,10 @@ def _simulate(cfg: StreamConfig, chunks: int, denoise_calls: int = 3):
     return cache, seen, clean
 
 
-@pytest.mark.parametrize("window,sink", [(9, 3), (12, 3), (6, 0)])
-def test_window_sink_matches_naive(window, sink):
-    cfg = StreamConfig.stream_r1().replace(window_frames=window, sink_frames=sink)
+@pytest.mark.parametrize("window,sink,source", [(9, 3, "evicted"), (12, 3, "evicted"), (6, 0, "evicted"),
+                                                (9, 3, "newest"), (12, 3, "newest")])
+def test_window_sink_matches_naive(window, sink, source):
+    cfg = StreamConfig.stream_r1().replace(window_frames=window, sink_frames=sink, sink_ema_source=source)
     a = cfg.sink_ema_alpha
     chunks = 10
     cache, seen, clean = _simulate(cfg, chunks)
@@ -42,10 +43,11 @@ def test_window_sink_matches_naive(window, sink):
     sink_k = sink_v = None
     for b in range(chunks):
         k_now, v_now = seen[b][2], seen[b][3]
-        if b * CH + CH > window:                        # this chunk evicts: EMA with the newest finished chunk
+        if b * CH + CH > window:                        # this chunk evicts: EMA with the leaving (or newest) chunk
             if sink:
-                sink_k = a * sink_k + (1 - a) * clean[b - 1][0]
-                sink_v = a * sink_v + (1 - a) * clean[b - 1][1]
+                src = clean[b - 1 - keep] if source == "evicted" else clean[b - 1]
+                sink_k = a * sink_k + (1 - a) * src[0]
+                sink_v = a * sink_v + (1 - a) * src[1]
             hist = clean[max(sink // CH if sink else 0, b - keep):b]
         else:
             hist = clean[(sink // CH if sink else 0):b]
@@ -65,10 +67,13 @@ def test_window_sink_matches_naive(window, sink):
 def test_window_sink_first_eviction_and_ema_value():
     cfg = StreamConfig.stream_r1()
     cache, seen, clean = _simulate(cfg, 4)
-    # chunks 0-2 fill the 9-frame window; chunk 3 is the first to evict
+    # chunks 0-2 fill the 9-frame window; chunk 3 is the first to evict, and chunk 1 leaves the window
     assert [s[0].shape[1] // FS for s in seen] == [3, 6, 9, 9]
-    expected_sink = 0.999 * clean[0][0] + 0.001 * clean[2][0]
+    expected_sink = 0.999 * clean[0][0] + 0.001 * clean[1][0]
     assert torch.allclose(seen[3][0][:, :3 * FS], expected_sink, atol=1e-12)
+    _, seen_old, clean_old = _simulate(cfg.replace(sink_ema_source="newest"), 4)
+    old_sink = 0.999 * clean_old[0][0] + 0.001 * clean_old[2][0]
+    assert torch.allclose(seen_old[3][0][:, :3 * FS], old_sink, atol=1e-12)
 
 
 def test_longlive_keeps_exact_frame_sink():
