@@ -63,27 +63,23 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(d, cfg.eps), RMSNorm(d, cfg.eps)
 
+    def heads(self, t: Tensor) -> Tensor:
+        return t.unflatten(-1, (self.num_heads, self.head_dim))                 # [B, L, C] -> [B, L, n, d]
+
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, L, C] -> q, k, v [B, L, n, d] (q, k RMS-normalised over C before the head split)."""
-        split = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim))  # noqa: E731  [B, L, n, d]
-        return split(self.norm_q(self.q(x))), split(self.norm_k(self.k(x))), split(self.v(x))
+        return self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        d = cfg.dim
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(d, cfg.eps), RMSNorm(d, cfg.eps)
+class CrossAttention(SelfAttention):
+    """Same projections and norms as self-attention; k, v come from the text context."""
 
     def context_kv(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
         """ctx [B, text_len, C] -> k, v [B, text_len, n, d]."""
-        k = self.norm_k(self.k(ctx)).unflatten(-1, (self.num_heads, self.head_dim))
-        return k, self.v(ctx).unflatten(-1, (self.num_heads, self.head_dim))
+        return self.heads(self.norm_k(self.k(ctx))), self.heads(self.v(ctx))
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, attn: AttentionFn) -> Tensor:
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, self.head_dim))  # [B, L, n, d]
+        q = self.heads(self.norm_q(self.q(x)))                                   # [B, L, n, d]
         return self.o(attn(q, k, v).flatten(2))
 
 
