@@ -33,3 +33,56 @@ def tiny_model():
     from stream_r1.config import WanConfig
     from stream_r1.wan.model import WanModel
     return WanModel(WanConfig.tiny(), attention="sdpa").init_weights(seed=0).eval()
+
+
+# ---- synthetic umT5: SentencePiece model and Wan-layout weights (spec-models §7) ---------------------
+UMT5_TINY = dict(d_model=32, heads=4, d_kv=8, d_ff=64, layers=2, buckets=32)
+@pytest.fixture(scope="session")
+def spiece_bytes() -> bytes:
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(400)]
+    lines = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=300, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def vocab(spiece_bytes: bytes) -> int:
+    from stream_r1.text_encoder import Tokenizer
+
+    return Tokenizer(spiece_bytes).sp.get_piece_size()
+
+
+@pytest.fixture(scope="session")
+def wan_sd(vocab: int) -> dict[str, torch.Tensor]:
+    """Seeded random fp32 weights with the real Wan-T5 names (22 tensors for 2 layers)."""
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s, std=1.0: torch.randn(*s, generator=g) * std  # noqa: E731
+    D_MODEL, HEADS, D_KV, D_FF, LAYERS, BUCKETS = (UMT5_TINY[k] for k in ("d_model", "heads", "d_kv", "d_ff", "layers", "buckets"))
+    inner = HEADS * D_KV
+    sd = {"token_embedding.weight": rnd(vocab, D_MODEL), "norm.weight": 1 + rnd(D_MODEL, std=0.1)}
+    for i in range(LAYERS):
+        p = f"blocks.{i}."
+        sd |= {
+            p + "norm1.weight": 1 + rnd(D_MODEL, std=0.1),
+            p + "attn.q.weight": rnd(inner, D_MODEL, std=D_MODEL**-0.5),
+            p + "attn.k.weight": rnd(inner, D_MODEL, std=D_MODEL**-0.5),
+            p + "attn.v.weight": rnd(inner, D_MODEL, std=D_MODEL**-0.5),
+            p + "attn.o.weight": rnd(D_MODEL, inner, std=inner**-0.5),
+            p + "pos_embedding.embedding.weight": rnd(BUCKETS, HEADS),
+            p + "norm2.weight": 1 + rnd(D_MODEL, std=0.1),
+            p + "ffn.gate.0.weight": rnd(D_FF, D_MODEL, std=D_MODEL**-0.5),
+            p + "ffn.fc1.weight": rnd(D_FF, D_MODEL, std=D_MODEL**-0.5),
+            p + "ffn.fc2.weight": rnd(D_MODEL, D_FF, std=D_FF**-0.5),
+        }
+    return sd

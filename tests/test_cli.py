@@ -62,3 +62,34 @@ def test_bad_input_is_explained(tmp_path, capsys, args, msg):
     rc = main(["generate", "--out", str(tmp_path / "x.mp4"), "--quiet", "--no-decode", *args])
     assert rc == 2
     assert msg in capsys.readouterr().err
+
+
+def test_full_chain_with_text_encoder_and_vae_files(tmp_path, tiny_model, wan_sd, spiece_bytes):
+    """Prompt -> umT5 (ComfyUI layout, tokenizer inside) -> DiT export -> Wan VAE file -> fragmented MP4."""
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.text_encoder import wan_to_hf_key
+    from stream_r1.vae import VAEConfig, WanVAE
+    from stream_r1.video_io import probe
+
+    te = {wan_to_hf_key(k): v.half() for k, v in wan_sd.items()}
+    te["spiece_model"] = torch.frombuffer(bytearray(spiece_bytes), dtype=torch.uint8)
+    save_file(te, tmp_path / "umt5_tiny_fp16.safetensors")
+    torch.manual_seed(0)
+    save_file({k: v.half() for k, v in WanVAE(VAEConfig.tiny()).state_dict().items()}, tmp_path / "vae.safetensors")
+    save_dit_export(tmp_path / "student.safetensors", tiny_model.state_dict(), tiny_model.cfg)
+    out = tmp_path / "chain.mp4"
+    rc = main(["generate", "--checkpoint", str(tmp_path / "student.safetensors"),
+               "--text-encoder", str(tmp_path / "umt5_tiny_fp16.safetensors"), "--vae", str(tmp_path / "vae.safetensors"),
+               "--prompt", "zorap kelin mu", "--frames", "25", "--width", "48", "--height", "32", "--out", str(out),
+               "--device", "cpu", "--quiet"])
+    assert rc == 0
+    info = probe(out)
+    assert info["frames"] == 25 and (info["width"], info["height"]) == (48, 32)
+
+
+def test_inspect_names_the_format(tmp_path, tiny_model, capsys):
+    from stream_r1.checkpoint import save_dit_export
+    save_dit_export(tmp_path / "m.safetensors", tiny_model.state_dict(), tiny_model.cfg)
+    assert main(["inspect", str(tmp_path / "m.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert "stream-r1-export" in text and "161,536" in text and "window_sink" in text

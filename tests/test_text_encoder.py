@@ -5,11 +5,9 @@ The reference below is our own reading of the Wan-T5 encoder (§5.1), written ag
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import random
 
 import pytest
 import torch
@@ -31,52 +29,6 @@ from stream_r1.text_encoder import (  # noqa: E402
 D_MODEL, HEADS, D_KV, D_FF, LAYERS, BUCKETS, MAX_DIST = 32, 4, 8, 64, 2, 32, 128
 LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.gate.0", "ffn.fc1", "ffn.fc2")
 PROMPTS = ["zorap kelin mu", "a quick tivor salemo banid rup kelin zorap mu", "mu"]
-
-
-# ---- fixtures: tokenizer and Wan-layout weights -----------------------------------------------------
-@pytest.fixture(scope="session")
-def spiece_bytes() -> bytes:
-    import sentencepiece as spm
-
-    rng = random.Random(0)
-    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
-    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(400)]
-    lines = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=300, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
-    )
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="session")
-def vocab(spiece_bytes: bytes) -> int:
-    return Tokenizer(spiece_bytes).sp.get_piece_size()
-
-
-@pytest.fixture(scope="session")
-def wan_sd(vocab: int) -> dict[str, torch.Tensor]:
-    """Seeded random fp32 weights with the real Wan-T5 names (22 tensors for 2 layers)."""
-    g = torch.Generator().manual_seed(0)
-    rnd = lambda *s, std=1.0: torch.randn(*s, generator=g) * std  # noqa: E731
-    inner = HEADS * D_KV
-    sd = {"token_embedding.weight": rnd(vocab, D_MODEL), "norm.weight": 1 + rnd(D_MODEL, std=0.1)}
-    for i in range(LAYERS):
-        p = f"blocks.{i}."
-        sd |= {
-            p + "norm1.weight": 1 + rnd(D_MODEL, std=0.1),
-            p + "attn.q.weight": rnd(inner, D_MODEL, std=D_MODEL**-0.5),
-            p + "attn.k.weight": rnd(inner, D_MODEL, std=D_MODEL**-0.5),
-            p + "attn.v.weight": rnd(inner, D_MODEL, std=D_MODEL**-0.5),
-            p + "attn.o.weight": rnd(D_MODEL, inner, std=inner**-0.5),
-            p + "pos_embedding.embedding.weight": rnd(BUCKETS, HEADS),
-            p + "norm2.weight": 1 + rnd(D_MODEL, std=0.1),
-            p + "ffn.gate.0.weight": rnd(D_FF, D_MODEL, std=D_MODEL**-0.5),
-            p + "ffn.fc1.weight": rnd(D_FF, D_MODEL, std=D_MODEL**-0.5),
-            p + "ffn.fc2.weight": rnd(D_MODEL, D_FF, std=D_FF**-0.5),
-        }
-    return sd
 
 
 # ---- reference forward (Wan layout, fp32) ------------------------------------------------------------
