@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None, help="multiple of 16 (default 480; 128 for the demo model)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash"])
+    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash"])
     g.add_argument("--noise", default=None, help="safetensors with key 'noise' [1, F, 16, H/8, W/8]")
     g.add_argument("--context", default=None, help="safetensors with key 'context' [1, L, text_dim] (skips the "
                    "text encoder)")
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latents-out", default=None, help="write latents [1, F, 16, H/8, W/8] (key 'latents')")
     g.add_argument("--no-decode", action="store_true", help="skip the VAE (no video written)")
     g.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("bench", help="speed benchmark at real size with random weights (see --help)", add_help=False)
 
     i = sub.add_parser("inspect", help="describe a checkpoint file")
     i.add_argument("file")
@@ -236,6 +238,11 @@ def cmd_inspect(args) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        bench_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -65,7 +65,7 @@ class StreamSession:
     def __init__(self, model: WanModel, cfg: StreamConfig, context: Tensor, *, height: int, width: int,
                  seed: int = 0, noise: Optional[Tensor] = None, decoder: Optional[ChunkDecoder] = None,
                  device: "torch.device | str | None" = None, dtype: Optional[torch.dtype] = None,
-                 timing_sync: bool = False):
+                 timing_sync: bool = False, overlap_decode: bool = False):
         mc = model.cfg
         if height % mc.pixel_multiple or width % mc.pixel_multiple:
             from .config import check_resolution
@@ -93,6 +93,10 @@ class StreamSession:
         self.timing_sync = timing_sync and self.device.type == "cuda"
         """Synchronise the GPU before each clock read so `stats` split DiT and decode time exactly
         (benchmarks only: it adds host syncs between the two stages)."""
+        self.overlap_decode = overlap_decode and decoder is not None and self.device.type == "cuda"
+        """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks are then yielded one
+        chunk late; outputs are identical)."""
+        self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
         self.chunk_index = 0
         self.stats = StreamStats()
         self.interrupted = False
@@ -131,8 +135,28 @@ class StreamSession:
         flow = rearrange(flow, "b c f h w -> b f c h w")
         return self.schedule.x0_from_flow(noisy, flow, t)
 
+    def _decode(self, x0: Tensor) -> Tensor:
+        """[B, f, 16, h, w] latents -> [B, T, 3, H, W] frames in [0, 1]."""
+        video = self.decoder.decode(rearrange(x0, "b f c h w -> b c f h w"))       # [B, 3, T, H, W]
+        return rearrange(video.float().clamp(-1, 1) * 0.5 + 0.5, "b c t h w -> b t c h w")
+
     @torch.no_grad()
-    def next_chunk(self, *, last: bool = False) -> Chunk:
+    def _next_overlapped(self, last: bool) -> tuple[Chunk, torch.cuda.Event]:
+        """DiT on the current stream, then the decode enqueued on the side stream (no host sync)."""
+        chunk = self.next_chunk(last=last, decode=False)
+        main = torch.cuda.current_stream(self.device)
+        ready = torch.cuda.Event()
+        ready.record(main)
+        with torch.cuda.stream(self._side):
+            self._side.wait_event(ready)
+            chunk.latents.record_stream(self._side)
+            chunk.frames = self._decode(chunk.latents)
+            done = torch.cuda.Event()
+            done.record(self._side)
+        return chunk, done
+
+    @torch.no_grad()
+    def next_chunk(self, *, last: bool = False, decode: bool = True) -> Chunk:
         """Generate (and decode, if a decoder is attached) the next chunk."""
         t0 = time.perf_counter()
         f, start = self.cfg.frames_per_block, self.frames_done
@@ -148,10 +172,7 @@ class StreamSession:
         if self.timing_sync:
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
-        frames = None
-        if self.decoder is not None:
-            video = self.decoder.decode(rearrange(x0, "b f c h w -> b c f h w"))   # [B, 3, T, H, W]
-            frames = rearrange(video.float().clamp(-1, 1) * 0.5 + 0.5, "b c t h w -> b t c h w")
+        frames = self._decode(x0) if decode and self.decoder is not None else None
         if self.timing_sync:
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
@@ -171,21 +192,36 @@ class StreamSession:
 
         `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i.
         """
-        i = 0
+        i, pending = 0, None
         while num_chunks is None or i < num_chunks:
             if should_stop is not None and should_stop():
                 self.interrupted = True
                 log.info("stream interrupted after %d chunks", self.chunk_index)
-                return
+                break
             if prompt_at is not None:
                 ctx = prompt_at(self.chunk_index)
                 if ctx is not None:
                     self.set_context(ctx)
-            chunk = self.next_chunk(last=num_chunks is not None and i == num_chunks - 1)
-            if on_chunk is not None:
-                on_chunk(chunk)
-            yield chunk
+            last = num_chunks is not None and i == num_chunks - 1
+            if self.overlap_decode:
+                current = self._next_overlapped(last)
+                if pending is not None:
+                    yield self._deliver(*pending, on_chunk)
+                pending = current
+            else:
+                yield self._deliver(self.next_chunk(last=last), None, on_chunk)
             i += 1
+        if pending is not None:
+            yield self._deliver(*pending, on_chunk)
+
+    def _deliver(self, chunk: Chunk, done: "Optional[torch.cuda.Event]",
+                 on_chunk: Optional[Callable[[Chunk], None]]) -> Chunk:
+        if done is not None:                          # frames were decoded on the side stream
+            torch.cuda.current_stream(self.device).wait_event(done)
+            chunk.frames.record_stream(torch.cuda.current_stream(self.device))
+        if on_chunk is not None:
+            on_chunk(chunk)
+        return chunk
 
 
 def chunks_for_frames(latent_frames: int, frames_per_block: int) -> int:

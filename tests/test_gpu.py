@@ -39,3 +39,54 @@ def test_real_size_chunk_runs_and_is_finite():
     ctx = torch.randn(1, 512, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
     lat, _ = generate(model, ctx, StreamConfig.stream_r1(), 12, height=480, width=832)
     assert lat.shape == (1, 12, 16, 60, 104) and torch.isfinite(lat).all()
+
+
+def _real_chunk_inputs(seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    cfg = WanConfig.wan_1_3b()
+    ctx = torch.randn(1, 512, cfg.text_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    return cfg, ctx
+
+
+def test_compiled_blocks_match_eager():
+    cfg, ctx = _real_chunk_inputs()
+    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
+    sc = StreamConfig.stream_r1()
+    ref, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
+    model.compile_blocks()
+    out, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
+    assert _rel(out, ref) < 2e-2
+
+
+def test_cudnn_attention_matches_sdpa():
+    from stream_r1.wan.attention import resolve_attention, sdpa_attention
+    q, k, v = (torch.randn(1, 4680, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    kk, vv = (torch.randn(1, 14040, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    assert _rel(resolve_attention("cudnn")(q, kk, vv), sdpa_attention(q, kk, vv)) < 1e-2
+
+
+def test_overlapped_decode_gives_identical_frames():
+    from stream_r1.stream import StreamSession
+    from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
+    cfg = WanConfig.tiny()
+    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
+    vae = WanVAE(VAEConfig.tiny()).to("cuda", torch.bfloat16).eval()
+    ctx = torch.randn(1, 8, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    for overlap in (False, True):
+        s = StreamSession(model, StreamConfig.stream_r1(), ctx, height=64, width=96, seed=3,
+                          decoder=StreamingDecoder(vae), overlap_decode=overlap)
+        outs.append(torch.cat([c.frames for c in s.run(5)], 1))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_flat_cost_long_stream_memory():
+    cfg, ctx = _real_chunk_inputs()
+    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
+    from stream_r1.stream import StreamSession
+    s = StreamSession(model, StreamConfig.stream_r1(), ctx, height=480, width=832, seed=0)
+    peaks = []
+    for i, _ in enumerate(s.run(12)):
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated())
+    assert peaks[-1] == peaks[4]          # nothing grows once the 9-frame window is full (chunk 3 on)

@@ -23,6 +23,19 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = Non
     return out.transpose(1, 2)
 
 
+def _sdpa_with(backends) -> AttentionFn:
+    """SDPA restricted to the given backends in priority order (e.g. cuDNN first on Hopper)."""
+    from torch.nn.attention import sdpa_kernel
+
+    def attn(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if q.device.type != "cuda":
+            return sdpa_attention(q, k, v, mask)
+        with sdpa_kernel(backends, set_priority=True):
+            return sdpa_attention(q, k, v, mask)
+
+    return attn
+
+
 def _flash_attention() -> Optional[AttentionFn]:
     if importlib.util.find_spec("flash_attn") is None:
         return None
@@ -41,11 +54,16 @@ def _flash_attention() -> Optional[AttentionFn]:
 
 
 def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
-    """'auto' (flash-attn when installed, else SDPA), 'sdpa', 'flash', or a callable."""
+    """'auto' (flash-attn when installed, else SDPA), 'sdpa', 'cudnn' (SDPA preferring cuDNN's fused
+    attention, fastest on Hopper), 'flash', or a callable."""
     if callable(backend):
         return backend
     if backend == "sdpa":
         return sdpa_attention
+    if backend == "cudnn":
+        from torch.nn.attention import SDPBackend
+        return _sdpa_with([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                           SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
     if backend in ("auto", "flash"):
         flash = _flash_attention()
         if flash is not None:
@@ -54,7 +72,8 @@ def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
             raise ValueError("attention backend 'flash' needs the flash-attn package: pip install flash-attn, "
                              "or choose 'sdpa'")
         return sdpa_attention
-    raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'sdpa', 'flash' or pass a callable")
+    raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'sdpa', 'cudnn', 'flash' "
+                     "or pass a callable")
 
 
 def block_causal_mask(num_frames: int, frame_seqlen: int, frames_per_block: int, *,

@@ -227,35 +227,56 @@ class WanModel(nn.Module):
                cache: Optional[KVCache], grid: tuple[int, int, int], cos_q: Tensor, sin_q: Tensor,
                mask: Optional[Tensor]) -> Tensor:
         f, fs = grid[0], grid[1] * grid[2]
-        mod = (blk.modulation[:, None] + e0)                                  # [B, F, 6, C]
-        sh1, sc1, g1, sh2, sc2, g2 = (m[:, :, None] for m in mod.unbind(2))   # each [B, F, 1, C]
-        per_frame = lambda t: t.unflatten(1, (f, fs))                          # noqa: E731 [B, L, C] -> [B, F, fs, C]
-
-        # 1. self-attention
-        h = (per_frame(blk.norm1(x)) * (1 + sc1) + sh1).flatten(1, 2)
-        q, k, v = blk.self_attn.qkv(h)                                        # [B, L, n, d]
-        q = apply_rope(q, cos_q, sin_q)
+        rotate_k = cache is None or not cache.relative_rope
+        q, k, v = self._pre(blk, x, e0, cos_q, sin_q, rotate_k)               # 1. self-attention
         if cache is None:
-            k = apply_rope(k, cos_q, sin_q)
             att = self.attn_fn(q, k, v, mask) if mask is not None else self.attn_fn(q, k, v)
-        elif cache.relative_rope:
-            k_all, v_all = cache.update(i, k, v)                              # un-rotated [B, S, n, d]
-            cos_k, sin_k = self.rope.get(0, k_all.shape[1] // fs, grid[1], grid[2], x.device)
-            att = self.attn_fn(q, apply_rope(k_all, cos_k, sin_k), v_all)
         else:
-            k_all, v_all = cache.update(i, apply_rope(k, cos_q, sin_q), v)
+            k_all, v_all = cache.update(i, k, v)                              # [B, S, n, d]
+            if cache.relative_rope:                                           # window-relative positions 0..n-1
+                cos_k, sin_k = self.rope.get(0, k_all.shape[1] // fs, grid[1], grid[2], x.device)
+                k_all = self._rope(k_all, cos_k, sin_k)
             att = self.attn_fn(q, k_all, v_all)
-        y = blk.self_attn.o(att.flatten(2))
-        x = x + (per_frame(y) * g1).flatten(1, 2)
-
-        # 2. cross-attention (no modulation, no gate)
-        kv = cache.cross(i) if cache is not None else None
+        kv = cache.cross(i) if cache is not None else None                    # 2. text K/V (cached per prompt)
         if kv is None:
             kv = blk.cross_attn.context_kv(text)
             if cache is not None:
                 cache.set_cross(i, *kv)
-        x = x + blk.cross_attn(blk.norm3(x), kv[0], kv[1], self.attn_fn)
+        return self._post(blk, x, att, e0, kv[0], kv[1], self.attn_fn)        # 2.-3. cross-attention, FFN
 
-        # 3. feed-forward
+    # ---- the pure stages of a block (what `compile_blocks` compiles) ------------------------------
+    _rope = staticmethod(apply_rope)
+
+    @staticmethod
+    def _pre(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor,
+             rotate_k: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """adaLN + q/k/v + RoPE. x [B, L, C], e0 [B, F, 6, C] -> q, k, v [B, L, n, d]."""
+        b, l, c = x.shape
+        f = e0.shape[1]
+        sh1, sc1 = (m[:, :, None] for m in (blk.modulation[:, None] + e0).unbind(2)[:2])   # [B, F, 1, C]
+        h = (blk.norm1(x).unflatten(1, (f, l // f)) * (1 + sc1) + sh1).flatten(1, 2)     # [B, L, C]
+        q, k, v = blk.self_attn.qkv(h)
+        q = apply_rope(q, cos, sin)
+        return q, (apply_rope(k, cos, sin) if rotate_k else k), v
+
+    @staticmethod
+    def _post(blk: Block, x: Tensor, att: Tensor, e0: Tensor, ck: Tensor, cv: Tensor,
+              attn: AttentionFn) -> Tensor:
+        """Gated self-attention output, cross-attention (no modulation), gated FFN. Returns new x [B, L, C]."""
+        b, l, c = x.shape
+        f = e0.shape[1]
+        per_frame = lambda t: t.unflatten(1, (f, l // f))                        # noqa: E731 [B, L, C] -> [B, F, fs, C]
+        mod = blk.modulation[:, None] + e0                                       # [B, F, 6, C]
+        g1, sh2, sc2, g2 = (m[:, :, None] for m in mod.unbind(2)[2:])            # each [B, F, 1, C]
+        x = x + (per_frame(blk.self_attn.o(att.flatten(2))) * g1).flatten(1, 2)
+        x = x + blk.cross_attn(blk.norm3(x), ck, cv, attn)
         h = (per_frame(blk.norm2(x)) * (1 + sc2) + sh2).flatten(1, 2)
         return x + (per_frame(blk.ffn(h)) * g2).flatten(1, 2)
+
+    def compile_blocks(self, mode: Optional[str] = None) -> "WanModel":
+        """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):
+        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager."""
+        self._pre = torch.compile(WanModel._pre, mode=mode, dynamic=False)
+        self._post = torch.compile(WanModel._post, mode=mode, dynamic=False)
+        self._rope = torch.compile(apply_rope, mode=mode, dynamic=False)
+        return self
