@@ -14,12 +14,11 @@ run() { name=$1; shift; $B --label "$name" "$@" --json "$OUT/$name.json" > "$OUT
 run a_base --attention sdpa
 run b_cudnn --attention cudnn
 run c_cudnn_compile --attention cudnn --compile
-run d_plus_cudnnbench --attention cudnn --compile --cudnn-benchmark
 run e_plus_compile_vae --attention cudnn --compile --cudnn-benchmark --compile-vae
 run f_plus_overlap --attention cudnn --compile --cudnn-benchmark --compile-vae --overlap
 run g_dit_only --attention cudnn --compile --no-vae
 run h_477 --attention cudnn --compile --cudnn-benchmark --compile-vae --overlap --frames 477 --repeats 1
-python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -4
+timeout 100 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -4
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
 rows = [json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))]
