@@ -97,6 +97,8 @@ class StreamSession:
         """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks are then yielded one
         chunk late; outputs are identical)."""
         self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
+        self.on_frames: Optional[Callable[[Tensor], None]] = None
+        """Called with each decoded piece [B, t, 3, H, W] (t = 1 for the stream's first latent frame, else 4)."""
         self.chunk_index = 0
         self.stats = StreamStats()
         self.interrupted = False
@@ -136,9 +138,16 @@ class StreamSession:
         return self.schedule.x0_from_flow(noisy, flow, t)
 
     def _decode(self, x0: Tensor) -> Tensor:
-        """[B, f, 16, h, w] latents -> [B, T, 3, H, W] frames in [0, 1]."""
-        video = self.decoder.decode(rearrange(x0, "b f c h w -> b c f h w"))       # [B, 3, T, H, W]
-        return rearrange(video.float().clamp(-1, 1) * 0.5 + 0.5, "b c t h w -> b t c h w")
+        """[B, f, 16, h, w] latents -> [B, T, 3, H, W] frames in [0, 1], one latent frame at a time so that
+        `on_frames` (if set) sees each piece as soon as it exists (the first frame of a stream early)."""
+        pieces = []
+        for i in range(x0.shape[1]):
+            video = self.decoder.decode(rearrange(x0[:, i:i + 1], "b f c h w -> b c f h w"))  # [B, 3, t, H, W]
+            piece = rearrange(video.float().clamp(-1, 1) * 0.5 + 0.5, "b c t h w -> b t c h w")
+            if self.on_frames is not None:
+                self.on_frames(piece)
+            pieces.append(piece)
+        return torch.cat(pieces, dim=1)
 
     @torch.no_grad()
     def _next_overlapped(self, last: bool) -> tuple[Chunk, torch.cuda.Event]:
@@ -158,7 +167,7 @@ class StreamSession:
     @torch.no_grad()
     def next_chunk(self, *, last: bool = False, decode: bool = True) -> Chunk:
         """Generate (and decode, if a decoder is attached) the next chunk."""
-        t0 = time.perf_counter()
+        t0 = self._clock()
         f, start = self.cfg.frames_per_block, self.frames_done
         x = self._initial_noise(start, f)                                  # [B, f, 16, h, w]
         ts = self.timesteps
@@ -167,22 +176,25 @@ class StreamSession:
             if k + 1 < len(ts):
                 eps = torch.randn(x0.shape, generator=self.generator, device=self.device, dtype=self.dtype)
                 x = self.schedule.add_noise(x0, eps, ts[k + 1])
+        # decode before the clean cache pass: the frames do not depend on it, so they arrive one pass earlier
+        t1 = self._clock()
+        frames = self._decode(x0) if decode and self.decoder is not None else None
+        t2 = self._clock()
         if not (last and self.cfg.skip_last_context_pass):
             self._denoise(x0, self.cfg.context_noise, start)               # clean K/V into the cache
-        if self.timing_sync:
-            torch.cuda.synchronize(self.device)
-        t1 = time.perf_counter()
-        frames = self._decode(x0) if decode and self.decoder is not None else None
-        if self.timing_sync:
-            torch.cuda.synchronize(self.device)
-        t2 = time.perf_counter()
-        chunk = Chunk(self.chunk_index, start, x0, frames, t2 - t0)
+        t3 = self._clock()
+        chunk = Chunk(self.chunk_index, start, x0, frames, t3 - t0)
         self.chunk_index += 1
         self.stats.chunks += 1
-        self.stats.dit_seconds += t1 - t0
+        self.stats.dit_seconds += (t1 - t0) + (t3 - t2)
         self.stats.decode_seconds += t2 - t1
-        self.stats.chunk_seconds.append(t2 - t0)
+        self.stats.chunk_seconds.append(t3 - t0)
         return chunk
+
+    def _clock(self) -> float:
+        if self.timing_sync:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def run(self, num_chunks: Optional[int] = None, *,
             on_chunk: Optional[Callable[[Chunk], None]] = None,
