@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="speed benchmark at real size with random weights (see --help)", add_help=False)
 
+    from .reward.cli import add_saliency_parser
+    add_saliency_parser(sub)
+
     i = sub.add_parser("inspect", help="describe a checkpoint file")
     i.add_argument("file")
     i.add_argument("--num-heads", type=int, default=None)
@@ -259,6 +262,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "saliency":
+            from .reward.cli import run_saliency
+            return run_saliency(args)
         return {"generate": cmd_generate, "inspect": cmd_inspect}[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

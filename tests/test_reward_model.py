@@ -162,3 +162,12 @@ def test_tiny_tokenizer_keeps_special_ids():
     ids = tok.encode("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>", add_special_tokens=False)
     assert ids[0] == 151644 and ids[-3:] == [151652, 151656, 151653]
     assert 0 not in tok.encode(rubric(""), add_special_tokens=False)      # every rubric word is known
+
+
+def test_2b_architecture_data_matches_the_published_parameter_count():
+    from transformers import Qwen2VLForConditionalGeneration
+
+    with torch.device("meta"):
+        qwen = Qwen2VLForConditionalGeneration(Qwen2VLArch.qwen2_vl_2b().to_hf())
+    assert sum(p.numel() for p in qwen.parameters()) == 2_208_561_664           # spec-models §6.7 (151,660 rows)
+    assert Qwen2VLArch().patch_dim == 1176 and Qwen2VLArch().resize_factor == 28

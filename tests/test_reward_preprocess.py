@@ -113,3 +113,19 @@ def test_hf_video_processor_parity_when_available():
     ours = preprocess_video(frames, VideoInputConfig(min_pixels=28 * 28))
     assert ref["video_grid_thw"].tolist() == ours.grid_thw.tolist()
     torch.testing.assert_close(ours.pixel_values, ref["pixel_values_videos"].float(), atol=1e-4, rtol=1e-4)
+
+
+def test_hf_video_processor_parity_with_resize_when_available():
+    pytest.importorskip("torchvision")
+    from transformers import Qwen2VLVideoProcessor
+
+    low = torch.rand(1, 5, 3, 8, 13, generator=torch.Generator().manual_seed(2))
+    frames = 0.25 + 0.5 * torch.nn.functional.interpolate(low[0], size=(120, 208), mode="bilinear")[None]
+    cfg = VideoInputConfig(min_pixels=28 * 28, max_pixels=84 * 140)   # smooth in [0.25, 0.75]: no clamping
+    proc = Qwen2VLVideoProcessor(do_resize=True, do_rescale=False, do_sample_frames=False,
+                                 size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels},
+                                 image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    ref = proc(videos=[frames[0]], return_tensors="pt")
+    ours = preprocess_video(frames, cfg)
+    assert ref["video_grid_thw"].tolist() == ours.grid_thw.tolist() == [[3, 4, 10]]
+    torch.testing.assert_close(ours.pixel_values, ref["pixel_values_videos"].float(), atol=1e-4, rtol=1e-4)

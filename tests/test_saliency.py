@@ -155,3 +155,24 @@ def test_non_differentiable_or_wrong_target_is_refused(tiny_reward):
         gradient_saliency(tiny_reward, torch.rand(1, 2, 3, 56, 84), ["a"], target="latents")
     with pytest.raises(ValueError, match="subset"):
         gradient_saliency(tiny_reward, torch.rand(1, 2, 3, 56, 84), ["a"], axes=("XX",))
+
+
+def test_reward_weights_for_a_batch(tiny_reward):
+    from stream_r1.reward.dmd_weights import reward_weights
+    from stream_r1.reward.weights import BalancedOverall
+
+    x = torch.rand(2, 5, 3, 56, 84, generator=torch.Generator().manual_seed(4))
+    rw = reward_weights(tiny_reward, x, ["a", "b c"], (2, 7, 10), balancer=BalancedOverall(warmup=0))
+    assert rw.w_inter.shape == (2, 1, 1, 1, 1) and rw.w_intra.shape == (2, 2, 1, 7, 10)
+    torch.testing.assert_close(rw.w_intra.mean(dim=(1, 2, 3, 4)), torch.ones(2))
+    torch.testing.assert_close(rw.w_inter.flatten(), torch.exp(2 * rw.scores.overall))   # < 4 entries: no penalty
+    single = reward_weights(tiny_reward, x[1:], ["b c"], (2, 7, 10), reward_mode="Overall")
+    torch.testing.assert_close(single.w_intra[0], rw.w_intra[1], atol=1e-4, rtol=1e-4)   # per-sample maps
+
+
+def test_activation_checkpointing_gives_the_same_saliency(tiny_reward):
+    x = torch.rand(1, 4, 3, 56, 84, generator=torch.Generator().manual_seed(5))
+    plain = gradient_saliency(tiny_reward, x, ["a"])
+    ckpt = gradient_saliency(tiny_reward, x, ["a"], checkpointing=True)
+    torch.testing.assert_close(ckpt.maps, plain.maps, rtol=1e-4, atol=1e-7)
+    assert not tiny_reward.qwen.training

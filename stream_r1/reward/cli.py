@@ -36,6 +36,9 @@ def add_saliency_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate for --frames fps")
     p.add_argument("--source-fps", type=float, default=None, help="frame rate of the video (default: from the file)")
     p.add_argument("--max-frames", type=int, default=81, help="read at most this many frames (81 = 5 s at 16 fps)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="pixel budget per frame (default: the checkpoint's max_frame_pixels, 448^2)")
+    p.add_argument("--min-pixels", type=int, default=100352, help="smaller frames are upscaled to this (128 * 28^2)")
     p.add_argument("--target", choices=["patches", "pixels"], default="patches",
                    help="gradient w.r.t. ViT patches (reference) or decoded pixels")
     p.add_argument("--combine", choices=["adaptive", "max", "mean"], default="adaptive")
@@ -48,6 +51,8 @@ def add_saliency_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--temporal-strength", type=float, default=1.0)
     p.add_argument("--position-mode", choices=["sequential", "mrope"], default="sequential",
                    help="LLM positions: sequential (what VideoReward was trained with) or 3-D M-RoPE")
+    p.add_argument("--no-checkpointing", action="store_true",
+                   help="keep all activations in the backward passes (faster, ~6x the memory at 81 frames)")
     p.add_argument("--alpha", type=float, default=0.55, help="heat-map opacity of the overlays")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -72,7 +77,6 @@ def run_saliency(args: argparse.Namespace) -> int:
     from ..video_io import VideoWriter, probe, read_video
     from . import visualize as vis
     from .model import load_video_reward
-    from .preprocess import VideoInputConfig
     from .saliency import gradient_saliency, latent_frames_for_video, latent_saliency
     from .weights import IntraConfig, intra_weights
 
@@ -91,13 +95,13 @@ def run_saliency(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=4 + t, unit="step", disable=args.quiet, file=sys.stderr, desc="saliency")
     bar.set_postfix_str("loading reward model")
-    video_cfg = VideoInputConfig(frames=args.frames, fps=args.fps, source_fps=source_fps)
-    model = load_video_reward(args.reward_model, device=device, dtype=dtype, video=video_cfg,
-                              position_mode=args.position_mode)
+    model = load_video_reward(args.reward_model, device=device, dtype=dtype, position_mode=args.position_mode)
+    model.video = dataclasses.replace(model.video, frames=args.frames, fps=args.fps, source_fps=source_fps,
+                                      min_pixels=args.min_pixels, max_pixels=args.max_pixels or model.video.max_pixels)
     bar.update(1)
-    bar.set_postfix_str(f"forward + {3} backward passes")
+    bar.set_postfix_str("forward + 3 backward passes")
     frames = (frames_u8.permute(0, 3, 1, 2).float() / 255.0)[None]              # [1, T, 3, H, W]
-    sal = gradient_saliency(model, frames, [prompt], target=args.target)
+    sal = gradient_saliency(model, frames, [prompt], target=args.target, checkpointing=not args.no_checkpointing)
     bar.update(1)
     latent_shape = (latent_frames_for_video(t), max(1, h // 8), max(1, w // 8))
     lat = latent_saliency(sal, latent_shape)[0]                                 # [A, F, H/8, W/8]
@@ -107,7 +111,8 @@ def run_saliency(args: argparse.Namespace) -> int:
     # pictures: one tile per latent frame, shown on its last pixel frame (latent k <- frames 4k-3..4k)
     tile = (max(1, round(h * THUMB_WIDTH / w)), THUMB_WIDTH)
     shown = torch.tensor([min(4 * k, t - 1) for k in range(latent_shape[0])])
-    thumbs = vis.resize_maps(frames[0].index_select(0, shown).flatten(0, 1), tile).view(len(shown), 3, *tile)
+    thumbs = vis.resize_maps(frames[0].index_select(0, shown).flatten(0, 1), tile)   # [F*3, th, tw]
+    thumbs = thumbs.view(len(shown), 3, *tile)                                  # [F, 3, th, tw]
     cols = min(7, latent_shape[0])
     for a, name in enumerate(sal.axes):
         heat = vis.heatmaps(lat[a], tile, cmap="jet", per_map=False)

@@ -14,6 +14,7 @@ antialiased bilinear filter. Everything returned is detached fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import RewardModel, RewardScores
-from .preprocess import patch_values_to_grid
+from .preprocess import VideoInputConfig, patch_values_to_grid, sample_frame_indices
 
 SaliencyTarget = Literal["patches", "pixels"]
 SALIENCY_AXES: tuple[str, ...] = ("MQ", "VQ", "TA")
@@ -54,15 +55,22 @@ class AxisSaliency:
 
 
 def gradient_saliency(model: RewardModel, frames: Tensor, prompts: Sequence[str],
-                      axes: Sequence[str] = SALIENCY_AXES, target: SaliencyTarget = "patches") -> AxisSaliency:
-    """frames [B, T, 3, H, W] in [0, 1] -> per-axis saliency. Runs 1 forward + len(axes) backward passes."""
+                      axes: Sequence[str] = SALIENCY_AXES, target: SaliencyTarget = "patches",
+                      checkpointing: bool = False) -> AxisSaliency:
+    """frames [B, T, 3, H, W] in [0, 1] -> per-axis saliency. Runs 1 forward + len(axes) backward passes.
+
+    checkpointing: recompute activations in backward (models with `activation_checkpointing()`); trades
+    about one extra forward per axis for most of the activation memory.
+    """
     if not getattr(model, "differentiable", False):
         raise ValueError(f"{type(model).__name__} is not differentiable; saliency needs a gradient-capable reward")
     unknown = [a for a in axes if a not in model.axes]
     if unknown or not axes:
         raise ValueError(f"axes must be a non-empty subset of {model.axes}, got {list(axes)}")
     cols = [list(model.axes).index(a) for a in axes]
-    with torch.enable_grad():
+    ckpt = model.activation_checkpointing(checkpointing) if hasattr(model, "activation_checkpointing") else \
+        contextlib.nullcontext()
+    with torch.enable_grad(), ckpt:
         if target == "patches":
             if not hasattr(model, "forward_patches"):
                 raise ValueError(f"target='patches' needs a VideoRewardModel; use target='pixels' for "
@@ -82,7 +90,9 @@ def gradient_saliency(model: RewardModel, frames: Tensor, prompts: Sequence[str]
             used = sorted(set(model.frame_indices(n_src))) if hasattr(model, "frame_indices") else range(n_src)
             idx = torch.tensor(list(used), device=x.device)
             maps = torch.stack([g.float().norm(dim=2).index_select(1, idx) for g in grads], dim=1)  # [B, A, T', H, W]
-            sets, mode = tuple((i,) for i in used), getattr(getattr(model, "video", None), "frames", "all")
+            video_cfg = getattr(model, "video", None)
+            mode = sample_frame_indices(n_src, video_cfg)[1] if isinstance(video_cfg, VideoInputConfig) else "all"
+            sets = tuple((i,) for i in used)
         else:
             raise ValueError(f"target must be 'patches' or 'pixels', got {target!r}")
     raw = raw.detach().float()

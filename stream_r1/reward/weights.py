@@ -168,8 +168,9 @@ class BalancedOverall:
         self.step = 0
         self.history: dict[str, deque[float]] = {a: deque(maxlen=window) for a in self.axes}
 
-    def _entry(self, z: Tensor) -> Tensor:
-        """[B, A] -> [A] history entry (local sample 0, or the global batch mean)."""
+    def synchronize(self, z: Tensor) -> Tensor:
+        """[B, A] -> [A] history entry: the batch mean over all ranks (one all_reduce of sums and counts, so
+        batch sizes may differ per rank); this rank's sample 0 in reference mode; the local mean without a group."""
         z = z.detach().float()
         if self.reference:
             return z[0].cpu()
@@ -196,7 +197,7 @@ class BalancedOverall:
         if z.dim() != 2 or z.shape[1] != len(self.axes):
             raise ValueError(f"z must be [B, {len(self.axes)}] in order {self.axes}, got {list(z.shape)}")
         self.step += 1
-        for a, v in zip(self.axes, self._entry(z).tolist()):
+        for a, v in zip(self.axes, self.synchronize(z).tolist()):
             self.history[a].append(v)
         return z.detach().float().mean(dim=1) - self.lam * self.penalty()
 
