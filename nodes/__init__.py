@@ -1,3 +1,26 @@
-"""Thin ComfyUI adapters over `stream_r1` (V1 node API). The node classes arrive with the nodes issue."""
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+"""Thin ComfyUI adapters over `stream_r1` (V1 node API).
+
+Importing does no work: no model loads, no device queries, no folder scans (the model list is read when
+ComfyUI asks for INPUT_TYPES). Every ComfyUI service goes through `host.py`, imported lazily.
+"""
+from .decode import StreamR1Decode
+from .generate import StreamR1Continue, StreamR1Generate, StreamR1GenerateToFile
+from .loader import StreamR1ModelLoader
+from .options import StreamR1Options
+
+NODE_CLASS_MAPPINGS = {
+    "StreamR1ModelLoader": StreamR1ModelLoader,
+    "StreamR1Options": StreamR1Options,
+    "StreamR1Generate": StreamR1Generate,
+    "StreamR1Continue": StreamR1Continue,
+    "StreamR1GenerateToFile": StreamR1GenerateToFile,
+    "StreamR1Decode": StreamR1Decode,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "StreamR1ModelLoader": "Stream-R1 Load Model",
+    "StreamR1Options": "Stream-R1 Options",
+    "StreamR1Generate": "Stream-R1 Generate",
+    "StreamR1Continue": "Stream-R1 Continue",
+    "StreamR1GenerateToFile": "Stream-R1 Generate to File",
+    "StreamR1Decode": "Stream-R1 Decode (streaming VAE)",
+}
