@@ -1,0 +1,111 @@
+"""Streaming decode with ComfyUI's stock VAE, and the Decode node.
+
+`vae.decode()` keeps its causal feature cache only for one call, so decoding chunk by chunk with it breaks
+at every chunk boundary. `ComfyVAEStream` drives `vae.first_stage_model` itself, one latent frame per
+decoder call, with one feature-cache list kept for the whole video (spec-comfyui §5.3): a stream decoded
+in any number of pieces equals one full decode. It is also the core's `ChunkDecoder`, so the stream loop
+decodes each chunk as soon as it is denoised.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..stream_r1.vae import denormalize
+from . import host, layout
+
+
+class ComfyVAEStream:
+    """One video's decode state over a stock Wan2.1 `VAE` (comfy.sd.VAE).
+
+    State: a list with one slot per causal conv of the decoder, each holding the last 2 input frames
+    (about 1.9 GB in 16-bit at 832x480); it does not grow with the video.
+    """
+
+    def __init__(self, vae: Any):
+        channels = getattr(vae, "latent_channels", None)
+        model = getattr(vae, "first_stage_model", None)
+        if channels != layout.LATENT_CHANNELS or not hasattr(model, "decoder") or not hasattr(model, "conv2"):
+            kind = " (a Wan 2.2 VAE)" if channels == 48 else ""
+            raise ValueError(f"this VAE has {channels} latent channels{kind}; Stream-R1 needs the Wan 2.1 VAE "
+                             f"(wan_2.1_vae.safetensors, {layout.LATENT_CHANNELS} channels) in Load VAE")
+        self.vae, self.model = vae, model
+        self.reset()
+
+    @property
+    def patcher(self) -> Any:
+        return getattr(self.vae, "patcher", None)
+
+    def reset(self) -> None:
+        """Start a new video."""
+        self.feat_cache: list = [None] * host.vae_cache_slots(self.model.decoder)
+
+    def release(self) -> None:
+        self.feat_cache = []
+
+    def memory_required(self, shape: tuple) -> int:
+        """ComfyUI's estimate for decoding one latent frame of `shape` [B, 16, T, h, w]."""
+        estimate = getattr(self.vae, "memory_used_decode", None)
+        return int(estimate((*shape[:2], 1, *shape[3:]), self.vae.vae_dtype)) if estimate else 0
+
+    @torch.no_grad()
+    def decode_raw(self, mu: Tensor) -> Tensor:
+        """Raw mu [B, 16, f, h, w] (ComfyUI's LATENT space) -> video [B, 3, T, 8h, 8w] in [-1, 1];
+        T = 4f, or 4f - 3 for the video's first piece."""
+        out = []
+        for i in range(mu.shape[2]):                     # one latent frame per call: the verified pattern
+            x = self.model.conv2(mu[:, :, i:i + 1].to(self.vae.device, self.vae.vae_dtype))
+            y = self.model.decoder(x, feat_cache=self.feat_cache, feat_idx=[0])  # [B, 3, 1 or 4, H, W]
+            out.append(torch.cat(list(y), dim=2) if isinstance(y, (list, tuple)) else y)  # newer ComfyUI: a list
+        return torch.cat(out, dim=2).float().clamp(-1.0, 1.0)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """The core's ChunkDecoder: normalised latents [B, 16, f, h, w] -> video [B, 3, T, H, W] in [-1, 1]."""
+        return self.decode_raw(denormalize(latents.float()))
+
+    def frames(self, mu: Tensor) -> Tensor:
+        """Raw mu [B, 16, f, h, w] -> frames [B, T, 3, H, W] in [0, 1] (the core's conversion)."""
+        return (self.decode_raw(mu) * 0.5 + 0.5).transpose(1, 2)
+
+    def __deepcopy__(self, memo: dict) -> "ComfyVAEStream":
+        new = copy.copy(self)                            # the VAE itself is shared, never copied
+        new.feat_cache = copy.deepcopy(self.feat_cache, memo)
+        return new
+
+
+class StreamR1Decode:
+    DESCRIPTION = ("Decode a Wan2.1 video LATENT with the stock VAE, one latent frame at a time with a persistent "
+                   "causal cache: exact (equal to a full decode) with the memory of one frame, for latents of any "
+                   "length. Works on any Wan2.1 LATENT, not only Stream-R1's.")
+    CATEGORY = "Stream-R1/latent"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("Decoded frames: 1 + 4(T-1) images for T latent frames.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE (Load VAE: wan_2.1_vae.safetensors)."}),
+            "samples": ("LATENT", {"tooltip": "A Wan 2.1 video latent [B, 16, T, H/8, W/8]."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    def decode(self, vae: Any, samples: dict, unique_id: Optional[str] = None):
+        mu = layout.raw_from_latent(samples)                               # [B, 16, T, h, w]
+        stream, out = ComfyVAEStream(vae), host.intermediate_device()
+        host.load_models([stream.patcher], stream.memory_required(tuple(mu.shape)))
+        progress, pieces = host.Progress(mu.shape[2], unique_id, unit="latent frame"), []
+        try:
+            for i in range(mu.shape[2]):
+                if host.interrupted():
+                    break
+                pieces.append(stream.frames(mu[:, :, i:i + 1]).to(out))   # [B, 1 or 4, 3, H, W]
+                progress.update(i + 1, pieces[-1][0, -1].permute(1, 2, 0))
+        finally:
+            stream.release()
+            progress.close()
+        host.throw_if_interrupted()
+        return (layout.image_from_frames(torch.cat(pieces, dim=1), out),)

@@ -1,0 +1,304 @@
+"""The one module that touches ComfyUI's services. Each is imported on first use, never at import time, and
+each has a headless fallback, so the nodes run (and are tested) without ComfyUI:
+
+- model files: folder_paths `stream_r1` (registered here) + `diffusion_models`;
+  headless: $STREAM_R1_MODELS or ./models with the same subfolders.
+- devices, dtype, loading: comfy.model_management, comfy.model_patcher.ModelPatcher + load_models_gpu;
+  headless: cuda if available, else cpu, and the model stays where it was loaded.
+- interruption: processing_interrupted / throw_exception_if_processing_interrupted; headless: never.
+- progress: comfy.utils.ProgressBar with a JPEG preview per update; headless: tqdm on stderr.
+- events: server.PromptServer.instance.send_sync; headless: none.
+- attention: comfy.ldm.modules.attention.optimized_attention; headless: none ('auto' is used).
+- output files: folder_paths.get_save_image_path; headless: $STREAM_R1_OUTPUT or ./output.
+- VIDEO values: comfy_api.latest.InputImpl.VideoFromFile; headless: none.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_FOLDER = "stream_r1"
+"""Our folder under ComfyUI's models directory (extendable from extra_model_paths.yaml: `stream_r1: <dir>`)."""
+SEARCH_FOLDERS = (MODEL_FOLDER, "diffusion_models")
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
+CHUNK_EVENT = "stream_r1.chunk"
+"""Websocket event sent once per generated chunk (the web extension listens for it). Data: node (id), chunk
+(index in the stream), chunks_done / chunks (this run), frames (video frames this run), latent_frames (in the
+stream), fps (video frames per second this run, end to end), seconds (elapsed this run)."""
+PREVIEW_SIZE = 512
+"""Longest preview side when ComfyUI's --preview-size cannot be read."""
+
+
+def _service(module: str, attr: str) -> Any:
+    """`module` when ComfyUI provides it (and it has `attr`), else None. Never raises for a missing host."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    return mod if hasattr(mod, attr) else None
+
+
+def _mm() -> Any:
+    return _service("comfy.model_management", "get_torch_device")
+
+
+# ---- model files ---------------------------------------------------------------------------------------
+def _folder_paths() -> Any:
+    """folder_paths with our `stream_r1` folder registered (a dict update; idempotent)."""
+    fp = _service("folder_paths", "get_filename_list")
+    if fp is not None:
+        default = os.path.join(fp.models_dir, MODEL_FOLDER)
+        paths, exts = fp.folder_names_and_paths.setdefault(
+            MODEL_FOLDER, ([default], set(fp.supported_pt_extensions)))
+        if default not in paths:          # registered first by extra_model_paths.yaml: keep ours too
+            paths.append(default)
+        if not exts:                      # a yaml-registered folder accepts every file; list weights only
+            exts.update(fp.supported_pt_extensions)
+    return fp
+
+
+def models_dir() -> Path:
+    """Headless models directory: $STREAM_R1_MODELS, else ./models (with stream_r1/ and diffusion_models/)."""
+    return Path(os.environ.get("STREAM_R1_MODELS", "models")).expanduser()
+
+
+def _headless_files(folder: str) -> list[str]:
+    base = models_dir() / folder
+    if not base.is_dir():
+        return []
+    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*")
+                  if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+
+
+def model_files() -> list[str]:
+    """Names offered by the loader: files of `stream_r1`, then of `diffusion_models` (no duplicates)."""
+    fp = _folder_paths()
+    names: list[str] = []
+    for folder in SEARCH_FOLDERS:
+        found = fp.get_filename_list(folder) if fp is not None else _headless_files(folder)
+        names += [n for n in found if n not in names]
+    return names
+
+
+def resolve_model(name: str) -> str:
+    """Full path of a listed model name; names are resolved only through the listing (no path traversal)."""
+    fp = _folder_paths()
+    for folder in SEARCH_FOLDERS:
+        if fp is not None:
+            path = fp.get_full_path(folder, name)
+            if path is not None:
+                return path
+        elif name in _headless_files(folder):
+            return str(models_dir() / folder / name)
+    where = "models/stream_r1 or models/diffusion_models" if fp is not None else \
+        f"{models_dir() / MODEL_FOLDER} or {models_dir() / 'diffusion_models'} (set STREAM_R1_MODELS)"
+    raise FileNotFoundError(f"model file {name!r} not found; put the checkpoint in {where} and refresh")
+
+
+# ---- devices and model management ------------------------------------------------------------------------
+def torch_device() -> torch.device:
+    mm = _mm()
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    """Where weights rest between runs (ComfyUI moves them to `torch_device()` for each run)."""
+    mm = _mm()
+    return torch.device(mm.unet_offload_device()) if mm is not None else torch_device()
+
+
+def intermediate_device() -> torch.device:
+    """Where IMAGE / LATENT outputs live, so downstream nodes and ComfyUI's cache hold no VRAM."""
+    mm = _mm()
+    return torch.device(mm.intermediate_device()) if mm is not None else torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """ComfyUI's choice for diffusion models on `device` (bf16 > fp16 > fp32); headless: bf16 on CUDA, else fp32."""
+    mm = _mm()
+    if mm is not None and hasattr(mm, "unet_dtype"):
+        dt = mm.unet_dtype(device, supported_dtypes=[torch.bfloat16, torch.float16, torch.float32])
+        if dt in (torch.bfloat16, torch.float16, torch.float32):      # never an fp8 storage dtype
+            return dt
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def wrap_model(module: torch.nn.Module, load_device: torch.device, offload: torch.device) -> Any:
+    """A ComfyUI ModelPatcher around `module` (so ComfyUI's offloading sees it), or None headless."""
+    mp = _service("comfy.model_patcher", "ModelPatcher")
+    return mp.ModelPatcher(module, load_device=load_device, offload_device=offload) if mp is not None else None
+
+
+def load_models(patchers: Sequence[Any], memory_required: int = 0) -> None:
+    """Load the patchers fully onto the GPU, keeping `memory_required` bytes free (evicts other models)."""
+    mm, patchers = _mm(), [p for p in patchers if p is not None]
+    if mm is None or not patchers:
+        return
+    kw: dict[str, Any] = {"memory_required": memory_required}
+    if "force_full_load" in inspect.signature(mm.load_models_gpu).parameters:
+        kw["force_full_load"] = True     # our modules are plain torch: no per-layer weight casting
+    mm.load_models_gpu(patchers, **kw)
+
+
+def soft_empty_cache() -> None:
+    mm = _mm()
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def interrupted() -> bool:
+    """True once the user pressed Cancel (checked between chunks); headless: never."""
+    mm = _mm()
+    return bool(mm.processing_interrupted()) if mm is not None else False
+
+
+def throw_if_interrupted() -> None:
+    """Raise ComfyUI's InterruptProcessingException when the user cancelled; headless: no-op."""
+    mm = _mm()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def comfy_attention() -> Optional[Callable[..., torch.Tensor]]:
+    """ComfyUI's optimized_attention (the user's --use-*-attention flag) as a [B, L, n, d] backend, or None."""
+    mod = _service("comfy.ldm.modules.attention", "optimized_attention")
+    if mod is None:
+        return None
+
+    def comfy_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        b, lq, n, d = q.shape
+        out = mod.optimized_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), n, mask=mask,
+                                      skip_reshape=True)                       # [B, Lq, n*d]
+        return out.reshape(b, lq, n, d)
+
+    return comfy_attn
+
+
+def vae_cache_slots(decoder: torch.nn.Module) -> int:
+    """Length of the causal feature-cache list of a Wan VAE decoder (ComfyUI's own count when available)."""
+    wan = _service("comfy.ldm.wan.vae", "CausalConv3d")
+    for name in ("count_cache_layers", "count_conv3d"):       # newer ComfyUI / 0.8.0
+        if wan is not None and hasattr(wan, name):
+            return getattr(wan, name)(decoder)
+    return sum(1 for m in decoder.modules() if type(m).__name__ == "CausalConv3d"
+               or getattr(m, "mode", None) == "downsample3d")
+
+
+# ---- progress, previews, events ----------------------------------------------------------------------------
+class Progress:
+    """Per-chunk progress: ComfyUI's ProgressBar (with a preview image) or, headless, a tqdm bar."""
+
+    def __init__(self, total: int, node_id: Optional[str] = None, unit: str = "chunk"):
+        self.total, self.node_id = total, node_id
+        utils = _service("comfy.utils", "ProgressBar")
+        self._bar, self._tqdm = None, None
+        if utils is not None:
+            accepts_id = "node_id" in inspect.signature(utils.ProgressBar).parameters
+            self._bar = utils.ProgressBar(total, node_id=node_id) if accepts_id else utils.ProgressBar(total)
+        else:
+            from tqdm import tqdm
+            self._tqdm = tqdm(total=total, unit=unit, desc="Stream-R1", leave=False)
+
+    def update(self, value: int, image: Optional[torch.Tensor] = None, text: str = "") -> None:
+        """value: chunks done; image: newest frame [H, W, 3] in [0, 1] (shown as the node's preview)."""
+        if self._bar is not None:
+            self._bar.update_absolute(value, self.total, _preview(image) if image is not None else None)
+            if text:
+                _send_progress_text(text, self.node_id)
+        else:
+            self._tqdm.update(value - self._tqdm.n)
+            if text:
+                self._tqdm.set_postfix_str(text)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+def _preview(image: torch.Tensor) -> Optional[tuple]:
+    """("JPEG", PIL image, max size): the preview tuple ComfyUI's ProgressBar accepts."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()   # [H, W, 3]
+    cli = _service("comfy.cli_args", "args")
+    return "JPEG", Image.fromarray(arr), getattr(cli.args, "preview_size", PREVIEW_SIZE) if cli else PREVIEW_SIZE
+
+
+def latent_preview(z: torch.Tensor) -> Optional[torch.Tensor]:
+    """Coarse RGB [h, w, 3] of one normalised latent frame [16, h, w] with ComfyUI's Wan2.1 latent-to-RGB
+    factors (used when no VAE is connected); None headless."""
+    fmt = _service("comfy.latent_formats", "Wan21")
+    factors = getattr(fmt.Wan21, "latent_rgb_factors", None) if fmt is not None else None
+    if factors is None:
+        return None
+    w = torch.tensor(factors, dtype=torch.float32).T                              # [3, 16]
+    bias = getattr(fmt.Wan21, "latent_rgb_factors_bias", None)
+    b = torch.tensor(bias, dtype=torch.float32) if bias is not None else None
+    rgb = torch.nn.functional.linear(z.detach().float().cpu().movedim(0, -1), w, b)  # [h, w, 3]
+    return ((rgb + 1) / 2).clamp(0, 1)
+
+
+def _prompt_server() -> Any:
+    srv = _service("server", "PromptServer")
+    return getattr(srv.PromptServer, "instance", None) if srv is not None else None
+
+
+def send_event(event: str, data: dict) -> None:
+    """A custom websocket message to every client (`api.addEventListener(event, ...)` in the web UI)."""
+    server = _prompt_server()
+    if server is not None:
+        server.send_sync(event, data)
+
+
+def _send_progress_text(text: str, node_id: Optional[str]) -> None:
+    server = _prompt_server()
+    if server is not None and node_id is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, node_id)
+
+
+# ---- output files --------------------------------------------------------------------------------------------
+def save_path(prefix: str, ext: str, width: int, height: int) -> tuple[str, dict]:
+    """A new numbered file in the output directory for `prefix` (e.g. "stream_r1/video").
+
+    Returns (full path, UI entry {"filename", "subfolder", "type": "output"}). ComfyUI's own
+    get_save_image_path refuses prefixes that leave the output directory; so does the headless fallback.
+    """
+    fp = _service("folder_paths", "get_save_image_path")
+    if fp is not None:
+        folder, name, counter, subfolder, _ = fp.get_save_image_path(prefix, fp.get_output_directory(), width, height)
+    else:
+        root = Path(os.environ.get("STREAM_R1_OUTPUT", "output")).expanduser().resolve()
+        target = (root / prefix).resolve()
+        if root != target and root not in target.parents:
+            raise ValueError(f"filename_prefix {prefix!r} leaves the output directory {root}")
+        folder, name = str(target.parent), target.name
+        subfolder = os.path.relpath(folder, root) if target.parent != root else ""
+        taken = [int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                 if (m := re.fullmatch(re.escape(name) + r"_(\d+)_?\..*", f))]
+        counter = max(taken, default=0) + 1
+    os.makedirs(folder, exist_ok=True)
+    filename = f"{name}_{counter:05}_.{ext}"
+    return os.path.join(folder, filename), {"filename": filename, "subfolder": subfolder, "type": "output"}
+
+
+def video_output(path: str) -> Any:
+    """A VIDEO value for stock nodes (SaveVideo, GetVideoComponents) that reads the file lazily; None headless."""
+    api = _service("comfy_api.latest", "InputImpl")
+    return api.InputImpl.VideoFromFile(path) if api is not None else None

@@ -1,0 +1,91 @@
+"""StreamR1ModelLoader: a checkpoint file -> STREAM_R1_MODEL (the causal student, ModelPatcher-wrapped)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..stream_r1.config import StreamConfig
+from ..stream_r1.loaders import StudentInfo, load_student
+from ..stream_r1.wan.attention import resolve_attention
+from ..stream_r1.wan.model import WanModel
+from . import host
+
+log = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(eq=False)
+class StreamR1Model:
+    """STREAM_R1_MODEL: the student, what its file said, and (inside ComfyUI) its ModelPatcher."""
+
+    module: WanModel
+    info: StudentInfo
+    patcher: Any
+    """comfy.model_patcher.ModelPatcher around `module`, or None headless."""
+    device: torch.device
+    """Where it runs (ComfyUI moves it there for each run and back to the offload device after)."""
+    dtype: torch.dtype
+
+    @property
+    def stream_config(self) -> StreamConfig:
+        """The checkpoint family's settings (cache policy, window, sink): what `cache_policy=auto` means."""
+        return self.info.stream_config
+
+    @property
+    def text_dim(self) -> int:
+        return self.module.cfg.text_dim
+
+    def load(self, memory_required: int = 0, others: tuple = ()) -> None:
+        """Bring the weights (and the `others` patchers, e.g. the VAE's) onto the GPU for a run."""
+        host.load_models([self.patcher, *others], memory_required)
+
+    def __deepcopy__(self, memo: dict) -> "StreamR1Model":
+        return self                                  # a shared handle: forked streams share the weights
+
+
+class StreamR1ModelLoader:
+    DESCRIPTION = ("Load a causal Wan2.1 student (Stream-R1, Reward Forcing, Self-Forcing, LongLive, or our own "
+                   "exports; Wan-AI, Comfy-Org repackaged incl. fp8, and .pt training checkpoints) from "
+                   "models/stream_r1 or models/diffusion_models. Text and VAE come from the stock CLIPLoader "
+                   "(type wan) and Load VAE nodes.")
+    CATEGORY = "Stream-R1/loaders"
+    RETURN_TYPES = ("STREAM_R1_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The causal student with its family's default stream settings.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (host.model_files(), {"tooltip": "Checkpoint file from models/stream_r1 (listed first) "
+                                                           "or models/diffusion_models."}),
+            "dtype": (["auto", *DTYPES], {"default": "auto", "tooltip": "Compute dtype; auto = ComfyUI's "
+                                          "choice for the device (bf16 on recent GPUs, fp32 on CPU). fp8 files "
+                                          "are de-quantised to it."}),
+            "attention": (["auto", "sdpa", "flash", "comfy"], {"default": "auto", "tooltip": "auto = flash-attn "
+                          "when installed, else PyTorch SDPA; comfy = ComfyUI's attention (follows "
+                          "--use-sage-attention etc.)."}),
+            "entry": (["auto", "generator_ema", "generator"], {"default": "auto", "tooltip": "Which weights of "
+                      "a .pt training checkpoint to load; auto = generator_ema, else generator. Ignored for "
+                      "other files."}),
+        }}
+
+    def load(self, model_name: str, dtype: str, attention: str, entry: str):
+        path = host.resolve_model(model_name)
+        device, offload = host.torch_device(), host.offload_device()
+        compute = host.default_dtype(device) if dtype == "auto" else DTYPES[dtype]
+        comfy_attn = host.comfy_attention() if attention == "comfy" else None
+        if attention == "comfy" and comfy_attn is None:
+            log.warning("attention 'comfy' needs ComfyUI; using 'auto'")
+        backend = comfy_attn or ("auto" if attention == "comfy" else resolve_attention(attention))
+        module, info = load_student(path, device=offload, dtype=compute, attention=backend,
+                                    entry=None if entry == "auto" or path.endswith((".safetensors", ".sft"))
+                                    else entry)
+        if info.family == "wan-base":
+            log.warning("%s holds bidirectional Wan2.1 base weights, not a distilled causal student: "
+                        "streamed output will not be good", model_name)
+        patcher = host.wrap_model(module, device, offload)
+        return (StreamR1Model(module, info, patcher, device if patcher is not None else offload, compute),)
