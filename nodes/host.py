@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 MODEL_FOLDER = "stream_r1"
 """Our folder under ComfyUI's models directory (extendable from extra_model_paths.yaml: `stream_r1: <dir>`)."""
 SEARCH_FOLDERS = (MODEL_FOLDER, "diffusion_models")
+REWARD_FOLDER = "VideoReward"
+"""models/stream_r1/VideoReward holds the reward model (`python -m stream_r1 download`): never offered as a student."""
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 CHUNK_EVENT = "stream_r1.chunk"
 """Websocket event sent once per generated chunk (the web extension listens for it). Data: node (id), chunk
@@ -80,12 +82,14 @@ def _headless_files(folder: str) -> list[str]:
 
 
 def model_files() -> list[str]:
-    """Names offered by the loader: files of `stream_r1`, then of `diffusion_models` (no duplicates)."""
+    """Names offered by the loader: files of `stream_r1` (except the reward model's folder), then of
+    `diffusion_models` (no duplicates)."""
     fp = _folder_paths()
     names: list[str] = []
     for folder in SEARCH_FOLDERS:
         found = fp.get_filename_list(folder) if fp is not None else _headless_files(folder)
-        names += [n for n in found if n not in names]
+        names += [n for n in found if n not in names and not (folder == MODEL_FOLDER and
+                                                              n.split("/", 1)[0] == REWARD_FOLDER)]
     return names
 
 

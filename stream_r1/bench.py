@@ -111,8 +111,10 @@ def main(argv=None) -> None:
     if not args.no_vae:
         from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
         vae = WanVAE(VAEConfig.wan21()).to(dev, dtype).eval()
-        if args.vae_channels_last:
-            vae = vae.to(memory_format=torch.channels_last_3d)
+        if args.vae_channels_last:                 # NDHWC weights for the 3-D convs (tensor-core layout)
+            for m in vae.modules():
+                if isinstance(m, torch.nn.Conv3d):
+                    m.to(memory_format=torch.channels_last_3d)
         if args.compile_vae:
             vae.decoder.compile(**({} if args.compile_vae == "default" else {"mode": args.compile_vae}))
         decoder = StreamingDecoder(vae)

@@ -1,4 +1,4 @@
-"""Command line: `python -m stream_r1 generate | inspect`.
+"""Command line: `python -m stream_r1 generate | inspect | download`.
 
 `generate` streams a video chunk by chunk: each chunk is denoised, decoded and appended to the output
 file at once, so memory stays flat and an interrupted run leaves a playable file. For exact comparisons
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .reward.cli import add_saliency_parser
     add_saliency_parser(sub)
+
+    from .download import add_parser as add_download_parser
+    add_download_parser(sub)
 
     i = sub.add_parser("inspect", help="describe a checkpoint file")
     i.add_argument("file")
@@ -265,6 +268,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "saliency":
             from .reward.cli import run_saliency
             return run_saliency(args)
+        if args.command == "download":
+            from .download import run as run_download
+            return run_download(args)
         return {"generate": cmd_generate, "inspect": cmd_inspect}[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
