@@ -7,6 +7,7 @@ from .decode import StreamR1Decode
 from .generate import StreamR1Continue, StreamR1Generate, StreamR1GenerateToFile
 from .loader import StreamR1ModelLoader
 from .options import StreamR1Options
+from .reward import StreamR1RewardLoader, StreamR1RewardSaliency, StreamR1RewardScore
 
 NODE_CLASS_MAPPINGS = {
     "StreamR1ModelLoader": StreamR1ModelLoader,
@@ -15,6 +16,9 @@ NODE_CLASS_MAPPINGS = {
     "StreamR1Continue": StreamR1Continue,
     "StreamR1GenerateToFile": StreamR1GenerateToFile,
     "StreamR1Decode": StreamR1Decode,
+    "StreamR1RewardLoader": StreamR1RewardLoader,
+    "StreamR1RewardScore": StreamR1RewardScore,
+    "StreamR1RewardSaliency": StreamR1RewardSaliency,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamR1ModelLoader": "Stream-R1 Load Model",
@@ -23,4 +27,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamR1Continue": "Stream-R1 Continue",
     "StreamR1GenerateToFile": "Stream-R1 Generate to File",
     "StreamR1Decode": "Stream-R1 Decode (streaming VAE)",
+    "StreamR1RewardLoader": "Stream-R1 Load Reward Model",
+    "StreamR1RewardScore": "Stream-R1 Reward Score",
+    "StreamR1RewardSaliency": "Stream-R1 Reward Saliency",
 }

@@ -108,6 +108,24 @@ def resolve_model(name: str) -> str:
     raise FileNotFoundError(f"model file {name!r} not found; put the checkpoint in {where} and refresh")
 
 
+def reward_files() -> list[str]:
+    """Reward-model weight files under models/stream_r1/VideoReward (e.g. VideoReward/checkpoint-11352/model.pth)."""
+    fp = _folder_paths()
+    found = fp.get_filename_list(MODEL_FOLDER) if fp is not None else _headless_files(MODEL_FOLDER)
+    return [n for n in found if n.split("/", 1)[0] == REWARD_FOLDER and n.endswith((".pth", ".pt", ".safetensors"))]
+
+
+def resolve_reward(name: str) -> str:
+    """Full path of a listed reward file; resolved only through the listing (no path traversal)."""
+    if name not in reward_files():
+        where = f"models/{MODEL_FOLDER}/{REWARD_FOLDER}" if _folder_paths() is not None else \
+            f"{models_dir() / MODEL_FOLDER / REWARD_FOLDER} (set STREAM_R1_MODELS)"
+        raise FileNotFoundError(f"reward model {name!r} not found; put VideoReward (model_config.json, "
+                                f"checkpoint-*/model.pth, tokenizer) in {where}: python -m stream_r1 download")
+    fp = _folder_paths()
+    return fp.get_full_path(MODEL_FOLDER, name) if fp is not None else str(models_dir() / MODEL_FOLDER / name)
+
+
 # ---- devices and model management ------------------------------------------------------------------------
 def torch_device() -> torch.device:
     mm = _mm()

@@ -77,8 +77,8 @@ def run_saliency(args: argparse.Namespace) -> int:
     from ..video_io import VideoWriter, probe, read_video
     from . import visualize as vis
     from .model import load_video_reward
-    from .saliency import gradient_saliency, latent_frames_for_video, latent_saliency
-    from .weights import IntraConfig, intra_weights
+    from .report import analyse, axis_grid
+    from .weights import IntraConfig
 
     video_path, out = Path(args.video), Path(args.out)
     if not video_path.is_file():
@@ -100,42 +100,23 @@ def run_saliency(args: argparse.Namespace) -> int:
                                       min_pixels=args.min_pixels, max_pixels=args.max_pixels or model.video.max_pixels)
     bar.update(1)
     bar.set_postfix_str("forward + 3 backward passes")
-    frames = (frames_u8.permute(0, 3, 1, 2).float() / 255.0)[None]              # [1, T, 3, H, W]
-    sal = gradient_saliency(model, frames, [prompt], target=args.target, checkpointing=not args.no_checkpointing)
-    bar.update(1)
-    latent_shape = (latent_frames_for_video(t), max(1, h // 8), max(1, w // 8))
-    lat = latent_saliency(sal, latent_shape)[0]                                 # [A, F, H/8, W/8]
-    intra = intra_weights(lat[None], sal.z(), intra_cfg)
-    bar.update(1)
-
-    # pictures: one tile per latent frame, shown on its last pixel frame (latent k <- frames 4k-3..4k)
-    tile = (max(1, round(h * THUMB_WIDTH / w)), THUMB_WIDTH)
-    shown = torch.tensor([min(4 * k, t - 1) for k in range(latent_shape[0])])
-    thumbs = vis.resize_maps(frames[0].index_select(0, shown).flatten(0, 1), tile)   # [F*3, th, tw]
-    thumbs = thumbs.view(len(shown), 3, *tile)                                  # [F, 3, th, tw]
-    cols = min(7, latent_shape[0])
-    for a, name in enumerate(sal.axes):
-        heat = vis.heatmaps(lat[a], tile, cmap="jet", per_map=False)
-        vis.write_png(out / f"axis_{name}.png", vis.grid_image(vis.overlay(thumbs, heat, args.alpha), cols))
-    w_intra = intra.w_intra[0, :, 0]                                            # [F, H/8, W/8]
-    vis.write_png(out / "w_intra.png", vis.grid_image(vis.heatmaps(w_intra, tile, cmap="blues", per_map=False), cols))
-    vis.write_png(out / "temporal_profile.png", vis.temporal_profile_image(intra.temporal[0]))
-    scores = sal.scores.as_dicts()[0]
-    report = {"video": str(video_path), "prompt": prompt, "frames": t, "source_fps": source_fps,
-              "sampling": sal.mode, "target": sal.target, "latent_shape": list(latent_shape), "scores": scores,
-              "axis_order": list(sal.axes), "axis_weights": intra.axis_weights[0].tolist(),
-              "axis_map_means": lat.mean(dim=(1, 2, 3)).tolist(), "temporal_weights": intra.temporal[0].tolist(),
-              "intra_config": dataclasses.asdict(intra_cfg)}
-    (out / "scores.json").write_text(json.dumps(report, indent=2))
+    frames = frames_u8.permute(0, 3, 1, 2).float() / 255.0                      # [T, 3, H, W]
+    report = analyse(model, frames, prompt, intra_config=intra_cfg, target=args.target,
+                     checkpointing=not args.no_checkpointing)
+    bar.update(2)
+    for name in report.axes:
+        vis.write_png(out / f"axis_{name}.png", axis_grid(report, name, THUMB_WIDTH, args.alpha))
+    vis.write_png(out / "w_intra.png", axis_grid(report, "combined", THUMB_WIDTH, args.alpha))
+    vis.write_png(out / "temporal_profile.png", report.temporal_profile())
+    scores = report.scores
+    (out / "scores.json").write_text(json.dumps({"video": str(video_path), "source_fps": source_fps,
+                                                 **report.as_json()}, indent=2))
     bar.update(1)
 
     bar.set_postfix_str("overlay video")
-    per_frame = vis.latent_to_frames(w_intra, t, (h, w))                        # [T, H, W]
-    top = float(per_frame.max())
     with VideoWriter(out / "overlay.mp4", fps=source_fps) as writer:
-        for i in range(t):
-            heat = vis.colorize(per_frame[i] / max(top, 1e-12), "jet")
-            writer.write(vis.overlay(frames[0, i:i + 1], heat[None], args.alpha), layout="tchw")
+        for i, frame in enumerate(report.overlays("combined", args.alpha)):
+            writer.write(frame[None], layout="tchw")
             bar.update(1)
     bar.close()
     log.info("%s: VQ %.3f MQ %.3f TA %.3f (z), Overall %.3f -> %s", video_path.name, scores["VQ"], scores["MQ"],
