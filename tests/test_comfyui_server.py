@@ -1,0 +1,499 @@
+"""The pack inside a real ComfyUI server, and its UI workflows in the real frontend (optional).
+
+Runs only when COMFYUI_PATH points at a ComfyUI checkout (0.8.0 is what the workflows target) whose Python
+(COMFYUI_PYTHON, default: this interpreter) has ComfyUI's requirements; the browser part also needs Chromium
+(CHROMIUM, default `chromium` on PATH) and websocket-client. Example:
+
+    COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/test_comfyui_server.py
+
+What happens: `main.py --cpu --listen 127.0.0.1 --port <free>` with `--base-directory` a temporary folder
+holding custom_nodes/ (this pack linked in, plus a one-node test pack) and models/ (a tiny random student
+written by `save_dit_export` in ComfyUI's Wan layout, text_dim 4096, and a tiny random Wan2.1 VAE that the stock
+VAELoader detects). The stock umT5 has a fixed XXL size (comfy/text_encoders/umt5_config_xxl.json), far too
+big for a CPU test, so the test pack's `StreamR1TestConditioning` stands in for CLIPLoader + CLIPTextEncode:
+a seeded [1, 16, 4096] CONDITIONING per prompt text. Everything else in the shipped API workflows is run as
+shipped, at 64x48 and a few seconds. Every process started here is stopped at the end; nothing listens
+beyond 127.0.0.1.
+"""
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI or not Path(COMFYUI, "main.py").is_file(),
+                                reason="set COMFYUI_PATH to a ComfyUI checkout to run")
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+PACK_DIR = "ComfyUI-Stream-R1"
+HAVE_WS = importlib.util.find_spec("websocket") is not None
+"""websocket-client: with it, the websocket events (chunk events, previews, progress) are checked too."""
+TINY_MODEL, TINY_VAE = "tiny_stream_r1.safetensors", "tiny_wan_vae.safetensors"
+SIZE = {"width": 64, "height": 48}
+SECONDS = {"stream_r1_t2v_5s": 1.0, "stream_r1_30s_to_file": 1.0, "stream_r1_3min_window_sink": 3.0,
+           "stream_r1_continue_branch": 1.0}
+"""Seconds per workflow at test size; 3 s = 12 latent frames, past the window of 9, so eviction runs."""
+
+TEST_PACK = '''
+import hashlib
+import torch
+
+
+class StreamR1TestConditioning:
+    """Test stand-in for CLIPLoader(type=wan) + CLIPTextEncode: a seeded umT5-shaped CONDITIONING per text."""
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True}),
+                             "width": ("INT", {"default": 4096, "min": 1, "max": 8192})}}
+
+    def encode(self, text, width):
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        return ([[torch.randn(1, 16, width, generator=torch.Generator().manual_seed(seed)), {}]],)
+
+
+NODE_CLASS_MAPPINGS = {"StreamR1TestConditioning": StreamR1TestConditioning}
+'''
+
+
+def _build():
+    spec = importlib.util.spec_from_file_location("stream_r1_workflows_build_server", WORKFLOWS / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path):
+        self.base, self.port = base, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = base / "server.log"
+        cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+               "--port", str(self.port), "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch"]
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within 120 s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            body = r.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def post(self, path: str, data: dict):
+        req = urllib.request.Request(self.url + path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{path}: HTTP {e.code}: {e.read().decode()[:3000]}") from None
+
+    def run(self, prompt: dict, timeout: float = 300) -> tuple[dict, list]:
+        """Queue `prompt`, wait for it; returns (history entry, websocket messages [(type, data)])."""
+        client = uuid.uuid4().hex
+        messages, done = [], threading.Event()
+        ws = None
+        try:
+            import websocket
+            ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client}", timeout=timeout)
+        except ImportError:
+            pass
+        pid = self.post("/prompt", {"prompt": prompt, "client_id": client})["prompt_id"]
+
+        def listen():
+            while not done.is_set():
+                try:
+                    msg = ws.recv()
+                except Exception:
+                    return
+                if isinstance(msg, bytes):
+                    messages.append(("binary", msg))
+                    continue
+                msg = json.loads(msg)
+                messages.append((msg["type"], msg["data"]))
+                data = msg["data"]
+                if msg["type"] in ("execution_success", "execution_error") and data.get("prompt_id") == pid:
+                    return
+
+        thread = threading.Thread(target=listen, daemon=True)
+        if ws is not None:
+            thread.start()
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:        # history is written after execution_success: poll it
+                entry = self.get(f"/history/{pid}").get(pid)
+                if entry and entry.get("status", {}).get("completed") is not None:
+                    thread.join(5)
+                    return entry, messages
+                time.sleep(0.3)
+            raise AssertionError(f"prompt {pid} did not finish in {timeout} s:\n{self.tail()}")
+        finally:
+            done.set()
+            if ws is not None:
+                ws.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def build():
+    return _build()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import torch
+    from safetensors.torch import save_file
+
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.config import StreamConfig, WanConfig
+    from stream_r1.loaders import random_student
+    from stream_r1.vae import VAEConfig, WanVAE
+
+    base = tmp_path_factory.mktemp("comfyui_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_DIR).symlink_to(ROOT, target_is_directory=True)
+    (base / "custom_nodes" / "stream_r1_test_nodes").mkdir()
+    (base / "custom_nodes" / "stream_r1_test_nodes" / "__init__.py").write_text(TEST_PACK)
+    cfg = WanConfig.tiny_comfy()
+    save_dit_export(base / "models" / "stream_r1" / TINY_MODEL, random_student(cfg, seed=0).state_dict(), cfg,
+                    StreamConfig.stream_r1())
+    reward = base / "models" / "stream_r1" / "VideoReward" / "checkpoint-1"   # where the downloader puts it
+    reward.mkdir(parents=True)
+    torch.save({"rm_head.weight": torch.zeros(1, 4)}, reward / "model.pth")
+    torch.manual_seed(0)
+    (base / "models" / "vae").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in WanVAE(VAEConfig.tiny()).state_dict().items()},
+              str(base / "models" / "vae" / TINY_VAE))
+    srv = Server(base)
+    yield srv
+    srv.stop()
+
+
+def tiny(api: dict, seconds: float) -> dict:
+    """A shipped API workflow at test size, with the test conditioning in place of the stock umT5 nodes."""
+    out = {}
+    for nid, node in json.loads(json.dumps(api)).items():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CLIPLoader":
+            continue
+        if kind == "CLIPTextEncode":
+            node = {**node, "class_type": "StreamR1TestConditioning", "inputs": {"text": inputs["text"], "width": 4096}}
+        elif kind == "VAELoader":
+            inputs["vae_name"] = TINY_VAE
+        elif kind == "StreamR1ModelLoader":
+            inputs.update(model_name=TINY_MODEL, dtype="fp32")
+        elif kind in ("StreamR1Generate", "StreamR1GenerateToFile"):
+            inputs.update(SIZE, seconds=seconds)
+        elif kind == "StreamR1Continue":
+            inputs["seconds"] = 1.0
+        out[nid] = node
+    return out
+
+
+def output_file(server: Server, entry: dict, node_id: str) -> Path:
+    item = entry["outputs"][node_id]["images"][0]
+    assert item["type"] == "output" and entry["outputs"][node_id].get("animated") in ([True], (True,))
+    return server.base / "output" / item["subfolder"] / item["filename"]
+
+
+def frames_of(path: Path) -> np.ndarray:
+    from stream_r1.video_io import read_video
+
+    return read_video(path)
+
+
+def expected_frames(seconds: float) -> int:
+    from stream_r1.config import video_frames_for
+    from stream_r1.stream import latent_frames_for_seconds
+
+    return video_frames_for(latent_frames_for_seconds(seconds))
+
+
+# ---- the server ---------------------------------------------------------------------------------------------
+def test_the_pack_loads_with_its_templates_and_extension(server):
+    log = server.log.read_text(errors="replace")
+    assert "IMPORT FAILED" not in "\n".join(line for line in log.splitlines() if PACK_DIR in line)
+    templates = server.get("/api/workflow_templates")
+    assert sorted(templates[PACK_DIR]) == sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    served = server.get(f"/api/workflow_templates/{PACK_DIR}/stream_r1_t2v_5s.json")
+    assert served == json.loads((WORKFLOWS / "stream_r1_t2v_5s.json").read_text())
+    extensions = server.get("/extensions")
+    assert f"/extensions/{PACK_DIR}/stream_r1.js" in extensions
+    assert f"/extensions/{PACK_DIR}/lib/stream_state.js" in extensions
+    assert not [e for e in extensions if PACK_DIR in e and "/tests/" in e]
+
+
+def test_object_info_of_our_nodes_equals_the_export(server, build, monkeypatch):
+    live = server.get("/object_info")
+    monkeypatch.setenv("STREAM_R1_MODELS", str(server.base / "models"))   # headless file lists = the server's
+    pack = build.import_pack()
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        ours = build.export_object_info(cls, name, pack.NODE_DISPLAY_NAME_MAPPINGS[name], f"custom_nodes.{PACK_DIR}")
+        theirs = live[name]
+        if name == "StreamR1ModelLoader":       # the reward model in models/stream_r1/VideoReward is left out
+            assert theirs["input"]["required"]["model_name"][0] == [TINY_MODEL]
+        assert theirs == ours, name
+
+
+def test_recorded_stock_definitions_match_this_server(server, build):
+    live, recorded = server.get("/object_info"), build.stock_definitions()
+    used = {n["type"] for p in WORKFLOWS.glob("*.json") for n in json.loads(p.read_text())["nodes"]}
+    for name in sorted(used & set(recorded)):
+        a, b = json.loads(json.dumps(live[name])), json.loads(json.dumps(recorded[name]))
+        for d in (a, b):                        # file lists depend on the models folder
+            for section in d["input"].values():
+                for key in ("clip_name", "vae_name"):
+                    if key in section:
+                        section[key][0] = []
+        assert a == b, name
+
+
+@pytest.mark.parametrize("name", sorted(SECONDS))
+def test_shipped_api_workflow_runs(server, name):
+    api = json.loads((WORKFLOWS / "api" / f"{name}.api.json").read_text())
+    entry, messages = server.run(tiny(api, SECONDS[name]))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
+    chunks = [d for t, d in messages if t == "stream_r1.chunk"]
+    previews = [m for t, m in messages if t == "binary"]
+    assert bool(chunks) == HAVE_WS
+
+    if name == "stream_r1_continue_branch":
+        a, b = (frames_of(output_file(server, entry, n)) for n in ("15", "16"))
+        start, added = expected_frames(1.0), expected_frames(1.0) + 3       # 6 more latent frames = 24 frames
+        assert a.shape == b.shape == (start + added, SIZE["height"], SIZE["width"], 3)
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff[:start].mean() < 2.0, "both endings start with the same stream"
+        assert diff[start:].mean() > 4 * max(diff[:start].mean(), 0.5), "the two prompts give two endings"
+        if HAVE_WS:
+            by_node = {}
+            for d in chunks:
+                by_node.setdefault(d["node"], []).append(d)
+            assert [d["chunk"] for d in by_node["5"]] == [0, 1]
+            for node in ("6", "7"):                          # each Continue goes on from the kept stream
+                assert [(d["chunk"], d["chunks_done"], d["chunks"]) for d in by_node[node]] == [(2, 1, 2), (3, 2, 2)]
+                assert by_node[node][-1]["frames"] == added
+        return
+
+    save = next(n for n, v in api.items() if v["class_type"] in ("SaveVideo", "StreamR1GenerateToFile"))
+    video = frames_of(output_file(server, entry, save))
+    assert video.shape == (expected_frames(SECONDS[name]), SIZE["height"], SIZE["width"], 3)
+    assert video.std() > 1.0, "a random model still draws something, not a flat frame"
+    if HAVE_WS:
+        from stream_r1.stream import latent_frames_for_seconds
+
+        n = latent_frames_for_seconds(SECONDS[name]) // 3
+        assert [d["chunks_done"] for d in chunks] == list(range(1, n + 1))
+        assert chunks[-1]["frames"] == video.shape[0] and all(d["fps"] > 0 for d in chunks)
+        assert len(previews) >= n, "a preview image per chunk"
+        assert any(t == "progress" and d["max"] == n for t, d in messages)
+
+
+def test_a_bad_request_fails_with_a_clear_message(server):
+    api = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 1.0)
+    api["5"]["inputs"]["height"] = 40                          # allowed by the widget step? no: 40 is not 16k
+    req = urllib.request.Request(server.url + "/prompt", json.dumps({"prompt": api}).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            pid = json.loads(r.read())["prompt_id"]
+    except urllib.error.HTTPError as e:                        # rejected at validation: fine too
+        assert "height" in e.read().decode()
+        return
+    for _ in range(200):
+        entry = server.get(f"/history/{pid}").get(pid)
+        if entry and entry["status"].get("completed") is not None:
+            break
+        time.sleep(0.3)
+    assert entry["status"]["status_str"] == "error"
+    error = next(d for t, d in entry["status"]["messages"] if t == "execution_error")
+    assert error["node_type"] == "StreamR1Generate" and "multiple of 16" in error["exception_message"]
+
+
+# ---- the real frontend in headless Chromium ----------------------------------------------------------------------
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol (websocket-client), bound to 127.0.0.1."""
+
+    def __init__(self, binary: str, profile: Path, size=(1800, 1000)):
+        import websocket
+
+        self.profile = profile
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--window-size={size[0]},{size[1]}",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=open(profile.parent / "chromium.log", "w"))
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.time() + 30
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("Chromium did not start")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10) as r:
+            page = next(t for t in json.loads(r.read()) if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=120, suppress_origin=True)
+        self.n, self.events = 0, []
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.n:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+            self.events.append(msg)
+
+    def js(self, expression: str):
+        r = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(json.dumps(r["exceptionDetails"])[:3000])
+        return r["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                value = self.js(expression)
+                if value:
+                    return value
+            except RuntimeError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self):
+        ws = getattr(self, "ws", None)
+        if ws is not None:
+            ws.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser(server, tmp_path_factory):
+    binary = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not binary:
+        pytest.skip("no Chromium (set CHROMIUM or install Debian's chromium)")
+    pytest.importorskip("websocket")
+    b = Chromium(binary, tmp_path_factory.mktemp("chromium") / "profile")
+    try:
+        b.call("Page.enable")
+        b.call("Runtime.enable")
+        b.call("Page.navigate", url=server.url + "/")
+        b.wait_for("!!(window.app && window.app.graph && (app.extensions || []).some(e => e.name === "
+                   "'StreamR1.LivePreview'))", timeout=90)
+        b.js("(async () => { const s = app.extensionManager.setting;"      # no first-run templates, no model dialog
+             " await s.set('Comfy.TutorialCompleted', true);"
+             " await s.set('Comfy.Workflow.ShowMissingModelsWarning', false); })()")
+        yield b
+    finally:
+        b.close()
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("STREAM_R1_SCREENSHOTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")), ids=lambda p: p.stem)
+def test_frontend_loads_the_ui_workflow_as_written_and_prompts_the_api_twin(browser, path):
+    ui = json.loads(path.read_text())
+    got = browser.js(f"(async () => {{ await app.loadGraphData({json.dumps(ui)}, true, true, {json.dumps(path.name)});"
+                     " const p = await app.graphToPrompt(); return {ser: app.graph.serialize(), output: p.output}; })()")
+    assert got["output"] == json.loads((WORKFLOWS / "api" / f"{path.stem}.api.json").read_text())
+    ours = {n["id"]: n for n in ui["nodes"]}
+    for node in got["ser"]["nodes"]:        # the frontend's own serialisation of what it loaded equals the file
+        mine = ours[node["id"]]
+        for key in ("type", "inputs", "outputs", "widgets_values", "properties", "title", "mode", "size", "pos"):
+            assert node.get(key) == mine.get(key), f"{path.name} node {node['id']} {key}"
+    assert got["ser"]["links"] == ui["links"] and got["ser"]["groups"] == ui["groups"]
+
+
+def test_live_preview_counter_and_error_on_the_node(browser, server, tmp_path):
+    """Load the 5 s workflow, swap the umT5 nodes for the test conditioning at test size, queue it from the page."""
+    ui = json.loads((WORKFLOWS / "stream_r1_t2v_5s.json").read_text())
+    browser.js(f"(async () => {{ await app.loadGraphData({json.dumps(ui)}, true, true, 'stream_r1_t2v_5s'); }})()")
+    browser.js("""(async () => {
+      const g = app.graph, gen = g.getNodeById(5), prompt = g.getNodeById(2);
+      const cond = LiteGraph.createNode("StreamR1TestConditioning");
+      cond.pos = [...prompt.pos]; g.add(cond);
+      cond.widgets.find(w => w.name === "text").value = prompt.widgets[0].value;
+      cond.connect(0, gen, gen.findInputSlot("positive"));
+      g.remove(g.getNodeById(1)); g.remove(prompt);
+      const set = (n, name, v) => { g.getNodeById(n).widgets.find(w => w.name === name).value = v; };
+      set(3, "vae_name", "%s"); set(4, "model_name", "%s"); set(4, "dtype", "fp32");
+      set(5, "width", 64); set(5, "height", 48); set(5, "seconds", 5);
+      await app.queuePrompt(0, 1);
+    })()""" % (TINY_VAE, TINY_MODEL))
+    line = browser.wait_for("(() => { const t = document.querySelector('.stream-r1-status-line')?.textContent;"
+                            " return t && /^(done|error)/.test(t) ? t : null; })()", timeout=180)
+    assert line.startswith("done: 7 chunks · 81 frames (5.1 s)"), line
+    thumbs = browser.js("document.querySelectorAll('.stream-r1-status img[src^=\"blob:\"]').length")
+    assert thumbs >= 7, "the newest frame and six chunk thumbnails"
+    out = screenshot_dir(tmp_path)
+    browser.js("document.querySelectorAll('.p-dialog-mask').forEach(d => d.remove())")
+    browser.screenshot(out / "stream_r1_live_preview.png")
+
+    browser.js("(async () => { const g = app.graph; g.getNodeById(5).widgets.find(w => w.name === 'height').value = 40;"
+               " await app.queuePrompt(0, 1); })()")
+    error = browser.wait_for("(() => { const e = document.querySelector('.stream-r1-error');"
+                             " return e && e.style.display !== 'none' ? e.textContent : null; })()", timeout=120)
+    assert "multiple of 16" in error, error
+    browser.js("document.querySelectorAll('.p-dialog-mask').forEach(d => d.remove())")   # the frontend's own dialog
+    browser.screenshot(out / "stream_r1_error.png")

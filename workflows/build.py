@@ -1,0 +1,488 @@
+"""Build the shipped workflows from one description each: the UI format (what ComfyUI's Save writes and
+drag-and-drop / the Templates dialog load; workflow JSON 0.4 as frontend 1.35.9 writes it) and its API twin
+(what `POST /prompt` takes, converted from the UI file the way the frontend's graphToPrompt does).
+
+    python workflows/build.py           # write workflows/<name>.json and workflows/api/<name>.api.json
+    python workflows/build.py --check   # exit 1 when a committed file differs from what this script writes
+
+Node definitions come in the object_info format: stock nodes from the recorded answer of an unmodified
+ComfyUI 0.8.0 (tests/fixtures/object_info-0.8.0.json), ours from NODE_CLASS_MAPPINGS exported exactly as
+ComfyUI's server.node_info does for V1 classes (`export_object_info`). The files each workflow needs (with
+download links, in node `properties.models` as ComfyUI's own templates do) come from `stream_r1.download`, so
+the workflows and `python -m stream_r1 download` cannot disagree.
+
+ComfyUI 0.8.0 lists every `*.json` directly inside a pack's `workflows/` folder as a template (Templates
+dialog -> Extensions -> <pack folder>), so the UI files live there and the API twins one level down.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "workflows"
+API_DIR = HERE / "api"
+OBJECT_INFO = ROOT / "tests" / "fixtures" / "object_info-0.8.0.json"
+PACK_MODULE = "custom_nodes_x_stream_r1_workflows_build"
+PACK_ID = "comfyui-stream-r1"
+"""Registry id (pyproject [project] name): `properties.cnr_id` of our nodes, as the frontend writes it."""
+COMFY_CORE = ("comfy-core", "0.8.0")
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+"""Node types that exist only in the frontend: no definition in object_info, dropped from the API format."""
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CONTROL_NAMES = {"seed", "noise_seed"}
+"""INT inputs that get a control_after_generate widget even without the option (the frontend's legacy rule)."""
+AUTOGROW = "COMFY_AUTOGROW_V3"
+"""A V3 input that grows one slot per connection (e.g. BatchImagesNode's images.image0, images.image1, ...)."""
+OPTIONAL_SHAPE = 7
+"""`shape` of an optional input slot in the UI format (LiteGraph's hollow dot)."""
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from stream_r1.download import BY_NAME  # noqa: E402
+
+
+# ---- node definitions (object_info format) ---------------------------------------------------------------
+def import_pack(name: str = PACK_MODULE):
+    """The pack, imported by path under a path-derived name as ComfyUI imports it (ComfyUI not needed)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def export_object_info(cls: type, node_class: str, display_name: Optional[str],
+                       python_module: str = "custom_nodes.ComfyUI-Stream-R1") -> dict:
+    """What ComfyUI 0.8.0's `GET /object_info` answers for a V1 class (server.py `node_info`), JSON-normalised."""
+    info: dict[str, Any] = {}
+    info["input"] = cls.INPUT_TYPES()
+    info["input_order"] = {key: list(value.keys()) for key, value in cls.INPUT_TYPES().items()}
+    info["output"] = cls.RETURN_TYPES
+    info["output_is_list"] = getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES))
+    info["output_name"] = getattr(cls, "RETURN_NAMES", info["output"])
+    info["name"] = node_class
+    info["display_name"] = display_name if display_name is not None else node_class
+    info["description"] = getattr(cls, "DESCRIPTION", "")
+    info["python_module"] = python_module
+    info["category"] = getattr(cls, "CATEGORY", "sd")
+    info["output_node"] = getattr(cls, "OUTPUT_NODE", False) is True
+    if hasattr(cls, "OUTPUT_TOOLTIPS"):
+        info["output_tooltips"] = cls.OUTPUT_TOOLTIPS
+    if getattr(cls, "DEPRECATED", False):
+        info["deprecated"] = True
+    if getattr(cls, "EXPERIMENTAL", False):
+        info["experimental"] = True
+    if hasattr(cls, "API_NODE"):
+        info["api_node"] = cls.API_NODE
+    return json.loads(json.dumps(info))
+
+
+def our_definitions() -> dict[str, dict]:
+    pack = import_pack()
+    return {name: export_object_info(cls, name, pack.NODE_DISPLAY_NAME_MAPPINGS.get(name))
+            for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+
+
+def stock_definitions() -> dict[str, dict]:
+    return json.loads(OBJECT_INFO.read_text())
+
+
+def definitions() -> dict[str, dict]:
+    return {**stock_definitions(), **our_definitions()}
+
+
+# ---- reading a definition the way the frontend does ---------------------------------------------------------
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    type: str
+    """Link type, or for widgets INT / FLOAT / STRING / BOOLEAN / COMBO."""
+    options: dict
+    optional: bool
+    combo: Optional[list] = None
+    """The choices of a COMBO."""
+    label: Optional[str] = None
+    """Shown name of a slot grown from an autogrow input (`image1` of `images.image1`)."""
+
+    @property
+    def control(self) -> bool:
+        """An INT that gets a control_after_generate companion widget (one more value in widgets_values)."""
+        flag = self.options.get("control_after_generate")      # frontend: spec flag ?? name in (seed, noise_seed)
+        return self.type == "INT" and bool(flag if flag is not None else self.name in CONTROL_NAMES)
+
+
+def autogrow(name: str, options: dict, linked: Iterable[str]) -> list[Slot]:
+    """The slots a V3 autogrow input (COMFY_AUTOGROW_V3, prefix template) shows: `<name>.<prefix>0 ...` up to the
+    last connected one (at least `min`, these required), plus one empty optional slot while under `max`."""
+    template = options["template"]
+    (inner,) = template["input"]["required"].values()
+    prefix, low, high = f"{name}.{template['prefix']}", template.get("min", 1), template.get("max", 10)
+    used = [int(n[len(prefix):]) for n in linked if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    count = min(high, max(low, max(used, default=-1) + 1) + 1)
+    return [Slot(f"{prefix}{i}", inner[0], inner[1] if len(inner) > 1 else {}, i >= low,
+                 label=f"{template['prefix']}{i}") for i in range(count)]
+
+
+def slots(defn: dict, linked: Iterable[str] = ()) -> tuple[list[Slot], list[Slot]]:
+    """(link inputs, widgets) of a definition, each in input_order (required, then optional); autogrow inputs
+    expand to the slots the frontend shows with the inputs named in `linked` connected."""
+    sockets, widgets = [], []
+    for section in ("required", "optional"):
+        specs = defn["input"].get(section, {})
+        for name in defn.get("input_order", {}).get(section, list(specs)):
+            spec = specs[name]
+            kind, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+            if kind == AUTOGROW:
+                sockets += autogrow(name, options, linked)
+                continue
+            combo = None
+            if isinstance(kind, list):
+                kind, combo = "COMBO", kind
+            elif kind == "COMBO":
+                combo = options.get("options", [])
+            slot = Slot(name, kind, options, section == "optional", combo)
+            (widgets if kind in WIDGET_TYPES and not options.get("forceInput") else sockets).append(slot)
+    return sockets, widgets
+
+
+def default_value(slot: Slot) -> Any:
+    if "default" in slot.options:
+        return slot.options["default"]
+    if slot.type == "COMBO":
+        return slot.combo[0] if slot.combo else ""
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[slot.type]
+
+
+# ---- workflow descriptions --------------------------------------------------------------------------------
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    size: tuple[int, int]
+    widgets: dict[str, Any] = field(default_factory=dict)
+    """Widget values by input name; others keep their defaults. Seeds ship with control 'fixed'."""
+    links: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Input name -> (source node id, output slot)."""
+    title: Optional[str] = None
+    models: tuple[str, ...] = ()
+    """Release names (stream_r1.download) whose files this node loads: embedded as properties.models."""
+    color: Optional[str] = None
+    bgcolor: Optional[str] = None
+
+
+@dataclass
+class Workflow:
+    name: str
+    title: str
+    description: str
+    nodes: list[Node]
+    groups: list[tuple[str, tuple[int, int, int, int], str]] = field(default_factory=list)
+    """(title, (x, y, w, h), colour)."""
+
+
+def note(id: int, pos: tuple[int, int], size: tuple[int, int], text: str) -> Node:
+    return Node(id, "MarkdownNote", pos, size, {"text": text}, title="Read me", color="#432", bgcolor="#653")
+
+
+def files_markdown(releases: tuple[str, ...]) -> str:
+    rows = "\n".join(f"| [{BY_NAME[r].filename}]({BY_NAME[r].url}) | `ComfyUI/models/{BY_NAME[r].folder}/` |"
+                     for r in releases)
+    return ("| file | put it in |\n|---|---|\n" + rows +
+            "\n\nOr fetch them all: `python -m stream_r1 download --comfyui /path/to/ComfyUI` "
+            "(run in the Stream-R1 pack folder).")
+
+
+GENERATION_FILES = ("stream_r1", "umt5", "vae")
+DISPLAY_COLOURS = {"models": "#3f789e", "prompt": "#8A8", "stream": "#b06634", "output": "#88A"}
+
+
+def _loaders(y: int = 80) -> list[Node]:
+    """Load CLIP (umT5, type wan), Load VAE and Stream-R1 Load Model, stacked in the left column."""
+    return [
+        Node(1, "CLIPLoader", (40, y), (340, 106), {"clip_name": BY_NAME["umt5"].filename, "type": "wan",
+                                                    "device": "default"}, models=("umt5",)),
+        Node(3, "VAELoader", (40, y + 160), (340, 58), {"vae_name": BY_NAME["vae"].filename}, models=("vae",)),
+        Node(4, "StreamR1ModelLoader", (40, y + 270), (340, 130), {"model_name": BY_NAME["stream_r1"].filename},
+             models=("stream_r1",)),
+    ]
+
+
+def _prompt(id: int, pos: tuple[int, int], text: str, title: str = "Prompt", size=(420, 180)) -> Node:
+    return Node(id, "CLIPTextEncode", pos, size, {"text": text}, {"clip": (1, 0)}, title=title)
+
+
+def t2v_5s() -> Workflow:
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden "
+                              "light, breath steaming, cinematic tracking shot"),
+        Node(5, "StreamR1Generate", (880, 80), (360, 416),
+             {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
+        Node(6, "CreateVideo", (1280, 80), (300, 80), {"fps": 16.0}, {"images": (5, 0)}),
+        Node(7, "SaveVideo", (1280, 200), (420, 420), {"filename_prefix": "stream_r1/t2v_5s"}, {"video": (6, 0)}),
+        note(8, (420, 320), (420, 300),
+             "## Stream-R1: 5-second text-to-video\n\nThe causal student streams 81 frames (5 s at 16 fps, 832x480) "
+             "chunk by chunk; each chunk is decoded as soon as it is denoised, and the node shows the newest "
+             "frame, a chunk counter and the running FPS. The frames go to the stock Create Video / Save Video "
+             "nodes.\n\n" + files_markdown(GENERATION_FILES)),
+    ]
+    return Workflow("stream_r1_t2v_5s", "Stream-R1: 5 s text to video",
+                    "Text to a 5-second 832x480 video with the Stream-R1 student, stock umT5 text encoder and Wan "
+                    "2.1 VAE, saved with Save Video.", nodes,
+                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
+                     ("Stream", (860, 10, 400, 420), DISPLAY_COLOURS["stream"]),
+                     ("Video", (1260, 10, 460, 630), DISPLAY_COLOURS["output"])])
+
+
+def stream_30s() -> Workflow:
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), "A low drone shot flying over a winding river through an autumn forest, mist rising "
+                              "from the water, golden hour, smooth continuous camera motion"),
+        Node(5, "StreamR1GenerateToFile", (880, 80), (380, 560),
+             {"width": 832, "height": 480, "seconds": 30.0, "frames": 0, "seed": 42,
+              "filename_prefix": "stream_r1/stream_30s", "fps": 16.0},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
+        note(8, (420, 320), (420, 300),
+             "## Stream-R1: 30-second stream to file\n\nEvery chunk is denoised, decoded and appended to an MP4 in "
+             "`output/stream_r1/` as it is produced: memory stays flat and a cancelled run leaves a playable file. "
+             "The node shows the video when it is done; its VIDEO output feeds stock video nodes.\n\n"
+             + files_markdown(GENERATION_FILES)),
+    ]
+    return Workflow("stream_r1_30s_to_file", "Stream-R1: 30 s stream to file",
+                    "A 30-second stream written to an MP4 chunk by chunk (flat memory, playable if cancelled).",
+                    nodes, [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
+                            ("Stream to file", (860, 10, 420, 650), DISPLAY_COLOURS["stream"])])
+
+
+def stream_3min() -> Workflow:
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), "A sailboat crossing a calm sea from dawn to dusk, the sky slowly turning from pink "
+                              "to blue to orange, gentle waves, wide shot"),
+        Node(6, "StreamR1Options", (420, 300), (420, 250),
+             {"cache_policy": "window_sink", "denoising_steps": "1000,750,500,250", "window_frames": 9,
+              "sink_frames": 3, "sink_ema_alpha": -1.0, "sink_ema_source": "auto", "context_noise": -1.0,
+              "full_cache_frames": -1}),
+        Node(5, "StreamR1GenerateToFile", (880, 80), (380, 560),
+             {"width": 832, "height": 480, "seconds": 180.0, "frames": 0, "seed": 42,
+              "filename_prefix": "stream_r1/stream_3min", "fps": 16.0},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "options": (6, 0)}),
+        note(8, (420, 600), (420, 330),
+             "## Stream-R1: a 3-minute stream\n\nThe rolling KV cache keeps a window of 9 latent frames, 3 of "
+             "them an EMA attention sink (window_sink, what Stream-R1 was trained with), so the cost per chunk "
+             "and the memory stay the same for any length. 180 s = 2877 frames at 16 fps, written to "
+             "`output/stream_r1/` as they are produced.\n\n" + files_markdown(GENERATION_FILES)),
+    ]
+    return Workflow("stream_r1_3min_window_sink", "Stream-R1: 3-minute stream (window + sink)",
+                    "A minutes-long stream with the rolling window + EMA sink cache, written to an MP4 as it goes.",
+                    nodes, [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
+                            ("Stream to file", (860, 10, 420, 650), DISPLAY_COLOURS["stream"])])
+
+
+def continue_branch() -> Workflow:
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), "A hot-air balloon rising over a valley of vineyards in the early morning, "
+                              "soft light, slow ascent", title="Prompt: start"),
+        _prompt(9, (420, 300), "The hot-air balloon drifts into a thunderstorm, dark clouds, flashes of lightning, "
+                               "rain streaks", title="Prompt: ending A"),
+        _prompt(10, (420, 520), "The hot-air balloon descends gently into a field of sunflowers, people running "
+                                "towards it and waving", title="Prompt: ending B"),
+        Node(5, "StreamR1Generate", (880, 80), (360, 416),
+             {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": True},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}, title="Stream-R1 Generate (start, keeps state)"),
+        Node(6, "StreamR1Continue", (1280, 80), (340, 276), {"seconds": 5.0, "keep_state": False},
+             {"state": (5, 2), "positive": (9, 0)}, title="Continue: ending A"),
+        Node(7, "StreamR1Continue", (1280, 400), (340, 276), {"seconds": 5.0, "keep_state": False},
+             {"state": (5, 2), "positive": (10, 0)}, title="Continue: ending B"),
+        Node(11, "BatchImagesNode", (1660, 80), (220, 90), {}, {"images.image0": (5, 0), "images.image1": (6, 0)},
+             title="Start + ending A"),
+        Node(12, "BatchImagesNode", (1660, 400), (220, 90), {}, {"images.image0": (5, 0), "images.image1": (7, 0)},
+             title="Start + ending B"),
+        Node(13, "CreateVideo", (1920, 80), (270, 80), {"fps": 16.0}, {"images": (11, 0)}),
+        Node(14, "CreateVideo", (1920, 400), (270, 80), {"fps": 16.0}, {"images": (12, 0)}),
+        Node(15, "SaveVideo", (2230, 80), (360, 280), {"filename_prefix": "stream_r1/branch_a"}, {"video": (13, 0)}),
+        Node(16, "SaveVideo", (2230, 400), (360, 280), {"filename_prefix": "stream_r1/branch_b"}, {"video": (14, 0)}),
+        note(8, (40, 520), (340, 420),
+             "## Stream-R1: continue and branch\n\nGenerate keeps its stream (keep_state on: KV cache, noise "
+             "generator and VAE cache). Each Continue works on its own copy of that state with a new prompt, so "
+             "one start gets two endings with no seam and no VAE re-encode. Each ending is batched after the "
+             "shared start and saved as its own video.\n\n" + files_markdown(GENERATION_FILES)),
+    ]
+    return Workflow("stream_r1_continue_branch", "Stream-R1: continue a stream, two endings",
+                    "Generate 5 s and keep the stream; two Continue nodes with different prompts give two endings "
+                    "from the same start.", nodes,
+                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
+                     ("Prompts", (400, 10, 460, 720), DISPLAY_COLOURS["prompt"]),
+                     ("Branches", (1260, 10, 380, 580), DISPLAY_COLOURS["stream"])])
+
+
+WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch)
+
+
+# ---- UI format ---------------------------------------------------------------------------------------------
+def _execution_order(wf: Workflow) -> dict[int, int]:
+    """Topological order (ties by id), as LiteGraph's `order` field."""
+    deps = {n.id: {src for src, _ in n.links.values()} for n in wf.nodes}
+    order: dict[int, int] = {}
+    while len(order) < len(deps):
+        ready = sorted(i for i, d in deps.items() if i not in order and d <= set(order))
+        if not ready:
+            raise ValueError(f"{wf.name}: the graph has a cycle")
+        for i in ready:
+            order[i] = len(order)
+    return order
+
+
+def _properties(node: Node) -> dict:
+    props: dict[str, Any] = {}
+    if node.type not in FRONTEND_ONLY:
+        props["Node name for S&R"] = node.type
+        props["cnr_id"], ver = (PACK_ID, None) if node.type.startswith("StreamR1") else COMFY_CORE
+        if ver:
+            props["ver"] = ver
+    if node.models:
+        props["models"] = [{"name": BY_NAME[r].filename, "url": BY_NAME[r].url, "directory": BY_NAME[r].folder}
+                           for r in node.models]
+    return props
+
+
+def to_ui(wf: Workflow, defs: dict[str, dict]) -> dict:
+    by_id = {n.id: n for n in wf.nodes}
+    order = _execution_order(wf)
+    links: list[list] = []
+    out_links: dict[tuple[int, int], list[int]] = {}
+    in_links: dict[tuple[int, str], int] = {}
+    for node in sorted(wf.nodes, key=lambda n: n.id):
+        if node.type in FRONTEND_ONLY:
+            continue
+        sockets, _ = slots(defs[node.type], node.links)
+        for slot in sockets:
+            if slot.name not in node.links:
+                continue
+            src, src_slot = node.links[slot.name]
+            link_id = len(links) + 1
+            kind = defs[by_id[src].type]["output"][src_slot]
+            links.append([link_id, src, src_slot, node.id, sockets.index(slot), kind])
+            out_links.setdefault((src, src_slot), []).append(link_id)
+            in_links[(node.id, slot.name)] = link_id
+    ui_nodes = []
+    for node in sorted(wf.nodes, key=lambda n: n.id):
+        entry: dict[str, Any] = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size),
+                                 "flags": {}, "order": order[node.id], "mode": 0}
+        if node.type in FRONTEND_ONLY:
+            entry.update(inputs=[], outputs=[], properties={}, widgets_values=[node.widgets["text"]])
+        else:
+            defn = defs[node.type]
+            sockets, widgets = slots(defn, node.links)
+            unknown = set(node.widgets) - {w.name for w in widgets} | set(node.links) - {s.name for s in sockets}
+            if unknown:
+                raise ValueError(f"{wf.name}: node {node.id} ({node.type}) has no input(s) {sorted(unknown)}")
+            inputs = []
+            for slot in sockets:
+                item = {"label": slot.label} if slot.label else {}
+                item.update(localized_name=slot.name, name=slot.name)
+                if slot.optional:
+                    item["shape"] = OPTIONAL_SHAPE
+                item.update(type=slot.type, link=in_links.get((node.id, slot.name)))
+                inputs.append(item)
+            for slot in widgets:
+                item = {"localized_name": slot.name, "name": slot.name}
+                if slot.optional:
+                    item["shape"] = OPTIONAL_SHAPE
+                item.update(type=slot.type, widget={"name": slot.name}, link=None)
+                inputs.append(item)
+            values = []
+            for slot in widgets:
+                values.append(node.widgets.get(slot.name, default_value(slot)))
+                if slot.control:
+                    values.append("fixed")
+            outputs = [{"localized_name": name, "name": name, "type": kind,
+                        "links": out_links.get((node.id, i), [])}
+                       for i, (name, kind) in enumerate(zip(defn["output_name"], defn["output"]))]
+            entry.update(inputs=inputs, outputs=outputs, properties=_properties(node), widgets_values=values)
+        if node.title:
+            entry["title"] = node.title
+        if node.color:
+            entry["color"], entry["bgcolor"] = node.color, node.bgcolor
+        ui_nodes.append(entry)
+    groups = [{"id": i + 1, "title": title, "bounding": list(box), "color": colour, "font_size": 24, "flags": {}}
+              for i, (title, box, colour) in enumerate(wf.groups)]
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PACK_ID}/workflows/{wf.name}")), "revision": 0,
+            "last_node_id": max(n.id for n in wf.nodes), "last_link_id": len(links), "nodes": ui_nodes,
+            "links": links, "groups": groups, "config": {},
+            "extra": {"ds": {"scale": 0.7, "offset": [90, 110]}, "stream_r1": {"title": wf.title,
+                                                                             "description": wf.description}},
+            "version": 0.4}
+
+
+# ---- API format (the frontend's graphToPrompt) ---------------------------------------------------------------
+def ui_to_api(ui: dict, defs: dict[str, dict]) -> dict:
+    """Convert a UI-format workflow: active nodes with a backend class; widget values by name (control values
+    dropped), then each connected input as [source id, slot]; `_meta.title` = the node's title or display name."""
+    links = {link[0]: link for link in ui["links"]}
+    prompt: dict[str, dict] = {}
+    for node in sorted(ui["nodes"], key=lambda n: n["id"]):
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
+            continue
+        defn = defs[node["type"]]
+        _, widgets = slots(defn)
+        values, inputs = iter(node.get("widgets_values", [])), {}
+        for slot in widgets:
+            inputs[slot.name] = next(values)
+            if slot.control:
+                next(values)
+        for item in node["inputs"]:
+            if item.get("link") is not None:
+                _, src, src_slot, _, _, _ = links[item["link"]]
+                inputs[item["name"]] = [str(src), src_slot]
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
+                                   "_meta": {"title": node.get("title") or defn.get("display_name") or node["type"]}}
+    return prompt
+
+
+# ---- files -------------------------------------------------------------------------------------------------
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def render(defs: Optional[dict] = None) -> dict[Path, str]:
+    """Every file this script writes -> its text."""
+    defs = defs or definitions()
+    files = {}
+    for make in WORKFLOWS:
+        wf = make()
+        ui = to_ui(wf, defs)
+        files[HERE / f"{wf.name}.json"] = dumps(ui)
+        files[API_DIR / f"{wf.name}.api.json"] = dumps(ui_to_api(ui, defs))
+    return files
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on any difference")
+    args = p.parse_args(argv)
+    stale = []
+    for path, text in render().items():
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    for path in stale:
+        print(f"out of date: {path.relative_to(ROOT)} (run python workflows/build.py)", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
