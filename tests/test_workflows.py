@@ -28,6 +28,9 @@ TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "wor
 FILE_WIDGETS = {("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae",
                 ("StreamR1ModelLoader", "model_name"): "stream_r1"}
 """Combos listing model files: their value must be a file the node's properties.models names, in that folder."""
+FOLDER_RELEASE_WIDGETS = {("StreamR1RewardLoader", "model_file"): "videoreward"}
+"""Combos listing a file inside a whole-repository release (VideoReward: weights + config + tokenizer), which
+ComfyUI's missing-model links cannot fetch: the value lies in the release's folder and the note links the release."""
 
 
 def _load(name: str, path: Path):
@@ -137,7 +140,7 @@ def test_committed_files_equal_the_builder_output(defs):
         assert path.read_text() == text, f"{path} is out of date: run python workflows/build.py"
     shipped = set(WORKFLOWS.glob("*.json")) | set((WORKFLOWS / "api").glob("*.json"))
     assert shipped == set(rendered), f"files not written by build.py: {sorted(map(str, shipped - set(rendered)))}"
-    assert len(UI_FILES) == 4 and all(api_twin(p).is_file() for p in UI_FILES)
+    assert len(UI_FILES) == 5 and all(api_twin(p).is_file() for p in UI_FILES)
 
 
 def test_workflows_folder_is_a_template_folder_and_holds_only_ui_workflows():
@@ -202,6 +205,8 @@ def test_ui_workflow_is_valid(path, defs):
                 assert {"name": value, "url": urls.get((value, folder)), "directory": folder} in models, \
                     f"{where}: {name}={value!r} has no download link in properties.models"
                 choices = None                     # the file list depends on the user's models folder
+            if (node["type"], name) in FOLDER_RELEASE_WIDGETS:
+                choices = None
             check_value(f"{where} {name}", kind, options, choices, value)
             if has_control(name, kind, options):
                 control = next(it)
@@ -286,8 +291,8 @@ def test_api_twin_is_a_valid_prompt(path, defs):
                 continue
             value = node["inputs"][name]
             if is_widget(kind, options):
-                check_value(f"{nid} {name}", kind, options,
-                            None if (node["class_type"], name) in FILE_WIDGETS else choices, value)
+                files = (node["class_type"], name) in FILE_WIDGETS or (node["class_type"], name) in FOLDER_RELEASE_WIDGETS
+                check_value(f"{nid} {name}", kind, options, None if files else choices, value)
             else:
                 src, slot = value
                 assert isinstance(src, str) and src in api, f"{nid}.{name}: link to missing node {src}"
@@ -306,6 +311,11 @@ def test_each_workflow_links_every_file_it_needs(path):
     assert linked == needed
     notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     assert notes and all(BY_NAME[r].url in notes[0] for r in ("stream_r1", "umt5", "vae"))
+    for n in ui["nodes"]:                                   # whole-repository releases: linked from the note
+        for name, release in FOLDER_RELEASE_WIDGETS.items():
+            if n["type"] == name[0]:
+                assert BY_NAME[release].url in notes[0]
+                assert n["widgets_values"][0].startswith(BY_NAME[release].folder.split("/", 1)[1] + "/")
     assert "python -m stream_r1 download" in notes[0]
 
 

@@ -195,8 +195,8 @@ def note(id: int, pos: tuple[int, int], size: tuple[int, int], text: str) -> Nod
 
 
 def files_markdown(releases: tuple[str, ...]) -> str:
-    rows = "\n".join(f"| [{BY_NAME[r].filename}]({BY_NAME[r].url}) | `ComfyUI/models/{BY_NAME[r].folder}/` |"
-                     for r in releases)
+    rows = "\n".join(f"| [{BY_NAME[r].filename or BY_NAME[r].repo_id + ' (whole repository)'}]({BY_NAME[r].url}) "
+                     f"| `ComfyUI/models/{BY_NAME[r].folder}/` |" for r in releases)
     return ("| file | put it in |\n|---|---|\n" + rows +
             "\n\nOr fetch them all: `python -m stream_r1 download --comfyui /path/to/ComfyUI` "
             "(run in the Stream-R1 pack folder).")
@@ -325,7 +325,40 @@ def continue_branch() -> Workflow:
                      ("Branches", (1260, 10, 380, 580), DISPLAY_COLOURS["stream"])])
 
 
-WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch)
+def saliency_view() -> Workflow:
+    prompt = ("A red kite flying over a green hill on a windy day, the string taut, clouds racing across a blue sky")
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), prompt),
+        Node(5, "StreamR1Generate", (880, 80), (360, 416),
+             {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
+        Node(9, "StreamR1RewardLoader", (40, 460), (340, 82),
+             {"model_file": "VideoReward/checkpoint-11352/model.pth", "dtype": "auto"}),
+        Node(10, "StreamR1RewardSaliency", (1280, 80), (380, 330),
+             {"prompt": prompt, "axis": "combined", "alpha": 0.55, "spatial_floor": 0.15, "temporal_floor": 0.2},
+             {"reward_model": (9, 0), "images": (5, 0)}),
+        Node(11, "CreateVideo", (1700, 80), (270, 80), {"fps": 16.0}, {"images": (10, 0)}),
+        Node(12, "SaveVideo", (2010, 80), (420, 420), {"filename_prefix": "stream_r1/saliency_overlay"},
+             {"video": (11, 0)}),
+        Node(13, "PreviewImage", (1700, 240), (300, 260), {}, {"images": (10, 2)}, title="Temporal profile"),
+        Node(14, "PreviewAny", (1280, 460), (380, 120), {}, {"source": (10, 3)}, title="Scores"),
+        note(8, (420, 320), (420, 360),
+             "## Stream-R1: where the reward model looks\n\nThe clip is scored by VideoReward (visual quality VQ, "
+             "motion quality MQ, text alignment TA) and its gradients become Stream-R1's Intra-Perplexity weight: "
+             "the per-frame, per-pixel weight of the training loss (`axis = combined`), or one axis' raw "
+             "saliency. The overlay is saved as a video; the chart shows the temporal weight per latent frame. "
+             "Keep the saliency prompt equal to the generation prompt.\n\n"
+             + files_markdown(GENERATION_FILES + ("videoreward",))),
+    ]
+    return Workflow("stream_r1_saliency", "Stream-R1: reward saliency of a generated clip",
+                    "Generate 5 s, then show where VideoReward looks (the Intra-Perplexity weight) as an overlay "
+                    "video, a temporal profile and the scores.", nodes,
+                    [("Models", (20, 10, 380, 560), DISPLAY_COLOURS["models"]),
+                     ("Stream", (860, 10, 400, 420), DISPLAY_COLOURS["stream"]),
+                     ("Reward saliency", (1260, 10, 1190, 600), DISPLAY_COLOURS["output"])])
+
+
+WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view)
 
 
 # ---- UI format ---------------------------------------------------------------------------------------------
