@@ -22,6 +22,7 @@ In every policy the current chunk attends to ``buffer[0 : local_end]`` (sink + w
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -192,3 +193,50 @@ class KVCache:
     @property
     def frames_seen(self) -> int:
         return self.global_end // self.frame_seqlen
+
+    # ---- persistence (stream state files) -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """The stream's cache as tensors: the valid part of the K/V buffers [L, B, local_end, n, d], the indices
+        [global_end, local_end, frame_seqlen, capacity, sink_tokens] and, when computed for every layer, the text
+        K/V. Nothing past local_end is ever read, so nothing else is needed to continue."""
+        state = {"k": self.k[:, :, :self.local_end], "v": self.v[:, :, :self.local_end],
+                 "index": torch.tensor([self.global_end, self.local_end, self.frame_seqlen, self.capacity,
+                                        self.sink_tokens], dtype=torch.int64)}
+        if all(self.cross_valid):
+            state["cross_k"], state["cross_v"] = self.cross_k, self.cross_v
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Continue from `state_dict()` of a cache with the same layers, heads, frame size and sink (the capacity
+        may be larger)."""
+        if "index" not in state or "k" not in state or "v" not in state:
+            raise ValueError(f"not a KV cache state: expected k, v, index; got {sorted(state)[:6]}")
+        global_end, local_end, frame_seqlen, _, sink_tokens = (int(x) for x in state["index"].tolist())
+        if frame_seqlen != self.frame_seqlen or sink_tokens != self.sink_tokens:
+            raise ValueError(f"KV cache state has {frame_seqlen} tokens per frame and a {sink_tokens}-token sink; "
+                             f"this cache has {self.frame_seqlen} and {self.sink_tokens}")
+        want = (*self.k.shape[:2], local_end, *self.k.shape[3:])
+        if local_end > self.capacity or tuple(state["k"].shape) != want or tuple(state["v"].shape) != want:
+            raise ValueError(f"KV cache state of shape {list(state['k'].shape)} does not fit this cache "
+                             f"{list(self.k.shape)}")
+        self.k.zero_()
+        self.v.zero_()
+        self.k[:, :, :local_end] = state["k"].to(self.k.device, self.k.dtype)
+        self.v[:, :, :local_end] = state["v"].to(self.v.device, self.v.dtype)
+        self.global_end, self.local_end, self._plan = global_end, local_end, None
+        self.reset_cross()
+        if "cross_k" in state and "cross_v" in state:
+            if state["cross_k"].shape != self.cross_k.shape:
+                raise ValueError(f"text K/V state {list(state['cross_k'].shape)} does not fit "
+                                 f"{list(self.cross_k.shape)}")
+            self.cross_k.copy_(state["cross_k"])
+            self.cross_v.copy_(state["cross_v"])
+            self.cross_valid = [True] * self.num_layers
+
+    def clone(self) -> "KVCache":
+        """An independent copy (buffers copied)."""
+        new = copy.copy(self)
+        new.k, new.v = self.k.clone(), self.v.clone()
+        new.cross_k, new.cross_v = self.cross_k.clone(), self.cross_v.clone()
+        new.cross_valid = list(self.cross_valid)
+        return new

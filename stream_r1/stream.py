@@ -5,6 +5,26 @@ between steps re-noise x0 to t_{k+1} with fresh Gaussian noise; the last x0 is t
 pass at t = context_noise writes the chunk's K/V into the cache. A `StreamSession` yields one `Chunk` at
 a time, so streams of any length run with flat memory (window_sink policy) and the prompt can change
 between chunks.
+
+Unbounded-stream tools (all between chunks, all bounded in memory):
+
+* prompt switches with a transition (`set_context(ctx, "recache" | "flush" | "none")`, or a `PromptSchedule`
+  from `stream_r1.timeline` applied at exact chunk boundaries by `run`);
+* `recache()`: re-encode the cached window under the current prompt (LongLive's re-cache: one clean pass at
+  t = context_noise per cached piece, in order, at the piece's own slot/position; the sink is never written;
+  indices and positions are not rolled back). The session keeps the clean latents of the last `cache_frames`
+  frames for this;
+* `flush()`: keep the sink and the most recent latent frame, drop the rest of the window (the frame moves to
+  the first slot after the sink; local_end = sink + 1 frame; global_end and the stream positions unchanged);
+* `refresh_sink()`: re-encode the stream's first `sink_frames` clean latents into the sink slots under the
+  current prompt (drops what the EMA accumulated; used by the drift policy in `stream_r1.telemetry`);
+* `prefill(latents)`: start a stream from an image's or a clip's latents (image-to-video / extension) by clean
+  context passes over them. A pure T2V student was never trained to continue from such a cache: approximate;
+* `save_state(path)` / `StreamSession.from_state(model, path)`: everything needed to continue bit-identically
+  (see `stream_r1.stream_state`).
+
+Determinism: all randomness comes from the session's `torch.Generator` (seeded by `seed`); its state is part of
+a saved state, so a resumed stream draws exactly the noise the uninterrupted one would have.
 """
 from __future__ import annotations
 
@@ -20,6 +40,7 @@ from torch import Tensor
 from .config import StreamConfig
 from .kv_cache import KVCache
 from .schedule import FlowMatchSchedule
+from .timeline import TRANSITIONS, PromptSchedule
 from .wan.model import WanModel
 
 log = logging.getLogger(__name__)
@@ -100,24 +121,198 @@ class StreamSession:
         self.on_frames: Optional[Callable[[Tensor], None]] = None
         """Called with each decoded piece [B, t, 3, H, W] (t = 1 for the stream's first latent frame, else 4)."""
         self.chunk_index = 0
+        """Chunks generated so far (prefilled frames are not chunks)."""
+        self.frame_offset = 0
+        """Latent frames prefilled from an image or clip before the first generated chunk."""
+        self.seed = seed
         self.stats = StreamStats()
         self.interrupted = False
+        self.schedule: Optional[PromptSchedule] = None
+        """Prompt timeline applied by `run` at chunk boundaries (`set_schedule`)."""
+        self.prompt: Optional[str] = None
+        """Text of the current prompt when known (set by the schedule / `set_context(prompt=)`)."""
+        self.switches: list[dict] = []
+        """Log of prompt switches and cache operations: {chunk, action, frames}."""
+        self._recent: Optional[Tensor] = None          # clean latents of the last <= cache_frames frames
+        self._pieces: list[tuple[int, int]] = []        # [start, end) latent frames of each context pass kept
+        self._sink_latents: Optional[Tensor] = None     # clean latents of the stream's first sink frames
+        self._sink_pieces: list[tuple[int, int]] = []
+        self._skipped_context_pass = False
         self.set_context(context)
 
     # ---- prompt ---------------------------------------------------------------------------------
-    def set_context(self, context: Tensor) -> None:
-        """Switch the prompt from the next chunk on (text K/V recomputed; the frame cache is kept)."""
-        if context.shape[0] != self.batch:
-            raise ValueError(f"context batch {context.shape[0]} differs from the stream's batch {self.batch}")
+    def set_context(self, context: Tensor, transition: str = "none", *, prompt: Optional[str] = None) -> None:
+        """Switch the prompt from the next chunk on: the text K/V are recomputed, and the frame cache is kept
+        (`none`), re-encoded under the new prompt (`recache`) or cut to sink + last frame (`flush`)."""
+        if transition not in TRANSITIONS:
+            raise ValueError(f"transition {transition!r} is not one of {', '.join(TRANSITIONS)}")
+        if context.dim() != 3 or context.shape[0] != self.batch:
+            raise ValueError(f"context must be [{self.batch}, L, text_dim] (the stream's batch), "
+                             f"got {list(context.shape)}")
         self.context = context.to(self.device, self.dtype)
+        self.prompt = prompt
         self.cache.reset_cross()
+        if transition == "recache":
+            self.recache()
+        elif transition == "flush":
+            self.flush()
+
+    def set_schedule(self, schedule: Optional[PromptSchedule]) -> None:
+        """Follow a prompt timeline from now on (`run` applies its events at their chunk boundaries; on the first
+        chunk of each run, a prompt in force that differs from the current one is switched in: resume/branch)."""
+        self.schedule = schedule
+
+    def _same_context(self, prompt: str, context: Tensor) -> bool:
+        if self.prompt is not None:
+            return self.prompt == prompt
+        c = context.to(self.device, self.dtype)
+        return c.shape == self.context.shape and bool(torch.equal(c, self.context))
+
+    def _apply_schedule(self, first: bool) -> None:
+        sch, i = self.schedule, self.chunk_index
+        ev = sch.event_at(i)
+        if ev is None and first:
+            ev = sch.in_force(i)
+            ctx = sch.context(ev.prompt)
+            if self._same_context(ev.prompt, ctx):
+                self.prompt = ev.prompt
+                return
+        if ev is None:
+            return
+        transition = ev.transition if self.frames_done > 0 else "none"
+        self.set_context(sch.context(ev.prompt), transition, prompt=ev.prompt)
+        self.switches.append(dict(chunk=i, action=f"prompt:{transition}", prompt=ev.prompt))
+        log.info("chunk %d: prompt %r (%s)", i, ev.prompt[:60], transition)
 
     @property
     def frames_done(self) -> int:
-        return self.chunk_index * self.cfg.frames_per_block
+        """Latent frames in the stream so far (prefilled + generated)."""
+        return self.frame_offset + self.chunk_index * self.cfg.frames_per_block
+
+    # ---- cache operations (between chunks) ----------------------------------------------------------
+    def _remember(self, x0: Tensor, start: int) -> None:
+        """Keep the clean latents of the frames a context pass just wrote (bounded by the cache length)."""
+        f, keep = x0.shape[1], self.cfg.cache_frames
+        self._recent = x0 if self._recent is None else torch.cat([self._recent, x0], dim=1)[:, -keep:]
+        self._pieces.append((start, start + f))
+        self._pieces = [p for p in self._pieces if p[1] > start + f - keep]
+        s = self.cache.sink_tokens // self.cache.frame_seqlen
+        if start < s:
+            piece = x0[:, : s - start]
+            self._sink_latents = piece if self._sink_latents is None else torch.cat([self._sink_latents, piece], 1)
+            self._sink_pieces.append((start, start + piece.shape[1]))
+
+    @torch.no_grad()
+    def _rewrite(self, latents: Tensor, start_frame: int, slot_end: int) -> None:
+        """Clean pass over frames [start_frame, start_frame + f) writing their K/V at buffer frames
+        [slot_end - f, slot_end) and attending to buffer[: slot_end]; the cache indices are left unchanged.
+        (A plan with no new tokens: global_end = the frames' end, local_end = slot_end, restored after.)"""
+        c, fs, f = self.cache, self.cache.frame_seqlen, latents.shape[1]
+        local_end, global_end = c.local_end, c.global_end
+        c.local_end, c.global_end = slot_end * fs, (start_frame + f) * fs
+        try:
+            self._denoise(latents, self.cfg.context_noise, start_frame)
+        finally:
+            c.local_end, c.global_end = local_end, global_end
+
+    @torch.no_grad()
+    def recache(self) -> int:
+        """Re-encode the cached non-sink frames under the current prompt (LongLive's KV re-cache with its sink
+        protected); returns the number of latent frames re-encoded."""
+        c, fs = self.cache, self.cache.frame_seqlen
+        n = max(0, (c.local_end - c.sink_tokens) // fs)
+        if n == 0 or self._recent is None:
+            return 0
+        g, slots = c.global_end // fs, c.local_end // fs
+        first, r = g - n, self._recent.shape[1]
+        if r < n:
+            raise RuntimeError(f"recache needs the clean latents of {n} frames but the session kept {r}")
+        for s, e in self._pieces:
+            s = max(s, first)
+            if e <= s:
+                continue
+            self._rewrite(self._recent[:, r - (g - s): r - (g - e)], s, slots - (g - e))
+        self.switches.append(dict(chunk=self.chunk_index, action="recache", frames=n))
+        return n
+
+    @torch.no_grad()
+    def flush(self) -> int:
+        """Keep the sink and the most recent latent frame only; returns the number of frames dropped."""
+        c, fs = self.cache, self.cache.frame_seqlen
+        sink, end = c.sink_tokens, c.local_end
+        if end - sink <= fs:
+            return 0
+        c.k[:, :, sink:sink + fs] = c.k[:, :, end - fs:end].clone()
+        c.v[:, :, sink:sink + fs] = c.v[:, :, end - fs:end].clone()
+        c.local_end = sink + fs
+        g = c.global_end // fs
+        self._pieces = [(g - 1, g)]
+        dropped = (end - sink) // fs - 1
+        self.switches.append(dict(chunk=self.chunk_index, action="flush", frames=dropped))
+        return dropped
+
+    @torch.no_grad()
+    def refresh_sink(self) -> bool:
+        """Re-encode the stream's first `sink_frames` clean latents into the sink slots under the current prompt
+        (what the EMA blended in is dropped). False when there is no full sink to refresh."""
+        c, fs = self.cache, self.cache.frame_seqlen
+        s = c.sink_tokens // fs
+        if s == 0 or self._sink_latents is None or self._sink_latents.shape[1] < s or c.local_end < c.sink_tokens:
+            return False
+        for a, b in self._sink_pieces:
+            self._rewrite(self._sink_latents[:, a:b], a, b)
+        self.switches.append(dict(chunk=self.chunk_index, action="refresh_sink", frames=s))
+        return True
+
+    @torch.no_grad()
+    def prefill(self, latents: Tensor, *, decode: bool = True) -> Optional[Tensor]:
+        """Start the stream from given clean latents [B, F, 16, h, w] (normalised; e.g. `WanVAE.encode` of an
+        image, F = 1, or of a clip's 1+4k frames): clean context passes over them, `frames_per_block` frames at
+        a time, so the first generated chunk continues them. With a decoder, the latents are decoded too (this
+        primes the decoder's causal cache; returns those frames [B, T, 3, H, W])."""
+        if self.frames_done or self.cache.global_end:
+            raise ValueError("prefill starts a stream: call it before the first chunk")
+        want = (self.batch, self.model.cfg.in_dim, self.lat_h, self.lat_w)
+        if latents.dim() != 5 or (latents.shape[0], *latents.shape[2:]) != want or latents.shape[1] < 1:
+            raise ValueError(f"prefill latents must be [{want[0]}, F, {want[1]}, {want[2]}, {want[3]}] for "
+                             f"{self.width}x{self.height}, got {list(latents.shape)}")
+        x = latents.to(self.device, self.dtype)
+        fpb = self.cfg.frames_per_block
+        for s in range(0, x.shape[1], fpb):
+            piece = x[:, s:s + fpb]
+            self._denoise(piece, self.cfg.context_noise, s)
+            self._remember(piece, s)
+        self.frame_offset = x.shape[1]
+        self.switches.append(dict(chunk=0, action="prefill", frames=x.shape[1]))
+        return self._decode(x) if decode and self.decoder is not None else None
+
+    # ---- state files ----------------------------------------------------------------------------------
+    def save_state(self, path, *, extra_tensors: Optional[dict] = None, extra_meta: Optional[dict] = None):
+        """Write everything needed to continue this stream to a safetensors file (atomically; see
+        `stream_r1.stream_state`). Returns the path."""
+        from .stream_state import save_stream_state
+        return save_stream_state(self, path, extra_tensors=extra_tensors, extra_meta=extra_meta)
+
+    def load_state(self, state, *, strict_config: bool = True):
+        """Continue a stream saved by `save_state` (a path or a loaded `SavedStream`) in this session, whose
+        model, dtype, size and cache layout must match. Returns the `SavedStream` (its `extra` for callers)."""
+        from .stream_state import load_stream_state, restore_session
+        saved = load_stream_state(state) if not hasattr(state, "tensors") else state
+        restore_session(self, saved, strict_config=strict_config)
+        return saved
+
+    @classmethod
+    def from_state(cls, model: WanModel, state, *, decoder: Optional[ChunkDecoder] = None,
+                   device: "torch.device | str | None" = None, dtype: Optional[torch.dtype] = None,
+                   config: Optional[StreamConfig] = None) -> "StreamSession":
+        """A session continuing a saved stream (its config, size and prompt; `config` may change the sampling
+        fields, not the cache layout)."""
+        from .stream_state import session_from_state
+        return session_from_state(model, state, decoder=decoder, device=device, dtype=dtype, config=config)
 
     # ---- one chunk --------------------------------------------------------------------------------
     def _initial_noise(self, start: int, f: int) -> Tensor:
+        start -= self.frame_offset                      # given noise covers the generated frames
         shape = (self.batch, f, self.model.cfg.in_dim, self.lat_h, self.lat_w)
         if self.noise is not None and start < self.noise.shape[1]:
             given = self.noise[:, start:start + f]
@@ -180,8 +375,10 @@ class StreamSession:
         t1 = self._clock()
         frames = self._decode(x0) if decode and self.decoder is not None else None
         t2 = self._clock()
-        if not (last and self.cfg.skip_last_context_pass):
+        self._skipped_context_pass = last and self.cfg.skip_last_context_pass
+        if not self._skipped_context_pass:
             self._denoise(x0, self.cfg.context_noise, start)               # clean K/V into the cache
+        self._remember(x0, start)
         t3 = self._clock()
         chunk = Chunk(self.chunk_index, start, x0, frames, t3 - t0)
         self.chunk_index += 1
@@ -202,7 +399,8 @@ class StreamSession:
             prompt_at: Optional[Callable[[int], Optional[Tensor]]] = None) -> Iterator[Chunk]:
         """Yield chunks until `num_chunks` (None = forever) or until `should_stop()` is true.
 
-        `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i.
+        `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i (switched
+        in with transition `none`); a schedule set with `set_schedule` is applied at its chunk boundaries.
         """
         i, pending = 0, None
         while num_chunks is None or i < num_chunks:
@@ -210,7 +408,9 @@ class StreamSession:
                 self.interrupted = True
                 log.info("stream interrupted after %d chunks", self.chunk_index)
                 break
-            if prompt_at is not None:
+            if self.schedule is not None:
+                self._apply_schedule(first=i == 0)
+            elif prompt_at is not None:
                 ctx = prompt_at(self.chunk_index)
                 if ctx is not None:
                     self.set_context(ctx)

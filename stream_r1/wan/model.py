@@ -11,7 +11,7 @@ blocks by e0 + modulation; cross-attention sees all `text_len` context rows (zer
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -94,6 +94,11 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+
+    def forward(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+        """Run `fn(self, *args)`. `WanModel` calls every block through here so that module hooks and wrappers
+        (FSDP2 `fully_shard`, activation-checkpoint wrappers) see each block call."""
+        return fn(self, *args)
 
 
 class Head(nn.Module):
@@ -213,7 +218,7 @@ class WanModel(nn.Module):
         cos_q, sin_q = self.rope.get(q_start, f, grid[1], grid[2], tokens.device)
 
         for i, blk in enumerate(self.blocks):
-            tokens = self._block(i, blk, tokens, e0, text, cache, grid, cos_q, sin_q, mask)
+            tokens = blk(self._run_block, i, tokens, e0, text, cache, grid, cos_q, sin_q, mask)
         if cache is not None:
             cache.commit()
 
@@ -222,6 +227,9 @@ class WanModel(nn.Module):
         y = self.head.norm(tokens).unflatten(1, (f, fs))                              # [B, F, fs, C]
         y = self.head.head((y * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2))
         return self.unpatchify(y, grid)
+
+    def _run_block(self, blk: Block, i: int, *args: Any) -> Tensor:
+        return self._block(i, blk, *args)
 
     def _block(self, i: int, blk: Block, x: Tensor, e0: Tensor, text: Optional[Tensor],
                cache: Optional[KVCache], grid: tuple[int, int, int], cos_q: Tensor, sin_q: Tensor,
