@@ -7,6 +7,9 @@ from .decode import StreamR1Decode
 from .generate import StreamR1Continue, StreamR1Generate, StreamR1GenerateToFile
 from .loader import StreamR1ModelLoader
 from .options import StreamR1Options
+from .state import StreamR1LoadState, StreamR1SaveState
+from .telemetry import StreamR1Telemetry
+from .timeline import StreamR1Timeline
 from .reward import StreamR1RewardLoader, StreamR1RewardSaliency, StreamR1RewardScore
 
 NODE_CLASS_MAPPINGS = {
@@ -16,6 +19,10 @@ NODE_CLASS_MAPPINGS = {
     "StreamR1Continue": StreamR1Continue,
     "StreamR1GenerateToFile": StreamR1GenerateToFile,
     "StreamR1Decode": StreamR1Decode,
+    "StreamR1Timeline": StreamR1Timeline,
+    "StreamR1SaveState": StreamR1SaveState,
+    "StreamR1LoadState": StreamR1LoadState,
+    "StreamR1Telemetry": StreamR1Telemetry,
     "StreamR1RewardLoader": StreamR1RewardLoader,
     "StreamR1RewardScore": StreamR1RewardScore,
     "StreamR1RewardSaliency": StreamR1RewardSaliency,
@@ -27,6 +34,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamR1Continue": "Stream-R1 Continue",
     "StreamR1GenerateToFile": "Stream-R1 Generate to File",
     "StreamR1Decode": "Stream-R1 Decode (streaming VAE)",
+    "StreamR1Timeline": "Stream-R1 Prompt Timeline",
+    "StreamR1SaveState": "Stream-R1 Save State",
+    "StreamR1LoadState": "Stream-R1 Load State",
+    "StreamR1Telemetry": "Stream-R1 Drift Telemetry",
     "StreamR1RewardLoader": "Stream-R1 Load Reward Model",
     "StreamR1RewardScore": "Stream-R1 Reward Score",
     "StreamR1RewardSaliency": "Stream-R1 Reward Saliency",

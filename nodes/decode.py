@@ -70,6 +70,30 @@ class ComfyVAEStream:
         """Raw mu [B, 16, f, h, w] -> frames [B, T, 3, H, W] in [0, 1] (the core's conversion)."""
         return (self.decode_raw(mu) * 0.5 + 0.5).transpose(1, 2)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The decode cache as tensors (stream state files): 'slots', 'cache.{i}' for tensors and 'rep.{i}' for
+        ComfyUI's "Rep" markers (first-frame upsample slots)."""
+        state = {"slots": torch.tensor(len(self.feat_cache), dtype=torch.int64)}
+        for i, t in enumerate(self.feat_cache):
+            if torch.is_tensor(t):
+                state[f"cache.{i}"] = t
+            elif t is not None:
+                state[f"rep.{i}"] = torch.zeros(0)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        slots = host.vae_cache_slots(self.model.decoder)
+        if "slots" not in state or int(state["slots"]) != slots:
+            raise ValueError(f"the saved decode cache is not for this VAE (it has {int(state.get('slots', -1))} "
+                             f"slots, this VAE decoder {slots}): load the VAE the stream was decoded with")
+        cache: list = [None] * slots
+        for key, t in state.items():
+            if key.startswith("cache."):
+                cache[int(key[6:])] = t.to(self.vae.device, self.vae.vae_dtype)
+            elif key.startswith("rep."):
+                cache[int(key[4:])] = "Rep"
+        self.feat_cache = cache
+
     def __deepcopy__(self, memo: dict) -> "ComfyVAEStream":
         new = copy.copy(self)                            # the VAE itself is shared, never copied
         new.feat_cache = copy.deepcopy(self.feat_cache, memo)

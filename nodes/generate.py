@@ -8,11 +8,12 @@ import torch
 from torch import Tensor
 
 from ..stream_r1.config import check_resolution, latent_frames_for
-from ..stream_r1.stream import latent_frames_for_seconds
+from ..stream_r1.stream import chunks_for_frames, latent_frames_for_seconds
 from . import host, layout
 from .loader import StreamR1Model
 from .options import StreamOptions, stream_config
 from .state import StreamState, video_frames
+from .timeline import timeline_schedule
 
 CATEGORY = "Stream-R1/generate"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -52,7 +53,11 @@ def _start(model: StreamR1Model, positive: list, width: int, height: int, second
     latent_frames = latent_frames_for(frames) if frames else latent_frames_for_seconds(seconds, frames_per_block=fpb)
     cfg = stream_config(model.stream_config, options, latent_frames, keep_state)
     context = layout.context_from_conditioning(positive, model.text_dim)
-    return StreamState.start(model, cfg, context, height=height, width=width, seed=seed, vae=vae), latent_frames
+    timeline = timeline_schedule(positive, cfg.frames_per_block, chunks_for_frames(latent_frames, cfg.frames_per_block),
+                                 model.text_dim)                 # a Stream-R1 Timeline: checked before any allocation
+    state = StreamState.start(model, cfg, context, height=height, width=width, seed=seed, vae=vae)
+    state.session.set_timeline(timeline)
+    return state, latent_frames
 
 
 def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
@@ -155,8 +160,12 @@ class StreamR1Continue:
                unique_id: Optional[str] = None):
         state = state.fork()                         # the input stays as it is: re-runs give the same frames
         with state.running(keep=keep_state):
-            state.set_context(layout.context_from_conditioning(positive, state.model.text_dim))
             latent_frames = latent_frames_for_seconds(seconds, frames_per_block=state.cfg.frames_per_block)
+            chunks = state.session.chunk_index + state.chunks_for(latent_frames)       # of the whole stream
+            timeline = timeline_schedule(positive, state.cfg.frames_per_block, chunks, state.model.text_dim)
+            state.session.set_timeline(timeline)         # times count from the start of the whole stream
+            if timeline is None:
+                state.set_context(layout.context_from_conditioning(positive, state.model.text_dim))
             state.prepare()
             image, latent = _collect(state, latent_frames, unique_id)
         return image, latent, state

@@ -138,6 +138,39 @@ class StreamState:
         self._tail = None
         host.soft_empty_cache()
 
+    def save(self, path: str) -> str:
+        """Write the stream to a state file (the core's format, `stream_r1.stream_state`, plus the tail of the last
+        run), atomically. The state itself is unchanged."""
+        extra: dict[str, Tensor] = {}
+        if self._tail is not None:
+            extra["tail_latents"] = self._tail[0]
+            if self._tail[1] is not None:
+                extra["tail_frames"] = self._tail[1]
+        return str(self._session().save_state(path, extra_tensors=extra,
+                                              extra_meta={"latents_emitted": self.latents_emitted}))
+
+    @classmethod
+    def load(cls, model: StreamR1Model, path: str, vae: Any = None) -> "StreamState":
+        """A live state continuing a saved stream (same model weights and dtype; with a VAE when it was saved with
+        one)."""
+        from ..stream_r1.stream_state import load_stream_state
+
+        saved = load_stream_state(path)
+        vae_stream = ComfyVAEStream(vae) if vae is not None else None
+        s = saved.session
+        model.load(stream_memory(model, saved.config(), int(s["height"]), int(s["width"]), int(s["batch"]),
+                                 vae_stream), (vae_stream.patcher,) if vae_stream is not None else ())
+        session = StreamSession.from_state(model.module, saved, decoder=vae_stream, device=model.device,
+                                           dtype=model.dtype)
+        state = cls(model, session, vae_stream)
+        state.latents_emitted = int(saved.extra.get("latents_emitted", session.frames_done))
+        extra = saved.extra_tensors
+        if "tail_latents" in extra:
+            frames = extra.get("tail_frames") if vae_stream is not None else None
+            state._tail = (extra["tail_latents"].to(model.device, model.dtype),
+                           frames.to(host.intermediate_device()) if frames is not None else None)
+        return state
+
     @contextmanager
     def running(self, keep: bool) -> Iterator["StreamState"]:
         """Release the caches when the block ends, unless it completed and `keep` is set."""
@@ -154,3 +187,79 @@ class StreamState:
             raise ValueError("this STREAM_R1_STATE holds no stream: turn on keep_state on the node that produced "
                              "it (the stream is freed after the node otherwise)")
         return self.session
+
+
+# ---- nodes: save / load a stream ------------------------------------------------------------------------------------
+def state_file_path(name: str) -> str:
+    """An absolute path, or a path relative to ComfyUI's output folder (headless: $STREAM_R1_OUTPUT or ./output)."""
+    import os
+
+    if os.path.isabs(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    fp = host._service("folder_paths", "get_output_directory")
+    root = fp.get_output_directory() if fp is not None else os.environ.get("STREAM_R1_OUTPUT", "output")
+    return os.path.join(os.path.expanduser(root), name)
+
+
+class StreamR1SaveState:
+    DESCRIPTION = ("Save a kept stream (keep_state on) to a .safetensors file in the output folder: KV cache with its "
+                   "sink, positions, VAE decode cache, noise generator and prompt. Stream-R1 Load State continues it "
+                   "later exactly where it stopped, or with another prompt (a branch).")
+    CATEGORY = "Stream-R1/state"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Full path of the state file.",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "state": ("STREAM_R1_STATE", {"tooltip": "A stream kept by Stream-R1 Generate or Continue "
+                                                     "(keep_state on)."}),
+            "filename_prefix": ("STRING", {"default": "stream_r1/state", "tooltip": "File name prefix in the output "
+                                "folder; a subfolder may be given."}),
+        }}
+
+    def save(self, state: StreamState, filename_prefix: str):
+        height, width = state.size
+        path, _ = host.save_path(filename_prefix, "safetensors", width, height)
+        state.save(path)
+        return {"ui": {"text": [path]}, "result": (path,)}
+
+
+class StreamR1LoadState:
+    DESCRIPTION = ("Load a stream saved by Stream-R1 Save State (or `python -m stream_r1 generate --save-state`) to "
+                   "continue it with Stream-R1 Continue: the same prompt continues it exactly; another prompt (or a "
+                   "Stream-R1 Timeline) branches it. Needs the model (same weights and dtype) and, if the stream was "
+                   "decoded, the same VAE.")
+    CATEGORY = "Stream-R1/state"
+    RETURN_TYPES = ("STREAM_R1_STATE",)
+    RETURN_NAMES = ("state",)
+    OUTPUT_TOOLTIPS = ("The loaded stream, ready for Stream-R1 Continue.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("STREAM_R1_MODEL", {"tooltip": "The student that produced the stream (checked by a weights "
+                                                     "fingerprint)."}),
+            "state_file": ("STRING", {"default": "stream_r1/state_00001_.safetensors", "tooltip": "Path of the state "
+                           "file: absolute, or relative to the output folder."}),
+        }, "optional": {
+            "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE, when the stream was saved with decoded frames."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, model=None, state_file: str = "", vae=None):
+        import os
+
+        try:
+            st = os.stat(state_file_path(state_file))
+        except OSError:
+            return ""
+        return f"{st.st_mtime_ns}-{st.st_size}"
+
+    def load(self, model: StreamR1Model, state_file: str, vae: Any = None):
+        return (StreamState.load(model, state_file_path(state_file), vae),)
+

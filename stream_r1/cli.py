@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="stream a video from a causal Wan student")
-    g.add_argument("--prompt", default="a red circle moving right on a black background")
+    g.add_argument("--prompt", action="append", default=None,
+                   help="the prompt; repeat with times for a timeline: --prompt '0: a fox' --prompt '12.5 [flush]: it "
+                        "runs' (transitions recache, flush, none; '@N:' = chunk N)")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, default=None, help="video length at 16 fps (default 5)")
     length.add_argument("--frames", type=int, default=None, help="video frames, 4k+1 (81 = 5 s)")
@@ -77,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "finished chunk (its code before 2025-12-15)")
     g.add_argument("--latents-out", default=None, help="write latents [1, F, 16, H/8, W/8] (key 'latents')")
     g.add_argument("--no-decode", action="store_true", help="skip the VAE (no video written)")
+    g.add_argument("--timeline", default=None, help="prompt timeline file: JSON or 'seconds: prompt' lines "
+                   "(format in stream_r1/timeline.py)")
+    g.add_argument("--transition", choices=["recache", "flush", "none"], default="recache",
+                   help="how a prompt switch treats the KV cache when the entry names none (default recache)")
+    g.add_argument("--save-state", default=None, help="stream state file (safetensors) to continue from later; "
+                   "written at the end, on Ctrl-C and every --save-state-every chunks (default "
+                   "<out>.state.safetensors)")
+    g.add_argument("--save-state-every", type=int, default=0, help="also save the stream state every N chunks")
+    g.add_argument("--resume", default=None, help="continue a saved stream state up to the requested total length "
+                   "(bit-identical on the same device and dtype); with a new --prompt/--timeline: a branch. The "
+                   "video and latents written hold only the new frames")
+    g.add_argument("--init", default=None, help="start from an image (.png/.jpg/.webp), a clip (.mp4/.mkv/.webm, "
+                   "its last frames) or latents (.safetensors 'latents' [1, F, 16, H/8, W/8]): image-to-video / "
+                   "extension (approximate: T2V students were not trained on it). The video starts with these "
+                   "frames; the length flags count them")
+    g.add_argument("--telemetry", default=None, help="write per-chunk drift metrics (JSON) and a plot (.png) here")
+    g.add_argument("--drift-refresh", type=float, default=None, help="refresh the sink when colour drift (see "
+                   "--telemetry) exceeds this value, e.g. 0.08")
     g.add_argument("--quiet", action="store_true")
 
     sub.add_parser("bench", help="speed benchmark at real size with random weights (see --help)", add_help=False)
@@ -128,6 +148,60 @@ def _latent_frames(args, noise: Optional[torch.Tensor], fpb: int) -> int:
     return latent_frames_for_seconds(5.0, 16, fpb)
 
 
+DEFAULT_PROMPT = "a red circle moving right on a black background"
+
+
+def _timeline(args):
+    """The prompt timeline of the run: --timeline, or the --prompt values (None on --resume without prompts)."""
+    from .timeline import Timeline
+
+    timed = [p for p in args.prompt or [] if Timeline.from_prompts([p]).entries]
+    if args.timeline:
+        if timed:
+            raise SystemExit("error: give the timeline with --timeline or with timed --prompt values, not both")
+        tl = Timeline.load(args.timeline, args.transition)
+        plain = [p for p in args.prompt or []]
+        if plain:
+            import dataclasses
+            tl = dataclasses.replace(tl, base_prompt=plain[0])
+        return tl
+    if args.resume and not args.prompt:
+        return None
+    return Timeline.from_prompts(args.prompt or [DEFAULT_PROMPT], args.transition)
+
+
+def _init_latents(path: str, vae, height: int, width: int, max_latents: int) -> torch.Tensor:
+    """--init file -> clean normalised latents [1, F, 16, H/8, W/8] (images and clips through the VAE)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: {path} does not exist")
+    if p.suffix.lower() in (".safetensors", ".sft"):
+        return _load_tensor(path, "latents").float()
+    if vae is None:
+        raise SystemExit("error: --init with an image or a video needs the VAE (--vae) to encode it")
+    if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        from PIL import Image
+        frames = np.asarray(Image.open(p).convert("RGB"))[None]                      # [1, H, W, 3]
+    else:
+        from .video_io import read_video
+        frames = read_video(p)
+        keep = 1 + 4 * ((min(len(frames), 1 + 4 * (max_latents - 1)) - 1) // 4)      # the last 1 + 4k frames
+        frames = frames[len(frames) - keep:]
+    x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0   # [T, 3, h0, w0]
+    h0, w0 = x.shape[-2:]
+    scale = max(height / h0, width / w0)                                              # cover, then centre-crop
+    x = F.interpolate(x, size=(max(height, round(h0 * scale)), max(width, round(w0 * scale))), mode="bilinear",
+                      antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+    x = x[..., top:top + height, left:left + width].clamp(-1, 1)
+    with torch.no_grad():
+        z = vae.encode(x.permute(1, 0, 2, 3)[None])                                  # [1, 16, F, h, w]
+    return z.permute(0, 2, 1, 3, 4)
+
+
 def cmd_generate(args) -> int:
     from .loaders import load_student, prompt_embedding, random_student
     from .stream import StreamSession, chunks_for_frames
@@ -174,39 +248,84 @@ def cmd_generate(args) -> int:
                                            chunks_for_frames(latent_frames, sc.frames_per_block) * sc.frames_per_block)
     sc = sc.replace(**changes)
 
-    # text context
+    # text context: every prompt of the timeline encoded once
+    saved = None
+    if args.resume:
+        from .stream_state import load_stream_state
+        saved = load_stream_state(args.resume)
+        sc = _resumed_config(saved, sc, changes, args)
+    timeline = _timeline(args)
+    prompts = timeline.prompts if timeline is not None else []
+    contexts = {}
     if args.context:
+        if len(prompts) > 1:
+            raise SystemExit("error: --context holds one prompt embedding; a timeline needs --text-encoder")
         context = _load_tensor(args.context, "context")
+        contexts = {p: context for p in prompts}
+    elif not prompts:
+        context = saved.tensors["context"]
     elif args.text_encoder:
         from .text_encoder import load_text_encoder
         enc = load_text_encoder(args.text_encoder, tokenizer=args.tokenizer, device=device, dtype=dtype)
-        context = enc.encode([args.prompt])
+        contexts = {p: enc.encode([p]) for p in prompts}
         del enc
     elif demo:
-        context = prompt_embedding(args.prompt, model.cfg.text_dim)
+        contexts = {p: prompt_embedding(p, model.cfg.text_dim) for p in prompts}
     else:
         raise SystemExit("error: pass --text-encoder (umt5-xxl file) or --context (precomputed embeddings)")
+    if contexts:
+        context = contexts[prompts[0]]
     if context.dim() != 3 or context.shape[-1] != model.cfg.text_dim:
         raise SystemExit(f"error: context must be [1, L, {model.cfg.text_dim}], got {list(context.shape)}")
 
     # decoder
-    decoder = None
-    if not args.no_decode:
+    decoder = vae = None
+    init_image = args.init is not None and not args.init.lower().endswith((".safetensors", ".sft"))
+    if not args.no_decode or init_image:
         from .vae import StreamingDecoder, VAEConfig, WanVAE, load_vae
         if args.vae:
             vae = load_vae(args.vae, device=device, dtype=dtype)
         elif demo:
-            vae = WanVAE(VAEConfig.tiny()).to(device=device, dtype=dtype).eval()
+            with torch.random.fork_rng(devices=[]):                # seeded: runs and resumed runs decode alike
+                torch.manual_seed(0)
+                vae = WanVAE(VAEConfig.tiny())
+            vae = vae.to(device=device, dtype=dtype).eval()
         else:
             raise SystemExit("error: pass --vae (Wan2.1 VAE file) or --no-decode")
         if args.compile:
             vae.decoder.compile()
-        decoder = StreamingDecoder(vae)
+        decoder = StreamingDecoder(vae) if not args.no_decode else None
 
-    session = StreamSession(model, sc, context, height=height, width=width, seed=args.seed, noise=noise,
-                            decoder=decoder, device=device, dtype=dtype)
-    n_chunks = chunks_for_frames(latent_frames, sc.frames_per_block)
+    if saved is not None:
+        if args.init:
+            raise SystemExit("error: --init starts a new stream; it cannot be combined with --resume")
+        session = StreamSession.from_state(model, saved, decoder=decoder, device=device,
+                                           config=sc if sc != saved.config() else None)
+        height, width = session.height, session.width
+        if not prompts and args.context:
+            session.set_context(context, args.transition)
+    else:
+        session = StreamSession(model, sc, context, height=height, width=width, seed=args.seed, noise=noise,
+                                decoder=decoder, device=device, dtype=dtype)
+    init_frames = None
+    if args.init:
+        z = _init_latents(args.init, vae, height, width, sc.cache_frames)
+        init_frames = session.prefill(z)
+        log.info("prefilled %d latent frames from %s", z.shape[1], args.init)
+    gen_frames = latent_frames - session.frame_offset          # the length flags count the init frames too
+    if gen_frames <= 0:
+        raise SystemExit(f"error: --init gives {session.frame_offset} latent frames already; ask for a longer video")
+    n_total = chunks_for_frames(gen_frames, sc.frames_per_block)
+    n_chunks = n_total - session.chunk_index
+    new_latents = gen_frames - session.chunk_index * sc.frames_per_block        # latent frames this run adds
+    if n_chunks <= 0:
+        raise SystemExit(f"error: the resumed stream already has {session.chunk_index} chunks; ask for a longer "
+                         f"stream than {n_total} chunks (--seconds / --frames give the total length)")
+    if timeline is not None:
+        from .timeline import PromptSchedule
+        session.set_timeline(PromptSchedule.build(timeline, sc.frames_per_block, n_total, contexts=contexts))
     video_frames = 1 + 4 * (latent_frames - 1)
+    telemetry, state_path = _telemetry(args, session, saved), _state_path(args)
     log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
              width, height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
 
@@ -214,29 +333,48 @@ def cmd_generate(args) -> int:
     if decoder is not None:
         from .video_io import VideoWriter
         writer = VideoWriter(args.out, fps=16)
-    latents, written = [], 0
+    latents = []
+    written = written0 = 1 + 4 * (session.frames_done - 1) if session.frames_done and init_frames is None else 0
+    if writer is not None and init_frames is not None:
+        writer.write(init_frames[0], layout="tchw")
+        written += init_frames.shape[1]
+    stop = _StopOnSignal()
+    completed = False
     try:
         from tqdm import tqdm
         bar = tqdm(total=n_chunks, unit="chunk", disable=args.quiet, file=sys.stderr)
         t0 = time.perf_counter()
-        for chunk in session.run(n_chunks):
-            latents.append(chunk.latents.float().cpu())
-            if writer is not None and chunk.frames is not None:
-                frames = chunk.frames[0]
-                frames = frames[: max(0, video_frames - written)]
-                writer.write(frames, layout="tchw")
-                written += frames.shape[0]
-            bar.update(1)
-            bar.set_postfix(fps=f"{max(written, 1) / (time.perf_counter() - t0):.1f}" if writer else None)
+        with stop:
+            for chunk in session.run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
+                latents.append(chunk.latents.float().cpu())
+                if writer is not None and chunk.frames is not None:
+                    frames = chunk.frames[0]
+                    frames = frames[: max(0, video_frames - written)]
+                    writer.write(frames, layout="tchw")
+                    written += frames.shape[0]
+                bar.update(1)
+                fps = max(written - written0, 1) / (time.perf_counter() - t0)
+                bar.set_postfix(fps=f"{fps:.1f}" if writer else None)
+                if state_path and args.save_state_every and session.chunk_index % args.save_state_every == 0:
+                    _save_state(session, state_path, telemetry)
         bar.close()
+        completed = True
     except KeyboardInterrupt:
-        log.warning("interrupted after %d chunks; the video written so far stays playable", session.chunk_index)
+        log.warning("interrupted inside chunk %d; the video written so far stays playable%s", session.chunk_index,
+                    "; the last saved state is kept" if state_path else "")
     finally:
         if writer is not None:
             writer.close()
+        if completed and state_path:
+            _save_state(session, state_path, telemetry)
+            if session.interrupted:
+                log.warning("stopped after %d chunks; continue with --resume %s", session.chunk_index, state_path)
+        if telemetry is not None and telemetry.records:
+            telemetry.save(args.telemetry)
+            log.info("telemetry -> %s (+ .png)", args.telemetry)
     if args.latents_out and latents:
         from safetensors.torch import save_file
-        lat = torch.cat(latents, dim=1)[:, :latent_frames].contiguous()
+        lat = torch.cat(latents, dim=1)[:, :new_latents].contiguous()
         tmp = Path(args.latents_out).with_name(Path(args.latents_out).name + ".partial")
         save_file({"latents": lat}, str(tmp))
         tmp.replace(args.latents_out)                       # never a half-written file under the final name
@@ -246,6 +384,77 @@ def cmd_generate(args) -> int:
         log.info("wrote %d frames to %s (DiT %.2f s, decode %.2f s)", written, args.out, st.dit_seconds,
                  st.decode_seconds)
     return 0
+
+
+def _resumed_config(saved, sc, changes: dict, args) -> StreamConfig:
+    """The config of a resumed run: the state's, with the sampling flags given on this command line."""
+    cfg = saved.config()
+    if args.cache_policy is not None and args.cache_policy != cfg.cache_policy:
+        raise SystemExit(f"error: {args.resume} is a {cfg.cache_policy} stream; it cannot continue as "
+                         f"{args.cache_policy}")
+    keep = {k: v for k, v in changes.items() if k != "full_cache_frames" or v > cfg.full_cache_frames}
+    return cfg.replace(**keep)
+
+
+def _state_path(args) -> Optional[str]:
+    if args.save_state:
+        return args.save_state
+    if args.save_state_every:
+        return str(Path(args.out).with_suffix(".state.safetensors"))
+    return None
+
+
+def _save_state(session, path: str, telemetry) -> None:
+    tensors, meta = telemetry.state_dict() if telemetry is not None else ({}, None)
+    session.save_state(path, extra_tensors={f"telemetry.{k}": v for k, v in tensors.items()},
+                       extra_meta={"telemetry": meta} if meta is not None else None)
+
+
+def _telemetry(args, session, saved):
+    if args.drift_refresh is not None and not args.telemetry:
+        raise SystemExit("error: --drift-refresh needs --telemetry (the drift is measured on the decoded frames)")
+    if not args.telemetry:
+        return None
+    if session.decoder is None:
+        raise SystemExit("error: --telemetry measures decoded frames; drop --no-decode")
+    from .telemetry import DriftPolicy, DriftTelemetry
+    tel = DriftTelemetry(session=session)
+    if saved is not None and saved.extra.get("telemetry"):
+        tel.load_state_dict({k[len("telemetry."):]: v for k, v in saved.extra_tensors.items()
+                             if k.startswith("telemetry.")}, saved.extra["telemetry"])
+    if args.drift_refresh is not None:
+        tel.callbacks.append(DriftPolicy(session, threshold=args.drift_refresh, telemetry=tel))
+    return tel
+
+
+class _StopOnSignal:
+    """First Ctrl-C (or SIGTERM): stop after the current chunk (the state is saved); a second one aborts now."""
+
+    def __init__(self):
+        self.flag, self._old = False, {}
+
+    def __call__(self) -> bool:
+        return self.flag
+
+    def _handle(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        log.warning("stopping after this chunk (press Ctrl-C again to abort at once)")
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def cmd_inspect(args) -> int:

@@ -127,10 +127,10 @@ class StreamSession:
         self.seed = seed
         self.stats = StreamStats()
         self.interrupted = False
-        self.schedule: Optional[PromptSchedule] = None
-        """Prompt timeline applied by `run` at chunk boundaries (`set_schedule`)."""
+        self.timeline: Optional[PromptSchedule] = None
+        """Prompt timeline applied by `run` at chunk boundaries (`set_timeline`)."""
         self.prompt: Optional[str] = None
-        """Text of the current prompt when known (set by the schedule / `set_context(prompt=)`)."""
+        """Text of the current prompt when known (set by the timeline / `set_context(prompt=)`)."""
         self.switches: list[dict] = []
         """Log of prompt switches and cache operations: {chunk, action, frames}."""
         self._recent: Optional[Tensor] = None          # clean latents of the last <= cache_frames frames
@@ -157,10 +157,10 @@ class StreamSession:
         elif transition == "flush":
             self.flush()
 
-    def set_schedule(self, schedule: Optional[PromptSchedule]) -> None:
+    def set_timeline(self, timeline: Optional[PromptSchedule]) -> None:
         """Follow a prompt timeline from now on (`run` applies its events at their chunk boundaries; on the first
         chunk of each run, a prompt in force that differs from the current one is switched in: resume/branch)."""
-        self.schedule = schedule
+        self.timeline = timeline
 
     def _same_context(self, prompt: str, context: Tensor) -> bool:
         if self.prompt is not None:
@@ -168,8 +168,8 @@ class StreamSession:
         c = context.to(self.device, self.dtype)
         return c.shape == self.context.shape and bool(torch.equal(c, self.context))
 
-    def _apply_schedule(self, first: bool) -> None:
-        sch, i = self.schedule, self.chunk_index
+    def _apply_timeline(self, first: bool) -> None:
+        sch, i = self.timeline, self.chunk_index
         ev = sch.event_at(i)
         if ev is None and first:
             ev = sch.in_force(i)
@@ -179,7 +179,7 @@ class StreamSession:
                 return
         if ev is None:
             return
-        transition = ev.transition if self.frames_done > 0 else "none"
+        transition = ev.transition if self.frames_done > 0 and i > 0 else "none"     # chunk 0: the first prompt
         self.set_context(sch.context(ev.prompt), transition, prompt=ev.prompt)
         self.switches.append(dict(chunk=i, action=f"prompt:{transition}", prompt=ev.prompt))
         log.info("chunk %d: prompt %r (%s)", i, ev.prompt[:60], transition)
@@ -400,7 +400,7 @@ class StreamSession:
         """Yield chunks until `num_chunks` (None = forever) or until `should_stop()` is true.
 
         `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i (switched
-        in with transition `none`); a schedule set with `set_schedule` is applied at its chunk boundaries.
+        in with transition `none`); a timeline set with `set_timeline` is applied at its chunk boundaries.
         """
         i, pending = 0, None
         while num_chunks is None or i < num_chunks:
@@ -408,8 +408,8 @@ class StreamSession:
                 self.interrupted = True
                 log.info("stream interrupted after %d chunks", self.chunk_index)
                 break
-            if self.schedule is not None:
-                self._apply_schedule(first=i == 0)
+            if self.timeline is not None:
+                self._apply_timeline(first=i == 0)
             elif prompt_at is not None:
                 ctx = prompt_at(self.chunk_index)
                 if ctx is not None:

@@ -1,0 +1,375 @@
+"""Stream state files: resume == uninterrupted (bit-identical on CPU fp32), branching, bad files, atomic saves,
+prefill (image-to-video / extension), the CLI flags, the save/load nodes, and flat cost over 10x the window."""
+import gc
+import importlib.util
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stream_r1.config import StreamConfig, WanConfig
+from stream_r1.stream import StreamSession
+from stream_r1.stream_state import load_stream_state
+from stream_r1.timeline import PromptSchedule, Timeline
+from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
+from stream_r1.wan.model import WanModel
+
+H, W = 32, 48
+ROOT = Path(__file__).resolve().parents[1]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: extra intra-op threads only add spin-waiting on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ctx(seed=0, n=9):
+    return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return WanVAE(VAEConfig.tiny()).eval()
+
+
+def _session(model, vae=None, sc=None, seed=3, ctx=0, noise=None):
+    return StreamSession(model, sc or StreamConfig.stream_r1(), _ctx(ctx), height=H, width=W, seed=seed,
+                         noise=noise, decoder=StreamingDecoder(vae) if vae is not None else None)
+
+
+def _take(sess, n):
+    chunks = list(sess.run(n))
+    frames = [c.frames for c in chunks if c.frames is not None]
+    return torch.cat([c.latents for c in chunks], 1), (torch.cat(frames, 1) if frames else None)
+
+
+# ---- resume / branch ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy, k", [("window_sink", 4), ("longlive", 5), ("full", 2)])
+def test_save_at_chunk_k_and_resume_equals_the_uninterrupted_stream(tiny_model, vae, tmp_path, policy, k):
+    sc = StreamConfig.for_policy(policy)
+    sc = sc.replace(full_cache_frames=21) if policy == "full" else sc
+    noise = torch.randn(1, 4, 16, 4, 6, generator=torch.Generator().manual_seed(9))     # part given, part drawn
+    lat, frames = _take(_session(tiny_model, vae, sc, noise=noise), 7 if policy != "full" else 5)
+
+    a = _session(tiny_model, vae, sc, noise=noise)
+    _take(a, k)
+    a.save_state(tmp_path / "s.safetensors")
+    b = StreamSession.from_state(tiny_model, tmp_path / "s.safetensors", decoder=StreamingDecoder(vae))
+    assert b.chunk_index == k and b.cfg == sc and (b.height, b.width) == (H, W)
+    lat_b, frames_b = _take(b, lat.shape[1] // 3 - k)
+    assert torch.equal(lat_b, lat[:, 3 * k:])                                   # DiT, cache, sink EMA, RNG
+    assert torch.equal(frames_b, frames[:, 1 + 4 * (3 * k - 1):])              # decoder state
+
+
+def test_resume_applies_a_timeline_switch_at_the_saved_boundary(tiny_model, tmp_path):
+    tl = Timeline.parse("0: a\n@3 [recache]: b")
+    ctxs = {"a": _ctx(0), "b": _ctx(1)}
+    one = _session(tiny_model)
+    one.set_timeline(PromptSchedule.build(tl, 3, 6, contexts=ctxs))
+    full, _ = _take(one, 6)
+    s = _session(tiny_model)
+    s.set_timeline(PromptSchedule.build(tl, 3, 6, contexts=ctxs))
+    _take(s, 3)
+    s.save_state(tmp_path / "s.safetensors")                   # saved before the switch at chunk 3 is applied
+    r = StreamSession.from_state(tiny_model, tmp_path / "s.safetensors")
+    assert r.prompt == "a"
+    r.set_timeline(PromptSchedule.build(tl, 3, 6, contexts=ctxs))
+    rest, _ = _take(r, 3)
+    assert torch.equal(rest, full[:, 9:])
+
+
+def test_branch_is_identical_up_to_the_branch_point_and_differs_after(tiny_model, tmp_path):
+    base = _session(tiny_model)
+    a, _ = _take(base, 3)
+    base.save_state(tmp_path / "s.safetensors")
+    a_rest, _ = _take(base, 3)
+
+    branch = StreamSession.from_state(tiny_model, tmp_path / "s.safetensors")
+    tl = Timeline.parse("0: a\n@1 [recache]: b")            # the prompt in force at the resume point is b
+    branch.set_timeline(PromptSchedule.build(tl, 3, 6, contexts={"a": _ctx(0), "b": _ctx(1)}))
+    b_rest, _ = _take(branch, 3)
+    assert [w["action"] for w in branch.switches] == ["recache", "prompt:recache"]
+    assert (a_rest - b_rest).abs().mean() > 1e-3
+
+    # the same branch, as one stream: identical frames up to the branch point, then the branch's
+    one = _session(tiny_model)
+    one.set_timeline(PromptSchedule.build(Timeline.parse("0: a\n@3 [recache]: b"), 3, 6,
+                                          contexts={"a": _ctx(0), "b": _ctx(1)}))
+    whole, _ = _take(one, 6)
+    assert torch.equal(whole[:, :9], a) and torch.equal(whole[:, 9:], b_rest)
+
+
+def test_state_file_contents(tiny_model, vae, tmp_path):
+    s = _session(tiny_model, vae)
+    _take(s, 4)
+    path = s.save_state(tmp_path / "s.safetensors", extra_tensors={"x": torch.ones(2)}, extra_meta={"y": 1})
+    saved = load_stream_state(path)
+    t = saved.tensors
+    fs = s.cache.frame_seqlen
+    assert t["cache.k"].shape == (2, 1, 9 * fs, 2, 32) and t["cache.index"].tolist() == [12 * fs, 9 * fs, fs, 9 * fs,
+                                                                                          3 * fs]
+    assert t["recent_latents"].shape == (1, 9, 16, 4, 6) and t["sink_latents"].shape == (1, 3, 16, 4, 6)
+    assert t["rng"].dtype == torch.uint8 and "decoder.latent_frames" in t and "cache.cross_k" in t
+    assert saved.chunk_index == 4 and saved.frames_done == 12 and saved.dtype == "float32"
+    assert torch.equal(saved.extra_tensors["x"], torch.ones(2)) and saved.extra == {"y": 1}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no temporary file left
+    twin = s.cache.clone()
+    twin.k.zero_()
+    assert twin.local_end == s.cache.local_end and s.cache.k.abs().sum() > 0       # an independent copy
+
+
+# ---- bad files --------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def state_file(tiny_model, tmp_path):
+    s = _session(tiny_model)
+    _take(s, 2)
+    return s.save_state(tmp_path / "s.safetensors")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 40])
+def test_truncated_state_file_is_a_clear_error(state_file, keep):
+    data = state_file.read_bytes()
+    state_file.write_bytes(data[: int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(ValueError, match="not a readable stream state"):
+        load_stream_state(state_file)
+
+
+def test_foreign_state_files_are_clear_errors(tiny_model, state_file, tmp_path):
+    other = tmp_path / "other.safetensors"
+    save_file({"latents": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="not a Stream-R1 stream state"):
+        load_stream_state(other)
+    with pytest.raises(FileNotFoundError):
+        load_stream_state(tmp_path / "missing.safetensors")
+
+    retrained = WanModel(WanConfig.tiny(), attention="sdpa").init_weights(seed=1).eval()
+    with pytest.raises(ValueError, match="saved with other weights"):
+        StreamSession.from_state(retrained, state_file)
+    bigger = WanModel(WanConfig.tiny().__class__(dim=96, ffn_dim=128, num_heads=3, num_layers=2, text_dim=32),
+                      attention="sdpa").init_weights(seed=0)
+    with pytest.raises(ValueError, match=r"another model architecture: \{'dim': \(64, 96\)"):
+        StreamSession.from_state(bigger, state_file)
+    with pytest.raises(ValueError, match="saved in float32; this stream runs in bfloat16"):
+        StreamSession.from_state(tiny_model, state_file, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"another cache layout \{'window_frames': \(9, 12\)"):
+        StreamSession.from_state(tiny_model, state_file, config=StreamConfig.stream_r1().replace(window_frames=12))
+    with pytest.raises(ValueError, match="is a 48x32 stream"):
+        StreamSession(tiny_model, StreamConfig.stream_r1(), _ctx(), height=48, width=48).load_state(state_file)
+    with pytest.raises(ValueError, match="holds no decoder state"):
+        torch.manual_seed(0)
+        StreamSession.from_state(tiny_model, state_file, decoder=StreamingDecoder(WanVAE(VAEConfig.tiny())))
+
+
+def test_a_failed_save_keeps_the_previous_state(tiny_model, state_file, monkeypatch):
+    import safetensors.torch as st
+
+    before = state_file.read_bytes()
+    s = _session(tiny_model)
+    _take(s, 3)
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        s.save_state(state_file)
+    assert state_file.read_bytes() == before
+    assert sorted(p.name for p in state_file.parent.iterdir()) == ["s.safetensors"]
+
+
+def test_a_state_after_a_skipped_context_pass_is_refused(tiny_model, tmp_path):
+    s = _session(tiny_model, sc=StreamConfig.stream_r1().replace(skip_last_context_pass=True))
+    _take(s, 2)
+    with pytest.raises(ValueError, match="skip_last_context_pass"):
+        s.save_state(tmp_path / "s.safetensors")
+
+
+# ---- prefill (image-to-video / extension) -----------------------------------------------------------------------------
+def test_prefill_writes_the_same_cache_as_generating_those_frames(tiny_model, vae):
+    ref = _session(tiny_model, vae)
+    lat, frames = _take(ref, 2)
+    s = _session(tiny_model, vae, seed=11)
+    primed = s.prefill(lat)
+    c, r = s.cache, ref.cache
+    assert (c.global_end, c.local_end) == (r.global_end, r.local_end) and s.frames_done == 6 and s.chunk_index == 0
+    assert torch.equal(c.k, r.k) and torch.equal(c.v, r.v)
+    assert torch.equal(primed, frames)                                             # the decoder is primed too
+    nxt = next(s.run(1))
+    assert nxt.start_frame == 6 and nxt.frames.shape[1] == 12                      # continues, no first-frame decode
+    with pytest.raises(ValueError, match="call it before the first chunk"):
+        s.prefill(lat)
+    with pytest.raises(ValueError, match=r"prefill latents must be \[1, F, 16, 4, 6\]"):
+        _session(tiny_model).prefill(torch.zeros(1, 2, 16, 8, 8))
+
+
+def test_refresh_sink_rewrites_the_first_frames(tiny_model):
+    s = _session(tiny_model)
+    _take(s, 2)
+    sink = s.cache.sink_tokens
+    k0 = s.cache.k[:, :, :sink].clone()                 # the sink as first written (no eviction yet)
+    _take(s, 3)
+    assert not torch.equal(s.cache.k[:, :, :sink], k0)  # EMA blended evicted frames in
+    assert s.refresh_sink()
+    assert torch.equal(s.cache.k[:, :, :sink], k0)      # same prompt: exactly the first chunk's clean K/V again
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------------
+def _cli(tmp_path, name, *extra):
+    from stream_r1.cli import main
+
+    return main(["generate", "--width", "48", "--height", "32", "--quiet", "--out", str(tmp_path / f"{name}.mp4"),
+                 "--latents-out", str(tmp_path / f"{name}.safetensors"), *extra])
+
+
+def test_cli_resume_after_ctrl_c_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    from stream_r1.video_io import read_video
+
+    assert _cli(tmp_path, "a", "--frames", "57", "--telemetry", str(tmp_path / "a.json")) == 0
+
+    real = StreamSession._remember
+
+    def ctrl_c_in_chunk_2(self, x0, start):
+        real(self, x0, start)
+        if self.chunk_index == 1:
+            signal.raise_signal(signal.SIGINT)              # first Ctrl-C: stop after this chunk, save the state
+
+    monkeypatch.setattr(StreamSession, "_remember", ctrl_c_in_chunk_2)
+    assert _cli(tmp_path, "b", "--frames", "57", "--telemetry", str(tmp_path / "b.json"),
+                "--save-state-every", "5") == 0
+    monkeypatch.setattr(StreamSession, "_remember", real)
+    state = tmp_path / "b.state.safetensors"
+    assert load_stream_state(state).chunk_index == 2
+    assert _cli(tmp_path, "c", "--frames", "57", "--resume", str(state), "--telemetry", str(tmp_path / "c.json"),
+                "--save-state", str(state)) == 0
+    a, b, c = (load_file(tmp_path / f"{n}.safetensors")["latents"] for n in "abc")
+    assert torch.equal(torch.cat([b, c], 1), a)
+    assert [len(read_video(tmp_path / f"{n}.mp4")) for n in "abc"] == [57, 21, 36]
+    ja, jc = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ac")
+    assert ja["chunks"] == jc["chunks"]                                          # telemetry carried in the state
+    assert load_stream_state(state).chunk_index == 5
+    with pytest.raises(SystemExit, match="already has 5 chunks"):                 # nothing left to generate
+        _cli(tmp_path, "d", "--frames", "57", "--resume", str(state))
+
+
+def test_cli_branch_and_bad_state(tmp_path, capsys):
+    assert _cli(tmp_path, "a", "--frames", "21", "--save-state", str(tmp_path / "s.safetensors"), "--no-decode") == 0
+    assert _cli(tmp_path, "b", "--frames", "45", "--resume", str(tmp_path / "s.safetensors"), "--no-decode") == 0
+    assert _cli(tmp_path, "c", "--frames", "45", "--resume", str(tmp_path / "s.safetensors"), "--no-decode",
+                "--prompt", "a blue square", "--transition", "flush") == 0
+    b, c = (load_file(tmp_path / f"{n}.safetensors")["latents"] for n in "bc")
+    assert b.shape == c.shape == (1, 6, 16, 4, 6) and (b - c).abs().mean() > 1e-3
+    assert _cli(tmp_path, "d", "--frames", "45", "--resume", str(tmp_path / "s.safetensors")) == 2
+    assert "holds no decoder state" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    assert _cli(tmp_path, "e", "--frames", "45", "--resume", str(tmp_path / "bad.safetensors")) == 2
+    assert "not a readable stream state" in capsys.readouterr().err
+
+
+def test_cli_image_to_video(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from stream_r1.video_io import read_video
+
+    Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype("uint8")).save(tmp_path / "i.png")
+    assert _cli(tmp_path, "v", "--frames", "25", "--init", str(tmp_path / "i.png")) == 0
+    assert len(read_video(tmp_path / "v.mp4")) == 1 + 24                 # the image, then 6 generated latent frames
+    assert load_file(tmp_path / "v.safetensors")["latents"].shape == (1, 6, 16, 4, 6)
+
+
+# ---- nodes ------------------------------------------------------------------------------------------------------------
+PACK = "custom_nodes_x_stream_r1_state_test"
+
+
+@pytest.fixture(scope="module")
+def pack():
+    spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
+        del sys.modules[k]
+
+
+@pytest.fixture
+def comfy(pack, tmp_path, monkeypatch):
+    import comfy_stubs as stubs
+    from stream_r1.checkpoint import save_dit_export
+
+    models = tmp_path / "models"
+    student = WanModel(WanConfig.tiny(), attention="sdpa").init_weights(seed=0)
+    save_dit_export(models / "stream_r1" / "tiny.safetensors", student.state_dict(), WanConfig.tiny(),
+                    StreamConfig.stream_r1())
+    rec = stubs.Recorder()
+    for name, mod in stubs.build(models, tmp_path / "output", rec).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    return stubs
+
+
+def _node(pack, name, **inputs):
+    cls = pack.NODE_CLASS_MAPPINGS[name]
+    with torch.inference_mode():
+        return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+def _cond(seed):
+    return [[_ctx(seed, 12), {"pooled_output": None}]]
+
+
+def test_save_and_load_state_nodes_continue_exactly(pack, comfy, tmp_path):
+    vae = comfy.FakeWanVAE()
+    model = _node(pack, "StreamR1ModelLoader", model_name="tiny.safetensors", dtype="fp32", attention="sdpa",
+                  entry="auto")[0]
+    _, _, state = _node(pack, "StreamR1Generate", model=model, positive=_cond(0), width=48, height=32, seconds=1.0,
+                        frames=0, seed=3, keep_state=True, vae=vae, unique_id="1")
+    out = _node(pack, "StreamR1SaveState", state=state, filename_prefix="stream_r1/state")
+    path = out["result"][0]
+    assert path.endswith("state_00001_.safetensors") and os.path.isfile(path)
+    direct = _node(pack, "StreamR1Continue", state=state, positive=_cond(0), seconds=1.0, keep_state=False)
+    loaded = _node(pack, "StreamR1LoadState", model=model, state_file="stream_r1/state_00001_.safetensors", vae=vae)[0]
+    again = _node(pack, "StreamR1Continue", state=loaded, positive=_cond(0), seconds=1.0, keep_state=False)
+    assert torch.equal(direct[0], again[0]) and torch.equal(direct[1]["samples"], again[1]["samples"])
+    cls = pack.NODE_CLASS_MAPPINGS["StreamR1LoadState"]
+    assert cls.IS_CHANGED(state_file="stream_r1/state_00001_.safetensors") != ""
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _node(pack, "StreamR1LoadState", model=model, state_file=str(tmp_path / "nope.safetensors"))
+
+
+# ---- flat cost --------------------------------------------------------------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_flat_cost_over_ten_times_the_window(tiny_model, vae):
+    """Window 9 latent frames; stream 90 (30 chunks) with decoding and telemetry: per-chunk time and RSS stay flat."""
+    from stream_r1.telemetry import DriftTelemetry
+
+    s = _session(tiny_model, vae)
+    tel = DriftTelemetry(session=s)
+    kv, times, rss = s.cache.nbytes(), [], []
+    for chunk in s.run(10 * s.cfg.window_frames // s.cfg.frames_per_block, on_chunk=tel.on_chunk):
+        times.append(chunk.seconds)
+        if chunk.index in (6, 29):
+            gc.collect()
+            rss.append(_rss())
+    assert s.frames_done == 90 and s.cache.nbytes() == kv and s.cache.frames_cached == 9
+    assert s._recent.shape[1] == 9 and len(s._pieces) <= 4
+    early, late = sorted(times[4:10])[3], sorted(times[-6:])[3]
+    assert late / early < 2.5, (early, late)
+    assert rss[1] - rss[0] < 8 * 2 ** 20, f"RSS grew by {(rss[1] - rss[0]) / 2 ** 20:.1f} MB"
+    assert len(tel.records) == 30
