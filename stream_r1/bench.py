@@ -55,14 +55,17 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
     sync()
     t0 = prev = time.perf_counter()
     per_chunk = []
+    peak_after = []
     for _ in sess.run(n):
         sync()
         now = time.perf_counter()
         per_chunk.append(now - prev)
         prev = now
+        if dev.type == "cuda":
+            peak_after.append(torch.cuda.max_memory_allocated() / 2 ** 30)
     sync()
     total = time.perf_counter() - t0
-    return dict(total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0], chunk_s=per_chunk, dit_s=sess.stats.dit_seconds,
+    return dict(peak_after_chunk_gib=peak_after, total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0], chunk_s=per_chunk, dit_s=sess.stats.dit_seconds,
                 decode_s=sess.stats.decode_seconds)
 
 
@@ -87,6 +90,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--label", default=None)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup-frames", type=int, default=None,
+                    help="video frames of the warm-up run (default: the timed length)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.cudnn_benchmark:
@@ -125,7 +130,8 @@ def main(argv=None) -> None:
             decoder.reset()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        res = run_once(model, sc, context, args.height, args.width, lat, decoder, overlap=args.overlap)
+        n_lat = latent_frames_for(args.warmup_frames) if (r == 0 and args.warmup_frames) else lat
+        res = run_once(model, sc, context, args.height, args.width, n_lat, decoder, overlap=args.overlap)
         if dev.type == "cuda":
             res["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         if r > 0:
@@ -151,6 +157,7 @@ def main(argv=None) -> None:
         dit_tflop=round(tflop, 1), mfu_dit_at_800=round(tflop / best["dit_s"] / 800, 3),
         tflops_sustained=round((tflop + vae_tflop) / best["total_s"], 1),
         chunk_s=[round(c, 4) for c in best["chunk_s"]],
+        peak_after_chunk_gib=[round(m, 3) for m in best["peak_after_chunk_gib"]],
         all_totals=[round(r["total_s"], 4) for r in results],
     )
     if args.overlap:            # stages run concurrently: their split is not measurable
