@@ -251,6 +251,10 @@ def _resolve_files(path: Path) -> tuple[str, tuple[Path, ...]]:
         return ("safetensors-sharded" if n > 1 else "safetensors"), tuple(shards)
     with open(path, "rb") as fh:
         magic = fh.read(9)
+    # a safetensors file starts with an 8-byte little-endian header length and then '{': check that first,
+    # since a header length of 128 mod 256 also starts with 0x80, the first byte of a legacy pickle
+    if len(magic) == 9 and magic[8:9] == b"{":
+        return "safetensors", (path,)
     if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":
         return "torch", (path,)
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin") and len(magic) < 9:

@@ -528,3 +528,20 @@ def test_pickle_with_objects_is_refused(tmp_path):
     torch.save({"generator": {"model." + k: v for k, v in make_sd().items()}, "args": NotATensor()}, f)
     with pytest.raises(ValueError, match=r"refused for safety.*NotATensor.*weights_only=False"):
         load_dit_checkpoint(f, num_heads=2)
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_a_pickle(tmp_path):
+    """A header of length 128 mod 256 makes byte 0 == 0x80, the pickle protocol marker."""
+    import struct
+    from safetensors.torch import save_file
+    from stream_r1.checkpoint import open_state_dict
+    for pad in range(64):
+        p = tmp_path / f"m{pad}.safetensors"
+        save_file({"x": torch.zeros(2)}, str(p), metadata={"pad": "y" * pad})
+        if p.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.skip("no padding gave a 0x80 first byte")
+    assert struct.unpack("<Q", p.read_bytes()[:8])[0] % 256 == 128
+    raw, info = open_state_dict(p)
+    assert info.container == "safetensors"

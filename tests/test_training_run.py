@@ -1,0 +1,121 @@
+"""Training package end to end on CPU: torchrun with 2 gloo processes (FSDP2), exports that the loaders and the
+CLI read, one vs two processes, stop (SIGTERM path) and resume to the same losses."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.recipes import get_recipe
+from training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("gen_loss", "critic_loss")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (two oversubscribe the 2-core CI machine; torchrun uses one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(out, steps, micro_batch=2, student="random"):
+    cfg = get_recipe("tiny_stream_r1")
+    cfg.output_dir, cfg.log.progress, cfg.schedule.steps = str(out), False, steps
+    cfg.schedule.micro_batch, cfg.model.student = micro_batch, student
+    return cfg
+
+
+def _student_file(folder: Path) -> Path:
+    """A tiny student checkpoint (our export format) so the runs also exercise loading under FSDP."""
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.config import WanConfig
+    from stream_r1.wan.model import WanModel
+    cfg = WanConfig.tiny()
+    return save_dit_export(folder / "student_init.safetensors", WanModel(cfg).init_weights(seed=11).state_dict(), cfg)
+
+
+def _losses(history):
+    return [{k: m[k] for k in KEYS if k in m} for m in history]
+
+
+def test_stop_and_resume_give_the_same_next_losses(tmp_path):
+    straight = _losses(Trainer(_cfg(tmp_path / "a", 4)).train())
+
+    def stop_after_two(trainer, _):
+        if trainer.step_idx == 2:
+            trainer.request_stop()                     # what the SIGTERM handler of training.run calls
+    first = Trainer(_cfg(tmp_path / "b", 4))
+    assert len(first.train(on_step=stop_after_two)) == 2
+    saved = tmp_path / "b" / "checkpoints" / "step_00000002"
+    assert (saved / "trainer_state.json").is_file() and (saved / "config.json").is_file()
+    assert json.loads((saved / "trainer_state.json").read_text())["ema"] is True
+    resumed = Trainer(_cfg(tmp_path / "b", 4))
+    assert resumed.step_idx == 2 and resumed.ema is not None
+    assert _losses(resumed.train()) == straight[2:]
+    assert [p.name for p in sorted((tmp_path / "b" / "checkpoints").iterdir())] == \
+        ["step_00000002", "step_00000004"]
+
+
+@pytest.fixture(scope="module")
+def torchrun_2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("torchrun")
+    student = _student_file(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.run", "--recipe", "tiny_stream_r1", "--set", f"output_dir={out}",
+           "--set", f"model.student={student}",
+           "--set", "schedule.steps=3", "--set", "log.progress=false", "--set", "log.sample_interval=3",
+           "--set", f"log.summary_json={out / 'summary.json'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc
+
+
+def test_two_processes_train_and_export_a_loadable_student(torchrun_2, tmp_path):
+    out, proc = torchrun_2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["steps"]) == 3
+    assert all(math.isfinite(m[k]) for m in summary["steps"] for k in KEYS if k in m)
+    assert "gen_loss" in summary["steps"][0] and "w_inter" in summary["steps"][0]
+    assert len(summary["steps"][0]["peak_mem_gib"]) == 2
+    assert "tiny_stream_r1 step 3/3" in proc.stderr
+    assert (out / "samples" / "step_00000003.mp4").is_file() and (out / "samples" / "step_00000003_w_intra.png").is_file()
+    export = out / "exports" / "student_step_00000003.safetensors"
+    from stream_r1.loaders import load_student
+    model, info = load_student(str(export))
+    assert info.family == "stream-r1" and info.stream_config.cache_policy == "window_sink"
+    assert model.cfg.dim == 64 and json.loads((out / "checkpoints" / "step_00000003" / "config.json").read_text())[
+        "name"] == "tiny_stream_r1"
+
+    from safetensors.torch import save_file
+    save_file({"context": torch.randn(1, 8, 32)}, str(tmp_path / "ctx.safetensors"))
+    gen = subprocess.run([sys.executable, "-m", "stream_r1", "generate", "--checkpoint", str(export), "--no-decode",
+                          "--context", str(tmp_path / "ctx.safetensors"), "--height", "32", "--width", "48",
+                          "--frames", "21", "--latents-out", str(tmp_path / "lat.safetensors"), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    from safetensors.torch import load_file
+    lat = load_file(str(tmp_path / "lat.safetensors"))["latents"]
+    assert lat.shape == (1, 6, 16, 4, 6) and torch.isfinite(lat).all()
+
+
+def test_one_process_gives_the_losses_of_two_for_the_same_global_batch(torchrun_2, tmp_path):
+    """2 ranks x micro batch 1 (FSDP2, gloo; the student file read by rank 0 and broadcast into the shards) vs
+    1 process x micro batch 2 (plain load): same weights, samples and draws, so the same losses."""
+    out, _ = torchrun_2
+    two = _losses(json.loads((out / "summary.json").read_text())["steps"])
+    cfg = _cfg(tmp_path, 3, micro_batch=2, student=str(out / "student_init.safetensors"))
+    cfg.checkpoint.export = False
+    one = _losses(Trainer(cfg).train())
+    assert [sorted(m) for m in one] == [sorted(m) for m in two]
+    for a, b in zip(one, two):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4), (k, a, b)
