@@ -11,7 +11,8 @@ holding custom_nodes/ (this pack linked in, plus a one-node test pack) and model
 written by `save_dit_export` in ComfyUI's Wan layout, text_dim 4096, and a tiny random Wan2.1 VAE that the stock
 VAELoader detects). The stock umT5 has a fixed XXL size (comfy/text_encoders/umt5_config_xxl.json), far too
 big for a CPU test, so the test pack's `StreamR1TestConditioning` stands in for CLIPLoader + CLIPTextEncode:
-a seeded [1, 16, 4096] CONDITIONING per prompt text. Everything else in the shipped API workflows is run as
+a seeded [1, 16, 4096] CONDITIONING per prompt text, and `StreamR1TestCLIP` stands in for CLIPLoader where a
+node takes the CLIP itself (Stream-R1 Prompt Timeline), encoding the same way. Everything else in the shipped API workflows is run as
 shipped, at 64x48 and a few seconds. Every process started here is stopped at the end; nothing listens
 beyond 127.0.0.1.
 """
@@ -44,8 +45,9 @@ HAVE_WS = importlib.util.find_spec("websocket") is not None
 TINY_MODEL, TINY_VAE = "tiny_stream_r1.safetensors", "tiny_wan_vae.safetensors"
 SIZE = {"width": 64, "height": 48}
 SECONDS = {"stream_r1_t2v_5s": 1.0, "stream_r1_30s_to_file": 1.0, "stream_r1_3min_window_sink": 3.0,
-           "stream_r1_continue_branch": 1.0}
-"""Seconds per workflow at test size; 3 s = 12 latent frames, past the window of 9, so eviction runs."""
+           "stream_r1_continue_branch": 1.0, "stream_r1_timeline_3min": 5.0, "stream_r1_resume_stream": 1.0}
+"""Seconds per workflow at test size; 3 s = 12 latent frames, past the window of 9, so eviction runs. The
+timeline workflow's five prompts move to chunks 0..4 of its 7; the resume workflow continues a 1 s stream."""
 
 TEST_PACK = '''
 import hashlib
@@ -68,7 +70,36 @@ class StreamR1TestConditioning:
         return ([[torch.randn(1, 16, width, generator=torch.Generator().manual_seed(seed)), {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"StreamR1TestConditioning": StreamR1TestConditioning}
+def _cond(text, width=4096):
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return torch.randn(1, 16, width, generator=torch.Generator().manual_seed(seed))
+
+
+class _TestClip:
+    """What Stream-R1 Prompt Timeline calls on a CLIP: tokenize, then encode_from_tokens_scheduled."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens):
+        return [[_cond(tokens), {}]]
+
+
+class StreamR1TestCLIP:
+    """Test stand-in for CLIPLoader(type=wan): a CLIP that encodes like StreamR1TestConditioning."""
+    CATEGORY = "testing"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        return (_TestClip(),)
+
+
+NODE_CLASS_MAPPINGS = {"StreamR1TestConditioning": StreamR1TestConditioning, "StreamR1TestCLIP": StreamR1TestCLIP}
 '''
 
 
@@ -214,13 +245,20 @@ def server(tmp_path_factory):
 
 
 def tiny(api: dict, seconds: float) -> dict:
-    """A shipped API workflow at test size, with the test conditioning in place of the stock umT5 nodes."""
+    """A shipped API workflow at test size, with the test conditioning in place of the stock umT5 nodes and a
+    prompt timeline moved to chunks 0, 1, 2, ... (its prompts and transitions kept)."""
+    from stream_r1.timeline import Timeline
+
     out = {}
     for nid, node in json.loads(json.dumps(api)).items():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CLIPLoader":
-            continue
-        if kind == "CLIPTextEncode":
+            node = {**node, "class_type": "StreamR1TestCLIP", "inputs": {}}
+        elif kind == "StreamR1Timeline":
+            tl = Timeline.parse(inputs["timeline"], inputs["default_transition"])
+            inputs["timeline"] = "\n".join(f"@{i}{f' [{e.transition}]' if e.transition else ''}: {e.prompt}"
+                                           for i, e in enumerate(tl.entries))
+        elif kind == "CLIPTextEncode":
             node = {**node, "class_type": "StreamR1TestConditioning", "inputs": {"text": inputs["text"], "width": 4096}}
         elif kind == "VAELoader":
             inputs["vae_name"] = TINY_VAE
@@ -264,6 +302,7 @@ def test_the_pack_loads_with_its_templates_and_extension(server):
     extensions = server.get("/extensions")
     assert f"/extensions/{PACK_DIR}/stream_r1.js" in extensions
     assert f"/extensions/{PACK_DIR}/lib/stream_state.js" in extensions
+    assert f"/extensions/{PACK_DIR}/lib/timeline.js" in extensions
     assert not [e for e in extensions if PACK_DIR in e and "/tests/" in e]
 
 
@@ -292,10 +331,36 @@ def test_recorded_stock_definitions_match_this_server(server, build):
         assert a == b, name
 
 
+def saved_state_and_reference(server: Server, resume_api: dict) -> tuple[str, np.ndarray]:
+    """Start a 1 s stream (keep_state), save its state with Stream-R1 Save State, and continue the live stream
+    by 1 s with the resume workflow's prompt: (state file, the continued frames as saved)."""
+    start = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 1.0)
+    gen = next(n for n, v in start.items() if v["class_type"] == "StreamR1Generate")
+    start[gen]["inputs"]["keep_state"] = True
+    text = next(v["inputs"]["text"] for v in resume_api.values() if v["class_type"] == "CLIPTextEncode")
+    start.update({
+        "90": {"class_type": "StreamR1SaveState", "inputs": {"state": [gen, 2], "filename_prefix": "stream_r1/state"}},
+        "91": {"class_type": "StreamR1TestConditioning", "inputs": {"text": text, "width": 4096}},
+        "92": {"class_type": "StreamR1Continue", "inputs": {"state": [gen, 2], "positive": ["91", 0], "seconds": 1.0,
+                                                            "keep_state": False}},
+        "93": {"class_type": "CreateVideo", "inputs": {"images": ["92", 0], "fps": 16.0}},
+        "94": {"class_type": "SaveVideo", "inputs": {"video": ["93", 0], "filename_prefix": "stream_r1/reference",
+                                                     "format": "auto", "codec": "auto"}},
+    })
+    entry, _ = server.run(start)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
+    return entry["outputs"]["90"]["text"][0], frames_of(output_file(server, entry, "94"))
+
+
 @pytest.mark.parametrize("name", sorted(SECONDS))
 def test_shipped_api_workflow_runs(server, name):
     api = json.loads((WORKFLOWS / "api" / f"{name}.api.json").read_text())
-    entry, messages = server.run(tiny(api, SECONDS[name]))
+    prompt = tiny(api, SECONDS[name])
+    if name == "stream_r1_resume_stream":
+        state_file, reference = saved_state_and_reference(server, api)
+        load = next(n for n, v in prompt.items() if v["class_type"] == "StreamR1LoadState")
+        prompt[load]["inputs"]["state_file"] = state_file
+    entry, messages = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
     chunks = [d for t, d in messages if t == "stream_r1.chunk"]
     previews = [m for t, m in messages if t == "binary"]
@@ -316,6 +381,16 @@ def test_shipped_api_workflow_runs(server, name):
             for node in ("6", "7"):                          # each Continue goes on from the kept stream
                 assert [(d["chunk"], d["chunks_done"], d["chunks"]) for d in by_node[node]] == [(2, 1, 2), (3, 2, 2)]
                 assert by_node[node][-1]["frames"] == added
+        return
+
+    if name == "stream_r1_resume_stream":
+        video = frames_of(output_file(server, entry, "7"))
+        assert video.shape == (expected_frames(1.0) + 3, SIZE["height"], SIZE["width"], 3)   # 6 latent = 24 frames
+        assert np.abs(video.astype(int) - reference.astype(int)).mean() < 0.5, \
+            "continuing the loaded state gives the frames of continuing the live stream"
+        assert entry["outputs"]["11"]["images"], "the drift telemetry plot"
+        if HAVE_WS:
+            assert [(d["chunk"], d["chunks_done"]) for d in chunks] == [(2, 1), (3, 2)]
         return
 
     save = next(n for n, v in api.items() if v["class_type"] in ("SaveVideo", "StreamR1GenerateToFile"))
@@ -463,6 +538,39 @@ def test_frontend_loads_the_ui_workflow_as_written_and_prompts_the_api_twin(brow
         for key in ("type", "inputs", "outputs", "widgets_values", "properties", "title", "mode", "size", "pos"):
             assert node.get(key) == mine.get(key), f"{path.name} node {node['id']} {key}"
     assert got["ser"]["links"] == ui["links"] and got["ser"]["groups"] == ui["groups"]
+
+
+def test_timeline_bar_on_the_timeline_node(browser, tmp_path):
+    """The 3-minute timeline workflow: the bar under the text shows five segments up to the stream's end, follows
+    edits of the text and the length of the connected stream, and shows the parser's error."""
+    ui = json.loads((WORKFLOWS / "stream_r1_timeline_3min.json").read_text())
+    browser.js(f"(async () => {{ await app.loadGraphData({json.dumps(ui)}, true, true, 'stream_r1_timeline_3min'); }})()")
+    browser.js("document.querySelectorAll('.p-dialog-mask').forEach(d => d.remove())")
+    seg = "document.querySelectorAll('.stream-r1-timeline-segment')"
+    assert browser.wait_for(f"{seg}.length === 5", timeout=30)
+    got = browser.js(f"""(() => {{ const segs = [...{seg}];
+      return {{ widths: segs.map(s => parseFloat(s.style.width)), transitions: segs.map(s => s.dataset.transition),
+               marks: [...document.querySelectorAll('.stream-r1-timeline-mark')].map(m => m.textContent),
+               info: document.querySelector('.stream-r1-timeline-info').textContent,
+               serialized: app.graph.serialize().nodes.find(n => n.id === 2).widgets_values }}; }})()""")
+    assert got["transitions"] == ["recache", "recache", "none", "recache", "flush"]
+    assert got["marks"] == ["↻", "→", "↻", "✂"]
+    assert abs(sum(got["widths"]) - 100) < 0.01 and 19 < got["widths"][1] < 21     # 36 s of 179.8 s
+    assert "240 chunks" in got["info"], got["info"]
+    assert got["serialized"] == ui["nodes"][[n["id"] for n in ui["nodes"]].index(2)]["widgets_values"]
+    out = screenshot_dir(tmp_path)
+    browser.screenshot(out / "stream_r1_timeline_bar.png")
+
+    # typing in the text re-renders at once; a shorter stream downstream turns a late entry into an error
+    browser.js("""(() => { const w = app.graph.getNodeById(2).widgets.find(w => w.name === 'timeline');
+      w.inputEl.value = w.inputEl.value + '2:50 [none]: the moon sets'; w.value = w.inputEl.value;
+      w.inputEl.dispatchEvent(new Event('input')); })()""")
+    assert browser.wait_for(f"{seg}.length === 6", timeout=10)
+    browser.js("(() => { app.graph.getNodeById(5).widgets.find(w => w.name === 'seconds').value = 60;"
+               " app.graph.setDirtyCanvas(true, true); })()")
+    error = browser.wait_for("document.querySelector('.stream-r1-timeline').dataset.error", timeout=10)
+    assert error.startswith("timeline entry 3 (72 s) is beyond the stream: it has 80 chunks"), error
+    browser.screenshot(out / "stream_r1_timeline_error.png")
 
 
 def test_live_preview_counter_and_error_on_the_node(browser, server, tmp_path):

@@ -140,7 +140,7 @@ def test_committed_files_equal_the_builder_output(defs):
         assert path.read_text() == text, f"{path} is out of date: run python workflows/build.py"
     shipped = set(WORKFLOWS.glob("*.json")) | set((WORKFLOWS / "api").glob("*.json"))
     assert shipped == set(rendered), f"files not written by build.py: {sorted(map(str, shipped - set(rendered)))}"
-    assert len(UI_FILES) == 5 and all(api_twin(p).is_file() for p in UI_FILES)
+    assert len(UI_FILES) == 7 and all(api_twin(p).is_file() for p in UI_FILES)
 
 
 def test_workflows_folder_is_a_template_folder_and_holds_only_ui_workflows():
@@ -319,7 +319,7 @@ def test_each_workflow_links_every_file_it_needs(path):
     assert "python -m stream_r1 download" in notes[0]
 
 
-def test_the_four_workflows_do_what_they_say():
+def test_the_workflows_do_what_they_say():
     api = {p.stem: json.loads(api_twin(p).read_text()) for p in UI_FILES}
 
     def of(name, cls):
@@ -341,6 +341,33 @@ def test_the_four_workflows_do_what_they_say():
     prompts = {branch[c["inputs"]["positive"][0]]["inputs"]["text"] for c in conts}
     assert len(prompts) == 2, "the two endings need different prompts"
     assert len(of("stream_r1_continue_branch", "SaveVideo")) == 2
+
+
+def test_the_long_stream_workflows_do_what_they_say():
+    from stream_r1.stream import latent_frames_for_seconds
+    from stream_r1.timeline import Timeline
+
+    api = {p.stem: json.loads(api_twin(p).read_text()) for p in UI_FILES}
+    tl_flow = api["stream_r1_timeline_3min"]
+    (timeline,) = [n for n in tl_flow.values() if n["class_type"] == "StreamR1Timeline"]
+    (gen,) = [n for n in tl_flow.values() if n["class_type"] == "StreamR1GenerateToFile"]
+    assert gen["inputs"]["seconds"] == 180 and gen["inputs"]["positive"][0] in tl_flow
+    assert tl_flow[gen["inputs"]["positive"][0]] is timeline
+    assert tl_flow[timeline["inputs"]["clip"][0]]["class_type"] == "CLIPLoader"
+    tl = Timeline.parse(timeline["inputs"]["timeline"], timeline["inputs"]["default_transition"])
+    chunks = latent_frames_for_seconds(gen["inputs"]["seconds"]) // 3
+    events = tl.events(3, chunks)                      # fits the stream: what Generate to File checks at run time
+    assert len(events) == 5 and {e.transition for e in events[1:]} == {"recache", "none", "flush"}
+    assert events[-1].seconds < 180 - 20, "the last prompt gets a fair share of the stream"
+
+    resume = api["stream_r1_resume_stream"]
+    (load,) = [n for n in resume.values() if n["class_type"] == "StreamR1LoadState"]
+    (cont,) = [n for n in resume.values() if n["class_type"] == "StreamR1Continue"]
+    assert resume[cont["inputs"]["state"][0]] is load and "vae" in load["inputs"]
+    assert load["inputs"]["state_file"].endswith(".safetensors")
+    assert [n for n in resume.values() if n["class_type"] == "SaveVideo"]
+    (tel,) = [n for n in resume.values() if n["class_type"] == "StreamR1Telemetry"]
+    assert resume[tel["inputs"]["frames"][0]] is cont and tel["inputs"]["first_chunk_frames"] == 12
 
 
 # ---- our definitions in the object_info format ------------------------------------------------------------------
@@ -395,9 +422,12 @@ def test_every_generation_node_appears_in_a_workflow(ours):
 def test_web_folder_holds_only_browser_modules_as_js():
     """ComfyUI loads every web/**/*.js into the page: tests must not be *.js, modules must import relatively."""
     js = sorted(p.relative_to(ROOT / "web").as_posix() for p in (ROOT / "web").rglob("*.js"))
-    assert js == ["lib/stream_state.js", "stream_r1.js"]
+    assert js == ["lib/stream_state.js", "lib/timeline.js", "stream_r1.js"]
     text = (ROOT / "web" / "stream_r1.js").read_text()
     assert 'from "../../scripts/app.js"' in text and 'from "./lib/stream_state.js"' in text
+    assert 'from "./lib/timeline.js"' in text
+    for lib in ("stream_state.js", "timeline.js"):             # pure modules: no imports at all
+        assert "import " not in (ROOT / "web" / "lib" / lib).read_text().split("export", 1)[0]
     build.import_pack()
     host = importlib.import_module(build.PACK_MODULE + ".nodes.host")      # the event the nodes send
     assert f'const CHUNK_EVENT = "{host.CHUNK_EVENT}";' in text

@@ -358,7 +358,76 @@ def saliency_view() -> Workflow:
                      ("Reward saliency", (1260, 10, 1190, 600), DISPLAY_COLOURS["output"])])
 
 
-WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view)
+FIVE_PROMPTS = (
+    "# One paper boat, three minutes, five prompts. 'seconds: prompt' or 'm:ss: prompt'; each switch lands on\n"
+    "# the nearest chunk boundary (every 0.75 s). [recache] = the same shot changes smoothly, [none] = a small\n"
+    "# change of the text only, [flush] = a clean cut to a new shot.\n"
+    "0: a small paper boat floats down a rain gutter in a quiet street, overcast morning, close tracking shot\n"
+    "0:36 [recache]: the paper boat drifts out of the gutter into a wide stream through a green park, sunlight "
+    "breaking through the clouds\n"
+    "1:12 [none]: the paper boat drifts along the stream through the park, ducks swimming beside it, golden light\n"
+    "1:48 [recache]: the stream widens into a river at dusk, city lights reflecting on the water around the paper "
+    "boat\n"
+    "2:24 [flush]: aerial view of a paper boat on the open sea at night under a full moon, calm silver waves\n")
+
+
+def timeline_3min() -> Workflow:
+    nodes = _loaders() + [
+        Node(2, "StreamR1Timeline", (420, 80), (560, 540), {"timeline": FIVE_PROMPTS, "default_transition": "recache"},
+             {"clip": (1, 0)}),
+        Node(5, "StreamR1GenerateToFile", (1020, 80), (380, 560),
+             {"width": 832, "height": 480, "seconds": 180.0, "frames": 0, "seed": 42,
+              "filename_prefix": "stream_r1/timeline_3min", "fps": 16.0},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
+        note(8, (420, 670), (560, 400),
+             "## Stream-R1: a 3-minute stream with five prompts\n\nStream-R1 Prompt Timeline encodes each prompt once "
+             "and hands the whole timeline to Generate to File, which switches prompts at the chunk boundary "
+             "nearest to each time, in one stream (no cuts between clips, flat memory). The bar under the text "
+             "shows the segments, their transitions and, since this node feeds a 180 s stream, where the stream "
+             "ends; click a segment to select its line.\n\nTransitions: **recache** (default) re-encodes the "
+             "cached frames under the new prompt, for a smooth change of the same shot; **flush** keeps only the "
+             "sink and the last frame, for a clean cut; **none** changes only the text, for small edits.\n\n"
+             + files_markdown(GENERATION_FILES)),
+    ]
+    return Workflow("stream_r1_timeline_3min", "Stream-R1: 3-minute stream, five prompts (timeline)",
+                    "A 180 s stream that moves through five timed prompts with recache / none / flush transitions, "
+                    "written to an MP4 as it goes.", nodes,
+                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
+                     ("Prompt timeline", (400, 10, 600, 640), DISPLAY_COLOURS["prompt"]),
+                     ("Stream to file", (1000, 10, 420, 650), DISPLAY_COLOURS["stream"])])
+
+
+def resume_stream() -> Workflow:
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), "A hot-air balloon rising over a valley of vineyards in the early morning, soft light, "
+                              "slow ascent", title="Prompt: same one to continue, a new one to branch"),
+        Node(9, "StreamR1LoadState", (420, 300), (420, 110), {"state_file": "stream_r1/state_00001_.safetensors"},
+             {"model": (4, 0), "vae": (3, 0)}),
+        Node(5, "StreamR1Continue", (880, 80), (340, 276), {"seconds": 10.0, "keep_state": False},
+             {"state": (9, 0), "positive": (2, 0)}),
+        Node(6, "CreateVideo", (1260, 80), (270, 80), {"fps": 16.0}, {"images": (5, 0)}),
+        Node(7, "SaveVideo", (1260, 200), (420, 420), {"filename_prefix": "stream_r1/resumed"}, {"video": (6, 0)}),
+        Node(10, "StreamR1Telemetry", (880, 420), (340, 150),
+             {"first_chunk_frames": 12, "chunk_frames": 12, "fps": 16.0}, {"frames": (5, 0)}),
+        Node(11, "PreviewImage", (880, 610), (420, 300), {}, {"images": (10, 0)}, title="Drift telemetry"),
+        note(8, (420, 460), (420, 470),
+             "## Stream-R1: resume a saved stream\n\nStream-R1 Load State reads a stream saved by Stream-R1 Save "
+             "State (Generate with keep_state on → Save State) or by `python -m stream_r1 generate --save-state "
+             "FILE`: KV cache with its sink, positions, noise generator and VAE cache. Continue goes on from the "
+             "exact frame where it stopped: the same prompt continues it as if it had never stopped, a new prompt "
+             "(or a Stream-R1 Prompt Timeline) branches it. `state_file` is relative to the output folder (or "
+             "absolute). Drift telemetry plots colour/exposure drift, sharpness, flicker and seams per chunk of the "
+             "new frames (chunks of 12 frames).\n\n" + files_markdown(GENERATION_FILES)),
+    ]
+    return Workflow("stream_r1_resume_stream", "Stream-R1: resume a saved stream",
+                    "Load a saved stream state and continue it by 10 s (same prompt: exact continuation; new "
+                    "prompt: a branch), saved as a video, with a drift telemetry plot.", nodes,
+                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
+                     ("Resume", (860, 10, 380, 390), DISPLAY_COLOURS["stream"]),
+                     ("Video", (1240, 10, 460, 630), DISPLAY_COLOURS["output"])])
+
+
+WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view, timeline_3min, resume_stream)
 
 
 # ---- UI format ---------------------------------------------------------------------------------------------
