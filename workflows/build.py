@@ -341,13 +341,12 @@ def saliency_view() -> Workflow:
         Node(12, "SaveVideo", (2010, 80), (420, 420), {"filename_prefix": "stream_r1/saliency_overlay"},
              {"video": (11, 0)}),
         Node(13, "PreviewImage", (1700, 240), (300, 260), {}, {"images": (10, 2)}, title="Temporal profile"),
-        Node(14, "PreviewAny", (1280, 460), (380, 120), {}, {"source": (10, 3)}, title="Scores"),
         note(8, (420, 320), (420, 360),
              "## Stream-R1: where the reward model looks\n\nThe clip is scored by VideoReward (visual quality VQ, "
              "motion quality MQ, text alignment TA) and its gradients become Stream-R1's Intra-Perplexity weight: "
              "the per-frame, per-pixel weight of the training loss (`axis = combined`), or one axis' raw "
-             "saliency. The overlay is saved as a video; the chart shows the temporal weight per latent frame. "
-             "Keep the saliency prompt equal to the generation prompt.\n\n"
+             "saliency. The overlay is saved as a video; the chart shows the temporal weight per latent frame; the node's `summary` output holds "
+             "the scores. Keep the saliency prompt equal to the generation prompt.\n\n"
              + files_markdown(GENERATION_FILES + ("videoreward",))),
     ]
     return Workflow("stream_r1_saliency", "Stream-R1: reward saliency of a generated clip",
