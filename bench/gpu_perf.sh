@@ -2,12 +2,7 @@
 # Issue #3 performance variants in one GPU call; JSON + logs under $OUT, a table at the end.
 #   bash bench/gpu_perf.sh [quick]
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source bench/gpu_env.sh
 B="python3 -m stream_r1 bench"
 run() { name=$1; shift; $B --label "$name" "$@" --json "$OUT/$name.json" > "$OUT/logs_$name.txt" 2>&1 \
         || { echo "FAILED $name"; tail -15 "$OUT/logs_$name.txt"; }; }

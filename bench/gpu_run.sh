@@ -2,12 +2,7 @@
 # One batched GPU session: environment, GPU tests, then the streaming benchmarks (JSON under $OUT).
 #   bash bench/gpu_run.sh            (on the lent GPU machine, from the repository root)
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source bench/gpu_env.sh
 python3 -c "import torch, importlib.util as u; print('torch', torch.__version__, 'flash_attn', bool(u.find_spec('flash_attn')))"
 python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -4
 run() { name=$1; shift; python3 bench/bench_stream.py "$@" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1 \

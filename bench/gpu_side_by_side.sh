@@ -2,10 +2,7 @@
 # Issue #3: the public reference and ours in ONE GPU run (same machine, same session).
 # Needs .ref/ (reference code, git-ignored) and .whl/ carried. JSON under $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source bench/gpu_env.sh
 python3 bench/reference_side_by_side.py --json "$OUT/reference.json" > "$OUT/reference.log" 2>&1 \
   || echo "reference run failed"; grep -v -i warn "$OUT/reference.log" | tail -12
 B="python3 -m stream_r1 bench"

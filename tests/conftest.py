@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The tests use tiny tensors: extra intra-op threads only add spin-waiting on a 2-core (often busy) machine.
+torch.set_num_threads(1)
 
 
 def pytest_configure(config):

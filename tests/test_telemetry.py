@@ -17,14 +17,6 @@ H, W = 48, 64
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add spin-waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def texture(seed, h=H, w=W, cell=4):
     """A smooth random RGB texture [3, h, w] in [0.2, 0.8] (random values every `cell` pixels, bilinear)."""

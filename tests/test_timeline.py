@@ -14,14 +14,6 @@ H, W = 32, 48                                   # latent 4x6, 6 tokens per frame
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add spin-waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _ctx(seed=0, n=9):
     return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))

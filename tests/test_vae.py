@@ -26,14 +26,6 @@ def _assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> None:
     assert diff.max() <= atol, f"max diff {diff.max():.3g}, mean {diff.mean():.3g}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are tiny: extra intra-op threads only add spin-waiting (30 s instead of 3 s on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def vae() -> WanVAE:
