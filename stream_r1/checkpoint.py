@@ -18,9 +18,7 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import StreamConfig, WanConfig
+from .weights_io import incomplete_error as _incomplete
+from .weights_io import torch_load as _torch_load
 
 log = logging.getLogger(__name__)
 
@@ -319,11 +319,6 @@ def _check_index_complete(path: Path, files: tuple[Path, ...], headers: dict) ->
                          f"incomplete or from another model — download them again")
 
 
-def _incomplete(path: Path, why: str) -> ValueError:
-    return ValueError(f"{path} is incomplete or corrupt ({why}); the download or copy was cut short — "
-                      f"download it again")
-
-
 def _read_safetensors_header(path: Path) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], dict]:
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -350,30 +345,6 @@ def _read_safetensors_header(path: Path) -> tuple[dict[str, tuple[torch.dtype, t
     if 8 + n + end > size:
         raise _incomplete(path, f"header promises {8 + n + end:,} bytes, file has {size:,}")
     return specs, metadata
-
-
-def _torch_load(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    is_zip = magic == b"PK\x03\x04"
-    if is_zip and not zipfile.is_zipfile(path):
-        raise _incomplete(path, "zip archive has no central directory")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Unsupported global" in msg or "Unsupported class" in msg or "GLOBAL" in msg:
-            detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported" in ln), msg.splitlines()[0])
-            raise ValueError(
-                f"{path} is refused for safety: it contains Python objects other than tensors ({detail}), and "
-                f"loading it would need torch.load(weights_only=False), which can run arbitrary code. If you "
-                f"trust the file, re-save only its tensors (e.g. torch.save(sd) or safetensors save_file) "
-                f"elsewhere and load that") from None
-        raise _incomplete(path, f"unpickling failed: {msg.splitlines()[0][:200]}") from None
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, KeyError, ImportError) as e:
-        raise _incomplete(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
-    except Exception as e:  # struct.error and friends from a cut legacy pickle
-        raise _incomplete(path, f"{type(e).__name__}: {e}") from None
 
 
 # ---- the loaded result -----------------------------------------------------------------------------------

@@ -307,17 +307,9 @@ class TextEncoder:
 
 # ---- loading --------------------------------------------------------------------------------------
 def _read_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from .weights_io import read_tensors
 
-        return load_file(str(path))
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and len(sd) == 1:
-        sd = sd["state_dict"]
-    return sd
+    return read_tensors(path)
 
 
 def _resolve(path: Path) -> tuple[list[Path], Path | None]:

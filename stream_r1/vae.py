@@ -494,19 +494,9 @@ def _describe(keys: set[str]) -> str:
 
 
 def _read_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix in (".safetensors", ".sft"):
-        from safetensors.torch import load_file
+    from .weights_io import read_tensors
 
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
-    return dict(obj)
+    return read_tensors(path)
 
 
 def load_vae(

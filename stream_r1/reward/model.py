@@ -218,7 +218,7 @@ def load_video_reward(path: str | Path, device: torch.device | str = "cpu", dtyp
     The architecture comes from `arch`, else model_config.json's `stream_r1_arch`, else the Qwen2-VL-2B data;
     the tokenizer from `tokenizer`, else the checkpoint's tokenizer folder.
     """
-    from ..checkpoint import _torch_load
+    from ..weights_io import read_tensors
 
     files = resolve_reward_files(path)
     fcfg: RewardFileConfig = read_model_config(files.model_config, check_norm=check_norm)
@@ -231,11 +231,7 @@ def load_video_reward(path: str | Path, device: torch.device | str = "cpu", dtyp
         arch = Qwen2VLArch.qwen2_vl_2b()
     if tokenizer is None:
         tokenizer = load_tokenizer(files.tokenizer)
-    if files.weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        raw = load_file(str(files.weights))
-    else:
-        raw = _torch_load(files.weights)
+    raw = read_tensors(files.weights)
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, Tensor) for v in raw.values()):
         raise ValueError(f"{files.weights} is not a flat state dict of tensors; expected VideoReward's model.pth")
     sd, rm_head_w = convert_state_dict(raw, fcfg.lora_scale)
