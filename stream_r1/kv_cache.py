@@ -240,3 +240,46 @@ class KVCache:
         new.cross_k, new.cross_v = self.cross_k.clone(), self.cross_v.clone()
         new.cross_valid = list(self.cross_valid)
         return new
+
+    # ---- test-time search (stream_r1.tts) ------------------------------------------------------------
+    def fork(self) -> "KVCache":
+        """An independent copy for a search candidate: only the valid region [:local_end] of the K/V buffers is
+        copied (the rest is never read before it is written), the text K/V are copied (small). Writing the fork
+        never changes this cache and vice versa."""
+        new = copy.copy(self)
+        n = self.local_end
+        new.k, new.v = torch.empty_like(self.k), torch.empty_like(self.v)
+        new.k[:, :, :n] = self.k[:, :, :n]
+        new.v[:, :, :n] = self.v[:, :, :n]
+        new.cross_k, new.cross_v = self.cross_k.clone(), self.cross_v.clone()
+        new.cross_valid = list(self.cross_valid)
+        new._plan = None
+        return new
+
+    @property
+    def buffer_tokens(self) -> int:
+        """Physical length of the K/V buffers (>= capacity once `reserve` made room for appended sink segments)."""
+        return self.k.shape[2]
+
+    def reserve(self, extra_tokens: int) -> None:
+        """Make the buffers `extra_tokens` longer than the logical capacity (room for `append_sink`)."""
+        want = self.capacity + extra_tokens
+        if want <= self.buffer_tokens:
+            return
+        shape = (*self.k.shape[:2], want, *self.k.shape[3:])
+        k, v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        k[:, :, :self.local_end] = self.k[:, :, :self.local_end]
+        v[:, :, :self.local_end] = self.v[:, :, :self.local_end]
+        self.k, self.v = k, v
+
+    def append_sink(self, tokens: int) -> None:
+        """Turn the oldest `tokens` window tokens (buffer [sink, sink + tokens)) into sink: the sink and the logical
+        capacity grow by `tokens`, so the window keeps its length and nothing rolls (absolute-position policies
+        only: the keys keep their original RoPE positions). Needs `reserve` room."""
+        if self.cfg.cache_policy != "longlive":
+            raise ValueError("append_sink needs the longlive cache policy (absolute positions)")
+        if self.capacity + tokens > self.buffer_tokens or self.sink_tokens + tokens > self.local_end:
+            raise ValueError("append_sink: no room (call reserve) or not enough cached tokens")
+        self.sink_tokens += tokens
+        self.capacity += tokens
+

@@ -28,6 +28,7 @@ a saved state, so a resumed stream draws exactly the noise the uninterrupted one
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -360,11 +361,16 @@ class StreamSession:
         return chunk, done
 
     @torch.no_grad()
-    def next_chunk(self, *, last: bool = False, decode: bool = True) -> Chunk:
-        """Generate (and decode, if a decoder is attached) the next chunk."""
+    def next_chunk(self, *, last: bool = False, decode: bool = True, noise: Optional[Tensor] = None) -> Chunk:
+        """Generate (and decode, if a decoder is attached) the next chunk. `noise` [B, f, 16, h, w]: the chunk's
+        initial noise instead of a draw from the generator (test-time search; the re-noise draws still come
+        from `self.generator`)."""
         t0 = self._clock()
         f, start = self.cfg.frames_per_block, self.frames_done
-        x = self._initial_noise(start, f)                                  # [B, f, 16, h, w]
+        if noise is None:
+            x = self._initial_noise(start, f)                              # [B, f, 16, h, w]
+        else:
+            x = noise.to(self.device, self.dtype)
         ts = self.timesteps
         for k, t in enumerate(ts):
             x0 = self._denoise(x, t, start)
@@ -387,6 +393,34 @@ class StreamSession:
         self.stats.decode_seconds += t2 - t1
         self.stats.chunk_seconds.append(t3 - t0)
         return chunk
+
+    # ---- branches (test-time search, stream_r1.tts) ------------------------------------------------------
+    BRANCH_FIELDS = ("cache", "generator", "decoder", "chunk_index", "_recent", "_pieces", "_sink_latents",
+                     "_sink_pieces", "_skipped_context_pass")
+    """Per-lineage state: everything `next_chunk` reads or writes besides the model, config and prompt."""
+
+    def branch_state(self) -> dict:
+        """The session's per-lineage state (references, not copies)."""
+        return {k: getattr(self, k) for k in self.BRANCH_FIELDS}
+
+    def set_branch_state(self, state: dict) -> None:
+        """Adopt a lineage's state (e.g. the winning beam of a search); lists are taken as they are."""
+        for k in self.BRANCH_FIELDS:
+            setattr(self, k, state[k])
+
+    @contextlib.contextmanager
+    def branch(self, state: dict):
+        """Run `next_chunk` etc. on another lineage's state: swapped in on entry; on exit `state` is updated in
+        place with what the calls left and the session's own state is restored (`on_frames` is off inside)."""
+        saved, on_frames = self.branch_state(), self.on_frames
+        self.set_branch_state(state)
+        self.on_frames = None
+        try:
+            yield self
+        finally:
+            state.update(self.branch_state())
+            self.set_branch_state(saved)
+            self.on_frames = on_frames
 
     def _clock(self) -> float:
         if self.timing_sync:

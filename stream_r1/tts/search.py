@@ -1,0 +1,372 @@
+"""Stream-T1 test-time scaling (arXiv 2605.04461; spec-stream-t1.md) around a `StreamSession`.
+
+Per chunk, every surviving beam gets `children` candidates. A candidate:
+
+1. forks its parent's lineage state (KV cache: `KVCache.fork`, valid region only; streaming-decoder state: a
+   shallow copy of its cache list, valid because decoding replaces entries and never writes into them; its own
+   `torch.Generator`); the parent's last child takes the parent's state itself (no copy);
+2. starts from the variance-preserving noise mix n_b = rho * n_{b-1} + sqrt(1 - rho^2) * eps (unit 1), eps a
+   fresh draw of the candidate's generator (child 0 continues its parent's generator, children >= 1 get
+   derived seeds: no seed reuse, so eps is always independent of n_{b-1});
+3. runs the session's own sampler (`StreamSession.next_chunk` in `StreamSession.branch`), decoded once with its
+   own streaming-decoder state;
+4. is scored (unit 2): short reward S on its own frames, long reward L on the frames of its lineage's last
+   `window_chunks` chunks (a sliding ring), both as normalised Overall (sum of the reward's z-scores), mixed
+   score = a_b * S + (1 - a_b) * L with a_b = short_weight_max * min(1, b / short_ramp_chunks) (defined for
+   endless streams);
+5. gets a memory-sinking route for its chunk (unit 3), applied when the chunk leaves the KV window.
+
+The best `beams` candidates survive (parents compete jointly). Candidates run one at a time through the DiT
+(batch 1 per call: batching the candidates along B would need per-row cache layouts once sink routes differ).
+Live KV caches: at most 2 * beams + 1 (parents, survivors, the one in flight).
+
+Output: with beams = 1 each chunk is emitted right after its selection (live); with beams > 1 a chunk is
+emitted once every survivor descends from it, or at the latest `max_delay` chunks after it was generated (then
+the best beam's lineage wins and the others are dropped).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..stream import Chunk, StreamSession
+from ..wan.rope import _axis_angles, apply_rope
+
+ROUTES = ("discard", "ema", "append")
+
+
+@dataclass(frozen=True)
+class T1Config:
+    beams: int = 2
+    """K: survivors per chunk (top_k). 1 = greedy best-of-`children`, streams live."""
+    children: int = 2
+    """M: candidates per surviving beam (beam_size). Chunk 0 draws beams * children candidates."""
+    rho: float = -0.1
+    """Correlation of a candidate's initial noise with its parent's (noise_fusion_sigma)."""
+    window_chunks: int = 10
+    """Long-reward window in chunks, the current one included (slides)."""
+    short_weight_max: float = 0.4
+    """Cap of the short-reward weight a_b (short_score_fusion_threshold)."""
+    short_ramp_chunks: int = 6
+    """a_b reaches short_weight_max at this chunk (the reference ramps over the clip's length, F - 3 frames;
+    6 chunks = its 5 s ramp, which also works for endless streams)."""
+    sinking: Optional[bool] = None
+    """Memory sinking; None = on for the longlive cache policy, off otherwise (window_sink students were trained
+    with their own EMA sink and relative positions)."""
+    short_threshold: float = 0.0
+    """tau_s: the chunk is 'better' when S_c - mean(S_<c) > tau_s (normalised units)."""
+    long_threshold: float = 0.2
+    """tau_l: coherence 'drops' when L_{c-1} - L_c > tau_l (normalised units)."""
+    sink_alpha: float = 0.999
+    """EMA route: K_G <- a K_G + (1 - a) K_c (compression_alpha)."""
+    max_sink_frames: int = 15
+    """Cap of the sink (original + appended segments) in latent frames; a full sink turns APPEND into EMA."""
+    max_delay: int = 2
+    """beams > 1: output delay bound in chunks."""
+
+    def __post_init__(self):
+        if self.beams < 1 or self.children < 1:
+            raise ValueError("beams and children must be >= 1")
+        if not -1.0 <= self.rho <= 1.0:
+            raise ValueError("rho must be in [-1, 1]")
+        if self.window_chunks < 1 or self.max_delay < 1 or self.short_ramp_chunks < 1:
+            raise ValueError("window_chunks, max_delay and short_ramp_chunks must be >= 1")
+
+    def replace(self, **kw) -> "T1Config":
+        return replace(self, **kw)
+
+    def short_weight(self, chunk: int) -> float:
+        return self.short_weight_max * min(1.0, chunk / self.short_ramp_chunks)
+
+
+def mix_noise(parent: Optional[Tensor], fresh: Tensor, rho: float) -> Tensor:
+    """Variance-preserving noise propagation: rho * parent + sqrt(1 - rho^2) * fresh (fresh alone when there is
+    no parent or rho = 0, bit-exactly)."""
+    if parent is None or rho == 0.0:
+        return fresh
+    return rho * parent + math.sqrt(1.0 - rho * rho) * fresh
+
+
+def fork_decoder(dec):
+    """An independent streaming-decoder state (StreamingDecoder: shallow copy of its cache list)."""
+    if dec is None:
+        return None
+    new = copy.copy(dec)
+    if isinstance(getattr(dec, "cache", None), list):
+        new.cache = list(dec.cache)
+    return new
+
+
+def child_seed(seed: int, chunk: int, parent: int, child: int) -> int:
+    """Distinct seed per (chunk, parent rank, child); child 0 does not use it (it continues its parent)."""
+    return (seed * 1_000_003 + 7919 * (chunk + 1) + 101 * parent + child) % (2 ** 63)
+
+
+@dataclass
+class Beam:
+    state: dict
+    """StreamSession.branch_state(): cache, generator, decoder, chunk index, recache memory."""
+    noise: Optional[Tensor] = None
+    """Mixed initial noise of its last chunk."""
+    ring: list = field(default_factory=list)
+    """Decoded frames [B, T, 3, H, W] of its last window_chunks chunks."""
+    short: list = field(default_factory=list)
+    long: list = field(default_factory=list)
+    score: float = 0.0
+    routes: dict = field(default_factory=dict)
+    """chunk index -> route of that chunk when it leaves the window."""
+    sink_segments: list = field(default_factory=list)
+    """(start frame, frames) of each sink segment, oldest first (the stream's own sink first)."""
+    pending: list = field(default_factory=list)
+    """Chunks not yet emitted (lineage order)."""
+    ids: list = field(default_factory=list)
+    """Lineage ids of `pending`."""
+
+
+class StreamT1:
+    """Stream-T1 search driving `session` (its model, config, prompt, decoder and seed).
+
+    reward: a RewardModel (`score(frames [B, T, 3, H, W] in [0, 1], prompts) -> raw [B, A]`, `normalize`) used for
+    the long reward; short_reward: for the short reward (default: the same model). prompts: the reward prompts
+    (default: [session.prompt] * B).
+    """
+
+    def __init__(self, session: StreamSession, reward, cfg: T1Config = T1Config(), *, short_reward=None,
+                 prompts: Optional[Sequence[str]] = None):
+        if session.decoder is None:
+            raise ValueError("Stream-T1 scores decoded frames: the session needs a decoder")
+        if session.overlap_decode:
+            raise ValueError("Stream-T1 does not support overlap_decode")
+        self.session, self.cfg = session, cfg
+        self.reward, self.short_reward = reward, short_reward or reward
+        self.prompts = prompts
+        policy = session.cfg.cache_policy
+        self.sinking = (policy == "longlive") if cfg.sinking is None else cfg.sinking
+        if self.sinking and policy != "longlive":
+            raise ValueError(f"memory sinking needs the longlive cache policy (absolute positions), not {policy!r}")
+        c = session.cache
+        self.chunk_tokens = session.cfg.frames_per_block * c.frame_seqlen
+        if self.sinking:
+            extra = max(0, cfg.max_sink_frames - c.sink_tokens // c.frame_seqlen)
+            c.reserve(extra * c.frame_seqlen)
+        self._live = weakref.WeakSet()
+        self._live.add(c)
+        self.peak_live_caches = 1
+        self._ids = itertools.count()
+        s0 = c.sink_tokens // c.frame_seqlen
+        self.beams = [Beam(state=session.branch_state(), sink_segments=[(0, s0)] if s0 else [])]
+        self.log: list[dict] = []
+        """Per chunk: candidates' S, L, score, route and the kept ranks."""
+
+    # ---- rewards ----------------------------------------------------------------------------------------------
+    def _prompts(self, b: int) -> list:
+        if self.prompts is not None:
+            return list(self.prompts)
+        return [self.session.prompt or ""] * b
+
+    @staticmethod
+    def _overall(model, frames: Tensor, prompts) -> float:
+        with torch.no_grad():
+            z = model.normalize(model.score(frames, prompts))          # [B, A] z-scores
+        return float(z.float().sum(-1).mean())
+
+    # ---- memory sinking ---------------------------------------------------------------------------------------
+    def _route(self, parent: Beam, s: float, l: float) -> str:
+        if not parent.short:
+            return "discard"                                            # chunk 0 is the stream's own sink
+        up = s - sum(parent.short) / len(parent.short) > self.cfg.short_threshold
+        drop = parent.long[-1] - l > self.cfg.long_threshold
+        return "append" if up and drop else ("ema" if up else "discard")
+
+    def _apply_sinking(self, beam: Beam) -> Optional[str]:
+        """Route the chunk that the beam's next chunk evicts (once per parent, before expanding)."""
+        c, sess = beam.state["cache"], self.session
+        fs, f = c.frame_seqlen, sess.cfg.frames_per_block
+        if c.local_end + self.chunk_tokens <= c.capacity or c.local_end - c.sink_tokens < self.chunk_tokens:
+            return None
+        first = (c.global_end - c.local_end + c.sink_tokens) // fs     # first window frame (absolute positions)
+        chunk = (first - sess.frame_offset) // f
+        if first < sess.frame_offset or (first - sess.frame_offset) % f:
+            return None
+        route = beam.routes.pop(chunk, "discard")
+        if route == "append" and c.sink_tokens // fs + f > self.cfg.max_sink_frames:
+            route = "ema"
+        if route == "append":
+            c.append_sink(self.chunk_tokens)
+            beam.sink_segments = beam.sink_segments + [(first, f)]
+        elif route == "ema" and beam.sink_segments:
+            g0, gn = beam.sink_segments[-1]
+            if gn == f:
+                self._ema(c, beam.sink_segments, g0, first)
+        return route
+
+    def _ema(self, c, segments: list, g0: int, first: int) -> None:
+        """Blend the evicted chunk (buffer [sink, sink + chunk)) into the newest sink segment, after rotating its
+        keys' temporal RoPE part by (g0 - first) frames (keys are cached rotated at absolute positions)."""
+        fs, n, a = c.frame_seqlen, self.chunk_tokens, self.cfg.sink_alpha
+        lo = c.sink_tokens
+        gs = sum(fr for _, fr in segments[:-1]) * fs
+        kc, vc = c.k[:, :, lo:lo + n], c.v[:, :, lo:lo + n]
+        kc = self._rotate_frames(kc, g0 - first)
+        c.k[:, :, gs:gs + n] = a * c.k[:, :, gs:gs + n] + (1 - a) * kc
+        c.v[:, :, gs:gs + n] = a * c.v[:, :, gs:gs + n] + (1 - a) * vc
+
+    def _rotate_frames(self, k: Tensor, delta: int) -> Tensor:
+        """k [L, B, N, n, d] rotated by `delta` frames on the temporal RoPE channels only."""
+        split = self.session.model.cfg.rope_split()
+        dt = split[0]
+        ang_t = _axis_angles(dt, abs(delta) + 1)[abs(delta)] * (1 if delta >= 0 else -1)   # [dt/2]
+        ang = torch.cat([ang_t, torch.zeros((sum(split) - dt) // 2, dtype=torch.float64)])
+        cos = ang.cos().float()[None, None].to(k.device)
+        sin = ang.sin().float()[None, None].to(k.device)
+        shp = k.shape
+        out = apply_rope(k.reshape(shp[0] * shp[1], shp[2], shp[3], shp[4]), cos, sin)
+        return out.reshape(shp)
+
+    # ---- search -----------------------------------------------------------------------------------------------
+    def _fork_state(self, state: dict, seed: Optional[int]) -> dict:
+        new = dict(state)
+        new["cache"] = state["cache"].fork()
+        self._live.add(new["cache"])
+        self.peak_live_caches = max(self.peak_live_caches, len(self._live))
+        new["decoder"] = fork_decoder(state["decoder"])
+        new["_pieces"] = list(state["_pieces"])
+        new["_sink_pieces"] = list(state["_sink_pieces"])
+        new["generator"] = self._generator(state["generator"], seed)
+        return new
+
+    def _generator(self, parent: torch.Generator, seed: Optional[int]) -> torch.Generator:
+        g = torch.Generator(device=self.session.device)
+        if seed is None:                                               # continue the parent's stream
+            g.set_state(parent.get_state())
+        else:
+            g.manual_seed(seed)
+        return g
+
+    @torch.no_grad()
+    def step(self, *, last: bool = False) -> list[Chunk]:
+        """Search one chunk; returns the chunks that became final (possibly none while beams disagree)."""
+        cfg, sess = self.cfg, self.session
+        b_idx = self.beams[0].state["chunk_index"]
+        n_children = cfg.children * (cfg.beams if b_idx == 0 and len(self.beams) == 1 else 1)
+        kept: list[Beam] = []
+        rec = dict(chunk=b_idx, candidates=[])
+        parents, self.beams = self.beams, []
+        a = cfg.short_weight(b_idx)
+        for j in range(len(parents)):
+            parent = parents[j]
+            parents[j] = None                                          # released once expanded
+            if self.sinking:
+                route = self._apply_sinking(parent)
+                if route is not None:
+                    rec.setdefault("evicted", []).append(route)
+            for i in range(n_children):
+                lastchild = i == n_children - 1
+                seed = None if i == 0 else child_seed(sess.seed, b_idx, j, i)
+                if lastchild:
+                    state = dict(parent.state)
+                    state["generator"] = self._generator(parent.state["generator"], seed)
+                else:
+                    state = self._fork_state(parent.state, seed)
+                with sess.branch(state):
+                    f = sess.cfg.frames_per_block
+                    eps = sess._initial_noise(sess.frames_done, f)
+                    noise = mix_noise(parent.noise, eps, cfg.rho)
+                    chunk = sess.next_chunk(last=last, noise=noise)
+                prompts = self._prompts(chunk.frames.shape[0])
+                ring = (parent.ring + [chunk.frames])[-cfg.window_chunks:]
+                s = self._overall(self.short_reward, chunk.frames, prompts)
+                l = self._overall(self.reward, torch.cat(ring, dim=1), prompts)
+                score = l if b_idx == 0 else a * s + (1 - a) * l
+                routes = dict(parent.routes)
+                if self.sinking:
+                    routes[b_idx] = self._route(parent, s, l)
+                cand = Beam(state=state, noise=noise, ring=ring, short=parent.short + [s], long=parent.long + [l],
+                            score=score, routes=routes, sink_segments=list(parent.sink_segments),
+                            pending=parent.pending + [chunk], ids=parent.ids + [next(self._ids)])
+                rec["candidates"].append(dict(parent=j, child=i, short=s, long=l, score=score,
+                                              route=routes.get(b_idx)))
+                kept.append(cand)
+                kept.sort(key=lambda x: -x.score)                      # stable: earlier candidates win ties
+                del kept[cfg.beams:]                                   # pruned candidates are freed here
+                del cand, state, chunk
+                if lastchild:
+                    parent = None
+        self.beams = kept
+        self.peak_live_caches = max(self.peak_live_caches, len(self._live))
+        rec["kept"] = [b.ids[-1] for b in kept]
+        self.log.append(rec)
+        return self._commit()
+
+    def _commit(self, final: bool = False) -> list[Chunk]:
+        out = []
+        while True:
+            while all(b.pending for b in self.beams) and len({b.ids[0] for b in self.beams}) == 1:
+                out.append(self.beams[0].pending[0])
+                for b in self.beams:
+                    b.pending, b.ids = b.pending[1:], b.ids[1:]
+            longest = max(len(b.pending) for b in self.beams)
+            if longest == 0 or (not final and longest <= self.cfg.max_delay):
+                break
+            best = self._best()
+            self.beams = [b for b in self.beams if b.pending and b.ids[0] == best.ids[0]]
+        emit = self.session.on_frames
+        if emit is not None:
+            for c in out:
+                emit(c.frames)
+        return out
+
+    def _best(self) -> Beam:
+        return max(self.beams, key=lambda b: (b.long[-1] if b.long else 0.0, b.score))
+
+    def finish(self) -> list[Chunk]:
+        """Pick the final beam (best long reward), emit its pending chunks and hand its state to the session."""
+        best = self._best()
+        self.beams = [best]
+        out = self._commit(final=True)
+        self.session.set_branch_state(best.state)
+        return out
+
+    def adopt(self) -> None:
+        """Make the session continue from the best beam (greedy: the only one)."""
+        self.session.set_branch_state(self._best().state)
+
+    def run(self, num_chunks: Optional[int] = None, *, on_chunk: Optional[Callable[[Chunk], None]] = None,
+            should_stop: Optional[Callable[[], bool]] = None) -> Iterator[Chunk]:
+        """Yield final chunks in order; `num_chunks` None = forever (until `should_stop()`)."""
+        i = 0
+        while num_chunks is None or i < num_chunks:
+            if should_stop is not None and should_stop():
+                self.session.interrupted = True
+                break
+            last = num_chunks is not None and i == num_chunks - 1
+            for c in self.step(last=last):
+                if on_chunk is not None:
+                    on_chunk(c)
+                yield c
+            if self.cfg.beams == 1:
+                self.adopt()
+            i += 1
+        for c in self.finish():
+            if on_chunk is not None:
+                on_chunk(c)
+            yield c
+
+
+@torch.no_grad()
+def generate_t1(session: StreamSession, reward, latent_frames: int, cfg: T1Config = T1Config(), *,
+                short_reward=None, prompts=None) -> tuple[Tensor, Tensor, "StreamT1"]:
+    """Search `latent_frames` latent frames; returns latents [B, F, 16, h, w], frames [B, T, 3, H, W], the driver."""
+    from ..stream import chunks_for_frames
+    t1 = StreamT1(session, reward, cfg, short_reward=short_reward, prompts=prompts)
+    chunks = list(t1.run(chunks_for_frames(latent_frames, session.cfg.frames_per_block)))
+    lat = torch.cat([c.latents for c in chunks], dim=1)[:, :latent_frames]
+    video = torch.cat([c.frames for c in chunks], dim=1)[:, :1 + 4 * (latent_frames - 1)]
+    return lat, video, t1

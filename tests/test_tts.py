@@ -1,0 +1,205 @@
+"""Stream-T1 test-time search (stream_r1.tts): parity with plain streaming, reward-driven choice, bounded memory,
+non-aliasing forks, noise propagation, memory sinking, output delay."""
+import math
+
+import pytest
+import torch
+
+from stream_r1.config import StreamConfig
+from stream_r1.kv_cache import KVCache
+from stream_r1.stream import StreamSession
+from stream_r1.tts import BrightnessReward, StreamT1, T1Config, fork_decoder, generate_t1, mix_noise
+from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
+
+H, W = 32, 48
+
+
+def _ctx(seed=0, n=9):
+    return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return WanVAE(VAEConfig.tiny()).eval()
+
+
+def _session(model, vae, sc, seed=5):
+    return StreamSession(model, sc, _ctx(), height=H, width=W, seed=seed, decoder=StreamingDecoder(vae))
+
+
+def _plain(model, vae, sc, chunks, seed=5):
+    s = _session(model, vae, sc, seed)
+    out = list(s.run(chunks))
+    return torch.cat([c.latents for c in out], 1), torch.cat([c.frames for c in out], 1)
+
+
+@pytest.mark.parametrize("policy", ["window_sink", "longlive"])
+def test_width_one_rho_zero_no_sinking_is_plain_streaming(tiny_model, vae, policy):
+    sc = StreamConfig.for_policy(policy)
+    lat0, vid0 = _plain(tiny_model, vae, sc, 5)
+    sess = _session(tiny_model, vae, sc)
+    lat, vid, t1 = generate_t1(sess, BrightnessReward(), 15, T1Config(beams=1, children=1, rho=0.0, sinking=False))
+    assert torch.equal(lat, lat0) and torch.equal(vid, vid0)
+    assert t1.peak_live_caches == 1                          # no fork at width 1
+    nxt = sess.next_chunk()                                   # the session continues the same stream
+    s2 = _session(tiny_model, vae, sc)
+    ref = list(s2.run(6))[-1]
+    assert torch.equal(nxt.latents, ref.latents) and torch.equal(nxt.frames, ref.frames)
+
+
+def _brightness(v):
+    return float(v.mean())
+
+
+@pytest.mark.parametrize("beams,children", [(1, 4), (2, 2)])
+def test_reward_steers_the_search(tiny_model, vae, beams, children):
+    """A brightness reward makes the search output brighter video than plain streaming (same seeds), and a
+    darkness reward darker than the brightness one. The tiny random VAE varies little, so the margins are small
+    but systematic; chunk 0 (pure selection among candidates incl. the plain one) is ordered exactly."""
+    sc = StreamConfig.stream_r1()
+    cfg = T1Config(beams=beams, children=children)
+    seeds = (5, 6, 7)
+    plain = [_plain(tiny_model, vae, sc, 4, seed=s)[1] for s in seeds]
+    up = [generate_t1(_session(tiny_model, vae, sc, s), BrightnessReward(), 12, cfg)[1] for s in seeds]
+    down = [generate_t1(_session(tiny_model, vae, sc, s), BrightnessReward(sign=-1.0), 12, cfg)[1] for s in seeds]
+    for p, u, d in zip(plain, up, down):
+        assert _brightness(u) > _brightness(p)
+        assert _brightness(d[:, :9]) <= _brightness(p[:, :9]) <= _brightness(u[:, :9])
+    assert sum(map(_brightness, up)) > sum(map(_brightness, down))
+
+
+def test_live_caches_bounded_by_beams_and_outputs_complete(tiny_model, vae):
+    sc = StreamConfig.longlive()
+    for beams in (1, 2, 3):
+        sess = _session(tiny_model, vae, sc)
+        cfg = T1Config(beams=beams, children=2, max_delay=2)
+        t1 = StreamT1(sess, BrightnessReward(), cfg)
+        seen = []
+        for c in t1.run(6):
+            seen.append(c.index)
+            assert t1.peak_live_caches <= 2 * beams + 1
+            if beams == 1:                                    # greedy: live, one chunk at a time
+                assert c.index == t1.log[-1]["chunk"]
+            else:                                             # bounded delay
+                assert t1.log[-1]["chunk"] - c.index <= cfg.max_delay or len(t1.log) == 6
+        assert seen == list(range(6))
+        assert t1.peak_live_caches > 1
+        assert all(len(b.ring) <= cfg.window_chunks for b in t1.beams)
+
+
+def test_long_reward_window_slides(tiny_model, vae):
+    sc = StreamConfig.stream_r1()
+    seen = []
+
+    class Probe(BrightnessReward):
+        def score(self, frames, prompts):
+            seen.append(frames.shape[1])
+            return super().score(frames, prompts)
+
+    generate_t1(_session(tiny_model, vae, sc), Probe(), 18, T1Config(beams=1, children=1, window_chunks=2),
+                short_reward=BrightnessReward())
+    assert seen == [9, 21, 24, 24, 24, 24]                   # 9 + 12, then the last 2 chunks only
+
+
+def test_fork_does_not_alias(tiny_model, vae):
+    sc = StreamConfig.longlive()
+    sess = _session(tiny_model, vae, sc)
+    list(sess.run(2))
+    c = sess.cache
+    f = c.fork()
+    k0, v0, ck0 = c.k[:, :, :c.local_end].clone(), c.v[:, :, :c.local_end].clone(), c.cross_k.clone()
+    assert f.k.data_ptr() != c.k.data_ptr() and f.cross_k.data_ptr() != c.cross_k.data_ptr()
+    assert torch.equal(f.k[:, :, :f.local_end], k0)
+    dec = fork_decoder(sess.decoder)
+    state = sess.branch_state()
+    state.update(cache=f, decoder=dec, generator=torch.Generator().manual_seed(9), _pieces=list(sess._pieces),
+                 _sink_pieces=list(sess._sink_pieces))
+    ref_dec = [t.clone() if t is not None else None for t in sess.decoder.cache]
+    with sess.branch(state):
+        sess.next_chunk()
+        sess.next_chunk()                                     # rolls the window of the fork
+    assert state["chunk_index"] == 4 and sess.chunk_index == 2
+    assert torch.equal(c.k[:, :, :c.local_end], k0) and torch.equal(c.v[:, :, :c.local_end], v0)
+    assert torch.equal(c.cross_k, ck0) and c.global_end == 6 * c.frame_seqlen
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(sess.decoder.cache, ref_dec))
+    assert f.local_end == 12 * f.frame_seqlen and c.local_end == 6 * c.frame_seqlen
+    f.k.fill_(7.0)
+    assert torch.equal(c.k[:, :, :c.local_end], k0)
+
+
+def test_noise_mix_is_variance_preserving_and_exact_at_zero():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200_000, generator=g), torch.randn(200_000, generator=g)
+    assert mix_noise(a, b, 0.0) is b and mix_noise(None, b, -0.1) is b
+    m = mix_noise(a, b, -0.1)
+    assert abs(float(m.std()) - 1) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([a, m]))[0, 1]) + 0.1) < 0.01
+
+
+def test_children_draw_fresh_independent_noise(tiny_model, vae):
+    """No seed reuse: child 0 continues its parent's generator, so its eps is new; children differ."""
+    sc = StreamConfig.stream_r1()
+    sess = _session(tiny_model, vae, sc)
+    t1 = StreamT1(sess, BrightnessReward(), T1Config(beams=1, children=3, rho=-0.1))
+    t1.step()
+    t1.adopt()
+    n0 = t1.beams[0].noise
+    t1.step()
+    n1 = t1.beams[0].noise
+    eps = (n1 - (-0.1) * n0) / math.sqrt(1 - 0.01)
+    assert abs(float(torch.corrcoef(torch.stack([eps.flatten(), n0.flatten()]))[0, 1])) < 0.1
+    assert 0.8 < float(n1.std()) < 1.2
+    scores = [c["score"] for c in t1.log[-1]["candidates"]]
+    assert len(set(scores)) == 3
+
+
+def test_sinking_defaults_and_policy_guard(tiny_model, vae):
+    assert StreamT1(_session(tiny_model, vae, StreamConfig.longlive()), BrightnessReward()).sinking
+    assert not StreamT1(_session(tiny_model, vae, StreamConfig.stream_r1()), BrightnessReward()).sinking
+    with pytest.raises(ValueError):
+        StreamT1(_session(tiny_model, vae, StreamConfig.stream_r1()), BrightnessReward(), T1Config(sinking=True))
+
+
+def test_sinking_append_grows_the_sink_up_to_the_cap(tiny_model, vae):
+    sc = StreamConfig.longlive()
+    sess = _session(tiny_model, vae, sc)
+    cfg = T1Config(beams=1, children=1, short_threshold=-1e9, long_threshold=-1e9, max_sink_frames=9)
+    t1 = StreamT1(sess, BrightnessReward(), cfg)
+    out = list(t1.run(8))
+    c = sess.cache
+    fs = c.frame_seqlen
+    ev = [r.get("evicted") for r in t1.log]
+    assert ev[:4] == [None] * 4                              # window 12: chunk 4 is the first that does not fit
+    assert ev[4:6] == [["append"], ["append"]]               # chunks 1, 2 become sink segments
+    assert ev[6:] == [["ema"]] * 2                           # sink full (3 + 3 + 3 = 9): EMA fallback
+    assert c.sink_tokens == 9 * fs and c.capacity == 18 * fs and c.local_end == 18 * fs
+    assert [s for s, _ in t1.beams[0].sink_segments] == [0, 3, 6]
+    assert len(out) == 8
+
+
+def test_sinking_routes_change_the_stream_only_when_gated(tiny_model, vae):
+    sc = StreamConfig.longlive()
+    base = T1Config(beams=1, children=1, rho=0.0)
+    lat0, _ = _plain(tiny_model, vae, sc, 6)
+    never = base.replace(short_threshold=1e9)                 # every route DISCARD: plain LongLive eviction
+    lat1, _, _ = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 18, never)
+    assert torch.equal(lat0, lat1)
+    ema = base.replace(short_threshold=-1e9, long_threshold=1e9, sink_alpha=0.5)
+    lat2, _, t1 = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 18, ema)
+    assert [r.get("evicted") for r in t1.log][4:] == [["ema"]] * 2
+    assert torch.equal(lat2[:, :12], lat0[:, :12]) and not torch.equal(lat2[:, 12:], lat0[:, 12:])
+
+
+def test_ema_rotation_matches_rope_at_target_position(tiny_model):
+    """Rotating keys stored at frame p by (q - p) frames equals storing them at frame q."""
+    from stream_r1.wan.rope import RopeTable, apply_rope
+    sess = StreamSession(tiny_model, StreamConfig.longlive(), _ctx(), height=H, width=W, seed=0,
+                         decoder=StreamingDecoder(WanVAE(VAEConfig.tiny())))
+    t1 = StreamT1(sess, BrightnessReward())
+    mc = tiny_model.cfg
+    x = torch.randn(1, 3 * 6, mc.num_heads, mc.head_dim)
+    rt = RopeTable(mc.rope_split(), mc.rope_positions)
+    at = lambda s: apply_rope(x, *rt.get(s, 3, 2, 3, torch.device("cpu")))
+    got = t1._rotate_frames(at(7)[None], 2 - 7)[0]
+    assert torch.allclose(got, at(2), atol=1e-5)
