@@ -10,6 +10,7 @@ from .options import StreamR1Options
 from .state import StreamR1LoadState, StreamR1SaveState
 from .telemetry import StreamR1Telemetry
 from .timeline import StreamR1Timeline
+from .tts import StreamR1TestTimeScaling
 from .reward import StreamR1RewardLoader, StreamR1RewardSaliency, StreamR1RewardScore
 
 NODE_CLASS_MAPPINGS = {
@@ -26,6 +27,7 @@ NODE_CLASS_MAPPINGS = {
     "StreamR1RewardLoader": StreamR1RewardLoader,
     "StreamR1RewardScore": StreamR1RewardScore,
     "StreamR1RewardSaliency": StreamR1RewardSaliency,
+    "StreamR1TestTimeScaling": StreamR1TestTimeScaling,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamR1ModelLoader": "Stream-R1 Load Model",
@@ -41,4 +43,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamR1RewardLoader": "Stream-R1 Load Reward Model",
     "StreamR1RewardScore": "Stream-R1 Reward Score",
     "StreamR1RewardSaliency": "Stream-R1 Reward Saliency",
+    "StreamR1TestTimeScaling": "Stream-R1 Test-Time Scaling",
 }

@@ -42,6 +42,8 @@ def _inputs(*, vae_required: bool = False) -> dict:
     optional = {} if vae_required else {"vae": vae}
     optional["options"] = ("STREAM_R1_OPTIONS", {"tooltip": "Stream settings (Stream-R1 Options); default: the "
                                                             "checkpoint family's."})
+    optional["tts"] = ("STREAM_R1_TTS", {"tooltip": "Test-time scaling (Stream-R1 Test-Time Scaling): search "
+                                                    "several candidates per chunk with a reward model. Needs a VAE."})
     return {"required": required, "optional": optional, "hidden": {"unique_id": "UNIQUE_ID"}}
 
 
@@ -61,14 +63,15 @@ def _start(model: StreamR1Model, positive: list, width: int, height: int, second
 
 
 def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
-            sink: Callable[[Tensor, Optional[Tensor]], None]) -> None:
+            sink: Callable[[Tensor, Optional[Tensor]], None], tts: Any = None) -> None:
     """Run the next `latent_frames` of `state`, handing each piece to `sink(latents [B,f,16,h,w], frames
     [B,T,3,H,W] or None)`. Per computed chunk: a progress update with the newest frame as preview, a
-    `stream_r1.chunk` websocket event, and the interrupt check before the next chunk."""
+    `stream_r1.chunk` websocket event, and the interrupt check before the next chunk. `tts`: a STREAM_R1_TTS
+    (the chunks then come from a Stream-T1 search)."""
     total, start = state.chunks_for(latent_frames), state.latents_emitted
     progress, t0, chunks = host.Progress(total, node_id), time.perf_counter(), 0
     try:
-        for latents, frames, computed in state.take(latent_frames, should_stop=host.interrupted):
+        for latents, frames, computed in state.take(latent_frames, should_stop=host.interrupted, tts=tts):
             sink(latents, frames)
             frames_out = video_frames(state.latents_emitted) - video_frames(start)   # also without a VAE
             if not computed:
@@ -85,7 +88,8 @@ def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
         progress.close()
 
 
-def _collect(state: StreamState, latent_frames: int, node_id: Optional[str]) -> tuple[Tensor, dict]:
+def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
+             tts: Any = None) -> tuple[Tensor, dict]:
     """Run and gather: (IMAGE, LATENT) of the new frames, on ComfyUI's intermediate device."""
     out, latents, frames = host.intermediate_device(), [], []
 
@@ -94,7 +98,7 @@ def _collect(state: StreamState, latent_frames: int, node_id: Optional[str]) -> 
         if f is not None:
             frames.append(f.to(out))
 
-    _stream(state, latent_frames, node_id, sink)
+    _stream(state, latent_frames, node_id, sink, tts)
     host.throw_if_interrupted()
     image = layout.image_from_frames(torch.cat(frames, 1), out) if frames else \
         layout.placeholder_image(*state.size, out)
@@ -128,10 +132,12 @@ class StreamR1Generate:
 
     def generate(self, model: StreamR1Model, positive: list, width: int, height: int, seconds: float, frames: int,
                  seed: int, keep_state: bool, vae: Any = None, options: Optional[StreamOptions] = None,
-                 unique_id: Optional[str] = None):
+                 tts: Any = None, unique_id: Optional[str] = None):
+        if tts is not None and vae is None:
+            raise ValueError("test-time scaling scores decoded frames: connect a VAE")
         state, latent_frames = _start(model, positive, width, height, seconds, frames, seed, vae, options, keep_state)
         with state.running(keep=keep_state):
-            image, latent = _collect(state, latent_frames, unique_id)
+            image, latent = _collect(state, latent_frames, unique_id, tts)
         return image, latent, state
 
 
@@ -193,13 +199,13 @@ class StreamR1GenerateToFile:
 
     def write(self, model: StreamR1Model, positive: list, vae: Any, width: int, height: int, seconds: float,
               frames: int, seed: int, filename_prefix: str, fps: float, options: Optional[StreamOptions] = None,
-              unique_id: Optional[str] = None):
+              tts: Any = None, unique_id: Optional[str] = None):
         from ..stream_r1.video_io import VideoWriter
 
         path, entry = host.save_path(filename_prefix, "mp4", width, height)
         state, latent_frames = _start(model, positive, width, height, seconds, frames, seed, vae, options, False)
         with state.running(keep=False), VideoWriter(path, fps=fps) as writer:
             _stream(state, latent_frames, unique_id,
-                    lambda z, f: writer.write(f[0], layout="tchw") if f is not None and f.shape[1] else None)
+                    lambda z, f: writer.write(f[0], layout="tchw") if f is not None and f.shape[1] else None, tts)
             host.throw_if_interrupted()
         return {"ui": {"images": [entry], "animated": (True,)}, "result": (path, host.video_output(path))}

@@ -94,17 +94,19 @@ class StreamState:
         """New prompt from the next chunk on (the frame cache is kept)."""
         self._session().set_context(context)
 
-    def take(self, latent_frames: int, should_stop=None) -> Iterator[tuple[Tensor, Optional[Tensor], bool]]:
+    def take(self, latent_frames: int, should_stop=None, tts=None) -> Iterator[tuple[Tensor, Optional[Tensor], bool]]:
         """Yield (latents [B, f, 16, h, w], frames [B, T, 3, H, W] in [0, 1] or None, computed) pieces, in order,
         until `latent_frames` more latent frames were handed out; `computed` is False for the tail of the last
-        run. `should_stop()` is checked before every chunk."""
+        run. `should_stop()` is checked before every chunk. `tts` (STREAM_R1_TTS): a Stream-T1 search makes the
+        chunks; the session continues from its best beam afterwards."""
         session, want = self._session(), latent_frames
         if self._tail is not None:
             (latents, frames), self._tail = self._tail, None
             piece = self._cut(latents, frames, want)
             want -= piece[0].shape[1]
             yield (*piece, False)
-        for chunk in session.run(self.chunks_for(want), should_stop=should_stop):
+        run = tts.driver(session).run if tts is not None else session.run
+        for chunk in run(self.chunks_for(want), should_stop=should_stop):
             piece = self._cut(chunk.latents, chunk.frames, want)
             want -= piece[0].shape[1]
             yield (*piece, True)

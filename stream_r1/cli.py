@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--telemetry", default=None, help="write per-chunk drift metrics (JSON) and a plot (.png) here")
     g.add_argument("--drift-refresh", type=float, default=None, help="refresh the sink when colour drift (see "
                    "--telemetry) exceeds this value, e.g. 0.08")
+    t = g.add_argument_group("test-time scaling (Stream-T1; README 'Test-time scaling')")
+    t.add_argument("--tts-beams", type=int, default=None, help="survivors per chunk (default 2 once a --tts-* flag "
+                   "or --reward-model is given); 1 = greedy, streams live; > 1 delays output by up to 2 chunks")
+    t.add_argument("--tts-children", type=int, default=None, help="candidates per survivor per chunk (default 2); "
+                   "cost ~ beams*children x (DiT + decode + reward) per chunk")
+    t.add_argument("--tts-rho", type=float, default=None, help="correlation of a candidate's noise with its "
+                   "parent's, in [-1, 1] (default -0.1)")
+    t.add_argument("--tts-window", type=int, default=None, help="long-reward window in chunks (default 10)")
+    t.add_argument("--tts-sinking", choices=["auto", "on", "off"], default="auto",
+                   help="memory sinking (auto: on for the longlive cache policy, off otherwise)")
+    t.add_argument("--reward-model", default=None, help="VideoReward folder (or model.pth) scoring the candidates; "
+                   "required when beams*children > 1. 'brightness' = an analytic demo reward (mean brightness)")
     g.add_argument("--quiet", action="store_true")
 
     sub.add_parser("bench", help="speed benchmark at real size with random weights (see --help)", add_help=False)
@@ -326,6 +338,7 @@ def cmd_generate(args) -> int:
         session.set_timeline(PromptSchedule.build(timeline, sc.frames_per_block, n_total, contexts=contexts))
     video_frames = 1 + 4 * (latent_frames - 1)
     telemetry, state_path = _telemetry(args, session, saved), _state_path(args)
+    run = _tts(args, session, device, dtype) or session.run
     log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
              width, height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
 
@@ -345,7 +358,7 @@ def cmd_generate(args) -> int:
         bar = tqdm(total=n_chunks, unit="chunk", disable=args.quiet, file=sys.stderr)
         t0 = time.perf_counter()
         with stop:
-            for chunk in session.run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
+            for chunk in run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
                 latents.append(chunk.latents.float().cpu())
                 if writer is not None and chunk.frames is not None:
                     frames = chunk.frames[0]
@@ -384,6 +397,46 @@ def cmd_generate(args) -> int:
         log.info("wrote %d frames to %s (DiT %.2f s, decode %.2f s)", written, args.out, st.dit_seconds,
                  st.decode_seconds)
     return 0
+
+
+def _tts(args, session, device, dtype):
+    """Stream-T1 when a --tts-* flag or --reward-model is given: its `run` (same interface as session.run)."""
+    flags = (args.tts_beams, args.tts_children, args.tts_rho, args.tts_window, args.reward_model)
+    if all(f is None for f in flags) and args.tts_sinking == "auto":
+        return None
+    from .tts import BrightnessReward, StreamT1, T1Config
+    if session.decoder is None:
+        raise SystemExit("error: test-time scaling scores decoded frames; drop --no-decode")
+    if args.drift_refresh is not None or args.save_state_every:
+        raise SystemExit("error: --drift-refresh and --save-state-every do not combine with test-time scaling")
+    d = T1Config()
+    kw = dict(beams=args.tts_beams or d.beams, children=args.tts_children or d.children,
+              sinking={"auto": None, "on": True, "off": False}[args.tts_sinking])
+    if args.tts_rho is not None:
+        kw["rho"] = args.tts_rho
+    if args.tts_window is not None:
+        kw["window_chunks"] = args.tts_window
+    cfg = T1Config(**kw)
+    sinking = session.cfg.cache_policy == "longlive" if cfg.sinking is None else cfg.sinking
+    if args.reward_model is None:
+        if cfg.beams * cfg.children > 1 or (sinking and args.tts_sinking == "on"):
+            raise SystemExit("error: test-time scaling with beams*children > 1 (or --tts-sinking on) needs "
+                             "--reward-model (a VideoReward folder; 'brightness' for the demo)")
+        cfg = cfg.replace(sinking=False)                     # nothing to choose: the reward would only steer sinking
+        reward = BrightnessReward()
+    elif args.reward_model == "brightness":
+        log.warning("--reward-model brightness: an analytic demo reward (mean brightness), not a quality score")
+        reward = BrightnessReward()
+    else:
+        from .reward import load_video_reward
+        reward = load_video_reward(args.reward_model, device=device, dtype=dtype)
+    t1 = StreamT1(session, reward, cfg)
+    n = cfg.beams * cfg.children
+    log.info("Stream-T1: %d beam(s) x %d children = %d candidates per chunk (~%dx DiT + decode + reward), "
+             "sinking %s; %s", cfg.beams, cfg.children, n, n, "on" if t1.sinking else "off",
+             "output is live (greedy)" if cfg.beams == 1 else
+             f"output lags the search by up to {cfg.max_delay} chunks (bounded delay)")
+    return t1.run
 
 
 def _resumed_config(saved, sc, changes: dict, args) -> StreamConfig:

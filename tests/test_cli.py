@@ -93,3 +93,35 @@ def test_inspect_names_the_format(tmp_path, tiny_model, capsys):
     assert main(["inspect", str(tmp_path / "m.safetensors")]) == 0
     text = capsys.readouterr().out
     assert "stream-r1-export" in text and "161,536" in text and "window_sink" in text
+
+
+def test_tts_demo_run_writes_the_requested_frames(tmp_path, caplog):
+    """Stream-T1 on the demo model with the analytic reward: 2 beams x 2 children, a bounded-delay stream."""
+    from stream_r1.video_io import probe
+    out = tmp_path / "t1.mp4"
+    with caplog.at_level("INFO", logger="stream_r1"):
+        rc = main(["generate", "--frames", "25", "--width", "64", "--height", "48", "--device", "cpu",
+                   "--reward-model", "brightness", "--tts-beams", "2", "--tts-children", "2", "--out", str(out)])
+    assert rc == 0
+    info = probe(out)
+    assert info["frames"] == 25 and (info["width"], info["height"]) == (64, 48)
+    assert "4 candidates per chunk" in caplog.text and "bounded delay" in caplog.text
+
+
+def test_tts_greedy_single_candidate_equals_plain_run(tmp_path):
+    common = ["generate", "--frames", "25", "--width", "64", "--height", "48", "--device", "cpu", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "a.mp4"), "--latents-out", str(tmp_path / "a.safetensors")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b.mp4"), "--latents-out", str(tmp_path / "b.safetensors"),
+                 "--tts-beams", "1", "--tts-children", "1", "--tts-rho", "0"]) == 0
+    a, b = load_file(tmp_path / "a.safetensors")["latents"], load_file(tmp_path / "b.safetensors")["latents"]
+    assert a.shape == (1, 7, 16, 6, 8) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--tts-beams", "2"], "needs --reward-model"),
+    (["--reward-model", "brightness", "--no-decode"], "drop --no-decode"),
+])
+def test_tts_bad_input_is_explained(tmp_path, args, msg, capsys):
+    with pytest.raises(SystemExit, match=msg):
+        main(["generate", "--frames", "5", "--width", "32", "--height", "32", "--device", "cpu", "--quiet",
+              "--out", str(tmp_path / "x.mp4"), *args])

@@ -394,3 +394,34 @@ def test_nodes_run_without_comfyui(pack, nodes, models, vae, tmp_path, monkeypat
         host.resolve_model("../stream_r1/tiny_stream_r1.safetensors")
     with pytest.raises(ValueError, match="leaves the output directory"):
         host.save_path("../escape", "mp4", 32, 32)
+
+
+# ---- test-time scaling ------------------------------------------------------------------------------------------
+TTS = dict(rho=-0.1, window_chunks=10, sinking="auto", max_delay=2)
+
+
+def test_tts_greedy_single_candidate_is_the_plain_stream(comfy, nodes, model, vae):
+    tts, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **{**TTS, "rho": 0.0})
+    plain, lat, _ = generate(nodes, model, vae, frames=21)
+    searched, lat_t, _ = generate(nodes, model, vae, frames=21, tts=tts)
+    assert torch.equal(lat["samples"], lat_t["samples"]) and torch.equal(plain, searched)
+
+
+def test_tts_search_streams_the_requested_length(comfy, nodes, model, vae, tmp_path):
+    from stream_r1.tts import BrightnessReward
+    reward = BrightnessReward()
+    tts, = run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, reward_model=reward, **TTS)
+    image, latent, _ = generate(nodes, model, vae, frames=33, tts=tts)
+    assert image.shape == (33, 32, 32, 3) and latent["samples"].shape[2] == 9
+    assert reward.calls == 2 * (4 + 4 + 4)                        # short + long per candidate, 4 per chunk
+    result = run(nodes["StreamR1GenerateToFile"], model=model, positive=cond(), vae=vae, **SIZE, seconds=0,
+                 frames=21, seed=3, filename_prefix="t1", fps=16.0, tts=tts, unique_id="5")
+    assert read_video(result["result"][0]).shape == (21, 32, 32, 3)
+
+
+def test_tts_without_reward_or_vae_says_what_to_connect(comfy, nodes, model):
+    with pytest.raises(ValueError, match="reward model"):
+        run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, **TTS)
+    tts, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **TTS)
+    with pytest.raises(ValueError, match="connect a VAE"):
+        generate(nodes, model, None, frames=9, tts=tts)

@@ -95,12 +95,14 @@ def mix_noise(parent: Optional[Tensor], fresh: Tensor, rho: float) -> Tensor:
 
 
 def fork_decoder(dec):
-    """An independent streaming-decoder state (StreamingDecoder: shallow copy of its cache list)."""
+    """An independent streaming-decoder state: shallow copy of its cache list (StreamingDecoder `cache`; the
+    ComfyUI node's ComfyVAEStream `feat_cache`, whose slots ComfyUI's Wan decoder also replaces, never writes)."""
     if dec is None:
         return None
     new = copy.copy(dec)
-    if isinstance(getattr(dec, "cache", None), list):
-        new.cache = list(dec.cache)
+    for name in ("cache", "feat_cache"):
+        if isinstance(getattr(dec, name, None), list):
+            setattr(new, name, list(getattr(dec, name)))
     return new
 
 
