@@ -225,7 +225,7 @@ def t2v_5s() -> Workflow:
     nodes = _loaders() + [
         _prompt(2, (420, 80), "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden "
                               "light, breath steaming, cinematic tracking shot"),
-        Node(5, "StreamR1Generate", (880, 80), (360, 416),
+        Node(5, "StreamR1Generate", (880, 80), (360, 436),
              {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
              {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
         Node(6, "CreateVideo", (1280, 80), (300, 80), {"fps": 16.0}, {"images": (5, 0)}),
@@ -296,7 +296,7 @@ def continue_branch() -> Workflow:
                                "rain streaks", title="Prompt: ending A"),
         _prompt(10, (420, 520), "The hot-air balloon descends gently into a field of sunflowers, people running "
                                 "towards it and waving", title="Prompt: ending B"),
-        Node(5, "StreamR1Generate", (880, 80), (360, 416),
+        Node(5, "StreamR1Generate", (880, 80), (360, 436),
              {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": True},
              {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}, title="Stream-R1 Generate (start, keeps state)"),
         Node(6, "StreamR1Continue", (1280, 80), (340, 276), {"seconds": 5.0, "keep_state": False},
@@ -329,7 +329,7 @@ def saliency_view() -> Workflow:
     prompt = ("A red kite flying over a green hill on a windy day, the string taut, clouds racing across a blue sky")
     nodes = _loaders() + [
         _prompt(2, (420, 80), prompt),
-        Node(5, "StreamR1Generate", (880, 80), (360, 416),
+        Node(5, "StreamR1Generate", (880, 80), (360, 436),
              {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
              {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
         Node(9, "StreamR1RewardLoader", (40, 460), (340, 82),
