@@ -87,3 +87,11 @@ def wan_sd(vocab: int) -> dict[str, torch.Tensor]:
             p + "ffn.fc2.weight": rnd(D_MODEL, D_FF, std=D_FF**-0.5),
         }
     return sd
+
+
+@pytest.fixture(scope="module")
+def vae():
+    """Tiny Wan VAE with seeded random weights."""
+    from stream_r1.vae import VAEConfig, WanVAE
+    torch.manual_seed(0)
+    return WanVAE(VAEConfig.tiny()).eval()

@@ -6,12 +6,11 @@ from stream_r1.config import StreamConfig
 from stream_r1.kv_cache import KVCache
 from stream_r1.schedule import FlowMatchSchedule
 from stream_r1.stream import StreamSession, generate, latent_frames_for_seconds
+from helpers import tiny_context as _ctx
 
 H, W = 32, 48
 
 
-def _ctx(seed=0, n=9):
-    return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def test_loop_matches_a_hand_written_sampler(tiny_model):

@@ -18,6 +18,7 @@ from stream_r1.stream_state import load_stream_state
 from stream_r1.timeline import PromptSchedule, Timeline
 from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
 from stream_r1.wan.model import WanModel
+from helpers import tiny_context as _ctx
 
 H, W = 32, 48
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
-def _ctx(seed=0, n=9):
-    return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
-    return WanVAE(VAEConfig.tiny()).eval()
 
 
 def _session(model, vae=None, sc=None, seed=3, ctx=0, noise=None):

@@ -9,14 +9,13 @@ from stream_r1.kv_cache import KVCache
 from stream_r1.stream import StreamSession
 from stream_r1.timeline import (PromptSchedule, Timeline, TimelineEntry, chunk_at_seconds, chunk_start_frame,
                                 chunk_start_seconds)
+from helpers import tiny_context as _ctx
 
 H, W = 32, 48                                   # latent 4x6, 6 tokens per frame
 
 
 
 
-def _ctx(seed=0, n=9):
-    return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))
 
 
 # ---- parsing ------------------------------------------------------------------------------------------------------

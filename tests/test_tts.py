@@ -6,22 +6,16 @@ import pytest
 import torch
 
 from stream_r1.config import StreamConfig
-from stream_r1.kv_cache import KVCache
 from stream_r1.stream import StreamSession
 from stream_r1.tts import BrightnessReward, StreamT1, T1Config, fork_decoder, generate_t1, mix_noise
 from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
+from helpers import tiny_context as _ctx
 
 H, W = 32, 48
 
 
-def _ctx(seed=0, n=9):
-    return torch.randn(1, n, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
-    return WanVAE(VAEConfig.tiny()).eval()
 
 
 def _session(model, vae, sc, seed=5):

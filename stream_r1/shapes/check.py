@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .prompts import BACKGROUNDS, COLORS, gradient_bottom, parse_prompt
+from .prompts import BACKGROUNDS, COLORS, parse_prompt
 
 _NAMES = list(COLORS)
 _PAL = torch.tensor([COLORS[c] for c in _NAMES])
@@ -48,7 +48,6 @@ def analyze(frames, res_thr: float = 0.1, chunk: int = 64) -> dict:
     ys = torch.arange(H, dtype=torch.float32) + 0.5
     feats = {k: np.zeros((T, C)) for k in ("area", "core", "cx", "cy", "iou", "f3", "f4", "f5", "p4")}
     feats["mean_rgb"] = np.zeros((T, C, 3))
-    prev = None
     for t0 in range(0, T, chunk):
         f = x[t0:t0 + chunk]                                                # [n,3,H,W]
         n = f.shape[0]

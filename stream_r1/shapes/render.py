@@ -8,11 +8,11 @@ scene into frames ``[T, 3, H, W]`` in [0, 1]. :func:`generate` = :func:`sample_s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
-from .prompts import (BACKGROUNDS, COLORS, MOTIONS, SHAPES, SceneAttrs, ShapeAttrs, background_rows)
+from .prompts import COLORS, MOTIONS, SceneAttrs, ShapeAttrs, background_rows
 
 __all__ = ["ShapeSpec", "Change", "Scene", "Track", "render", "generate"]
 

@@ -234,7 +234,7 @@ class WanModel(nn.Module):
     def _block(self, i: int, blk: Block, x: Tensor, e0: Tensor, text: Optional[Tensor],
                cache: Optional[KVCache], grid: tuple[int, int, int], cos_q: Tensor, sin_q: Tensor,
                mask: Optional[Tensor]) -> Tensor:
-        f, fs = grid[0], grid[1] * grid[2]
+        fs = grid[1] * grid[2]                                               # tokens per latent frame
         rotate_k = cache is None or not cache.relative_rope
         q, k, v = self._pre(blk, x, e0, cos_q, sin_q, rotate_k)               # 1. self-attention
         if cache is None:
