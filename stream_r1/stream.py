@@ -38,7 +38,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .config import StreamConfig
+from .config import StreamConfig, check_resolution
 from .kv_cache import KVCache
 from .schedule import FlowMatchSchedule
 from .timeline import TRANSITIONS, PromptSchedule
@@ -89,9 +89,7 @@ class StreamSession:
                  device: "torch.device | str | None" = None, dtype: Optional[torch.dtype] = None,
                  timing_sync: bool = False, overlap_decode: bool = False):
         mc = model.cfg
-        if height % mc.pixel_multiple or width % mc.pixel_multiple:
-            from .config import check_resolution
-            check_resolution(height, width, mc.pixel_multiple)
+        check_resolution(height, width, mc.pixel_multiple)
         p = next(model.parameters())
         self.model, self.cfg = model, cfg
         self.device = torch.device(device) if device is not None else p.device

@@ -117,6 +117,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a child we started (server or browser), killing it if it does not exit in 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class Server:
     def __init__(self, base: Path):
         self.base, self.port = base, _free_port()
@@ -200,13 +211,7 @@ class Server:
                 ws.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -490,13 +495,7 @@ class Chromium:
         ws = getattr(self, "ws", None)
         if ws is not None:
             ws.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
