@@ -256,6 +256,15 @@ class KVCache:
         new._plan = None
         return new
 
+    def read_tokens(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """K, V of buffer tokens [lo, hi) for every layer: [L, B, hi - lo, n, d] (views)."""
+        return self.k[:, :, lo:hi], self.v[:, :, lo:hi]
+
+    def write_tokens(self, lo: int, k: Tensor, v: Tensor) -> None:
+        """Write K, V [L, B, n_tok, n, d] at buffer tokens [lo, lo + n_tok)."""
+        self.k[:, :, lo:lo + k.shape[2]] = k
+        self.v[:, :, lo:lo + v.shape[2]] = v
+
     @property
     def buffer_tokens(self) -> int:
         """Physical length of the K/V buffers (>= capacity once `reserve` made room for appended sink segments)."""

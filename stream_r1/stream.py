@@ -322,12 +322,14 @@ class StreamSession:
             return torch.cat([given, extra], dim=1)
         return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
 
-    def _denoise(self, noisy: Tensor, t: float, start: int) -> Tensor:
-        """One DiT call on [B, f, 16, h, w] at timestep t; returns the x0 prediction (same layout)."""
+    def _denoise(self, noisy: Tensor, t: float, start: int, cache=None, context: Optional[Tensor] = None) -> Tensor:
+        """One DiT call on [B, f, 16, h, w] at timestep t; returns the x0 prediction (same layout). `cache` /
+        `context`: instead of the session's (batched candidates: a `BatchedKV` and the context repeated)."""
         b, f = noisy.shape[:2]
         x = rearrange(noisy, "b f c h w -> b c f h w")
         tt = torch.full((b, f), t, device=self.device, dtype=torch.float32)
-        flow = self.model(x, tt, self.context, cache=self.cache, start_frame=start)
+        flow = self.model(x, tt, self.context if context is None else context,
+                          cache=self.cache if cache is None else cache, start_frame=start)
         flow = rearrange(flow, "b c f h w -> b f c h w")
         return self.schedule.x0_from_flow(noisy, flow, t)
 
@@ -391,6 +393,57 @@ class StreamSession:
         self.stats.decode_seconds += t2 - t1
         self.stats.chunk_seconds.append(t3 - t0)
         return chunk
+
+    @torch.no_grad()
+    def next_chunks(self, states: list[dict], noises: list[Tensor], *, last: bool = False) -> list[Chunk]:
+        """The next chunk of several lineages (`branch_state()` dicts of the same cache layout, e.g. the candidates
+        of a test-time search) in ONE batched DiT call per step: rows [r*B, (r+1)*B) are lineage r, with its own
+        initial noise `noises[r]` [B, f, 16, h, w], its own generator for the re-noise draws, its own KV cache
+        (`stream_r1.kv_pages.BatchedKV`) and its own decoder. Each state is updated in place as by `next_chunk`
+        inside `branch(state)`; a single lineage gives exactly `next_chunk`'s result."""
+        from .kv_pages import BatchedKV
+
+        t0 = self._clock()
+        n, f = len(states), self.cfg.frames_per_block
+        if len({s["chunk_index"] for s in states}) != 1:
+            raise ValueError("next_chunks: all lineages must be at the same chunk")
+        start = self.frame_offset + states[0]["chunk_index"] * f
+        cache = BatchedKV([s["cache"] for s in states])
+        context = self.context if n == 1 else self.context.repeat(n, 1, 1)           # [N*B, L, text_dim]
+        x = torch.cat([z.to(self.device, self.dtype) for z in noises])                # [N*B, f, 16, h, w]
+        ts = self.timesteps
+        for k, t in enumerate(ts):
+            x0 = self._denoise(x, t, start, cache, context)
+            if k + 1 < len(ts):
+                eps = torch.cat([torch.randn((self.batch, *x0.shape[1:]), generator=s["generator"],
+                                             device=self.device, dtype=self.dtype) for s in states])
+                x = self.schedule.add_noise(x0, eps, ts[k + 1])
+        rows = [x0[r * self.batch:(r + 1) * self.batch] for r in range(n)]           # n x [B, f, 16, h, w]
+        t1 = self._clock()
+        frames = [None] * n
+        for r, state in enumerate(states):
+            if state["decoder"] is not None:
+                with self.branch(state):
+                    frames[r] = self._decode(rows[r])
+        t2 = self._clock()
+        skip = last and self.cfg.skip_last_context_pass
+        if not skip:
+            self._denoise(x0, self.cfg.context_noise, start, cache, context)           # clean K/V into each cache
+        chunks = []
+        for r, state in enumerate(states):
+            with self.branch(state):
+                self._skipped_context_pass = skip
+                self._remember(rows[r], start)
+                chunks.append(Chunk(self.chunk_index, start, rows[r], frames[r]))
+                self.chunk_index += 1
+        t3 = self._clock()
+        for c in chunks:
+            c.seconds = (t3 - t0) / n
+        self.stats.chunks += n
+        self.stats.dit_seconds += (t1 - t0) + (t3 - t2)
+        self.stats.decode_seconds += t2 - t1
+        self.stats.chunk_seconds.append(t3 - t0)
+        return chunks
 
     # ---- branches (test-time search, stream_r1.tts) ------------------------------------------------------
     BRANCH_FIELDS = ("cache", "generator", "decoder", "chunk_index", "_recent", "_pieces", "_sink_latents",

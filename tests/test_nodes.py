@@ -413,7 +413,7 @@ def test_tts_search_streams_the_requested_length(comfy, nodes, model, vae, tmp_p
     tts, = run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, reward_model=reward, **TTS)
     image, latent, _ = generate(nodes, model, vae, frames=33, tts=tts)
     assert image.shape == (33, 32, 32, 3) and latent["samples"].shape[2] == 9
-    assert reward.calls == 2 * (4 + 4 + 4)                        # short + long per candidate, 4 per chunk
+    assert reward.calls == 2 * 3                                  # short + long per chunk, 4 candidates batched
     result = run(nodes["StreamR1GenerateToFile"], model=model, positive=cond(), vae=vae, **SIZE, seconds=0,
                  frames=21, seed=3, filename_prefix="t1", fps=16.0, tts=tts, unique_id="5")
     assert read_video(result["result"][0]).shape == (21, 32, 32, 3)

@@ -1,5 +1,5 @@
 """Stream-T1 test-time search (stream_r1.tts): parity with plain streaming, reward-driven choice, bounded memory,
-non-aliasing forks, noise propagation, memory sinking, output delay."""
+non-aliasing forks, noise propagation, memory sinking, output delay, batched candidates, copy-on-write pages."""
 import math
 
 import pytest
@@ -63,22 +63,25 @@ def test_reward_steers_the_search(tiny_model, vae, beams, children):
     assert sum(map(_brightness, up)) > sum(map(_brightness, down))
 
 
-def test_live_caches_bounded_by_beams_and_outputs_complete(tiny_model, vae):
+def test_live_pages_bounded_by_beams_and_outputs_complete(tiny_model, vae):
+    """Memory is bounded by the beam width: the survivors' window pages (sink and appended segments included)
+    plus one new page and at most one copied page per candidate."""
     sc = StreamConfig.longlive()
     for beams in (1, 2, 3):
         sess = _session(tiny_model, vae, sc)
         cfg = T1Config(beams=beams, children=2, max_delay=2)
         t1 = StreamT1(sess, BrightnessReward(), cfg)
+        window_pages = (sc.cache_frames + cfg.max_sink_frames - sc.sink_frames) // sc.frames_per_block
         seen = []
         for c in t1.run(6):
             seen.append(c.index)
-            assert t1.peak_live_caches <= 2 * beams + 1
+            assert t1.pool.peak_pages <= beams * window_pages + 2 * beams * cfg.children
             if beams == 1:                                    # greedy: live, one chunk at a time
                 assert c.index == t1.log[-1]["chunk"]
             else:                                             # bounded delay
                 assert t1.log[-1]["chunk"] - c.index <= cfg.max_delay or len(t1.log) == 6
         assert seen == list(range(6))
-        assert t1.peak_live_caches > 1
+        assert t1.peak_live_caches > 1 and t1.pool.peak_pages >= sc.cache_frames // sc.frames_per_block
         assert all(len(b.ring) <= cfg.window_chunks for b in t1.beams)
 
 
@@ -197,3 +200,57 @@ def test_ema_rotation_matches_rope_at_target_position(tiny_model):
     at = lambda s: apply_rope(x, *rt.get(s, 3, 2, 3, torch.device("cpu")))
     got = t1._rotate_frames(at(7)[None], 2 - 7)[0]
     assert torch.allclose(got, at(2), atol=1e-5)
+
+
+def _rows_per_call(model):
+    rows = []
+    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    return rows, handle
+
+
+@pytest.mark.parametrize("policy", ["window_sink", "longlive"])
+def test_batched_candidates_match_one_at_a_time(tiny_model, vae, policy):
+    """All candidates of a chunk go through the DiT as the rows of one call per step (5 calls per chunk: 4 steps
+    + the context pass), and give the one-at-a-time search's result (fp32, tight tolerance; the routes of memory
+    sinking included)."""
+    sc = StreamConfig.for_policy(policy)
+    cfg = T1Config(beams=2, children=2, short_threshold=-1e9, long_threshold=-0.05, max_sink_frames=9)
+    rows, handle = _rows_per_call(tiny_model)
+    try:
+        lat, vid, t1 = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 21, cfg)
+    finally:
+        handle.remove()
+    assert rows == [4] * 5 * 7
+    lat1, vid1, t1s = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 21,
+                                  cfg.replace(candidates_per_call=1))
+    assert torch.allclose(lat, lat1, atol=1e-5, rtol=1e-5) and torch.allclose(vid, vid1, atol=1e-5, rtol=1e-5)
+    assert [r["kept"] for r in t1.log] == [r["kept"] for r in t1s.log]
+    assert [r.get("evicted") for r in t1.log] == [r.get("evicted") for r in t1s.log]
+    if policy == "longlive":
+        assert any(r.get("evicted") == ["append", "append"] for r in t1.log)
+
+
+@pytest.mark.parametrize("policy", ["window_sink", "longlive"])
+def test_cow_pages_equal_the_copying_fork(tiny_model, vae, policy):
+    sc = StreamConfig.for_policy(policy)
+    cfg = T1Config(beams=2, children=2, short_threshold=-1e9, long_threshold=-0.05, max_sink_frames=9)
+    lat, vid, t1 = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 21, cfg)
+    lat1, vid1, t1c = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 21, cfg.replace(cow_pages=False))
+    assert torch.equal(lat, lat1) and torch.equal(vid, vid1)
+    assert t1c.pool is None and t1.pool.peak_pages > 0
+    assert type(t1.session.cache).__name__ == "KVCache"                  # the session continues contiguous
+
+
+def test_width_one_batched_path_is_plain_streaming_with_pages(tiny_model, vae):
+    """The paged cache and the batched sampler with one row reproduce plain streaming bit for bit (window_sink:
+    sink EMA on pages)."""
+    sc = StreamConfig.stream_r1()
+    lat0, vid0 = _plain(tiny_model, vae, sc, 6)
+    rows, handle = _rows_per_call(tiny_model)
+    try:
+        lat, vid, t1 = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 18,
+                                   T1Config(beams=1, children=1, rho=0.0, sinking=False))
+    finally:
+        handle.remove()
+    assert rows == [1] * 5 * 6 and t1.pool is not None
+    assert torch.equal(lat, lat0) and torch.equal(vid, vid0)

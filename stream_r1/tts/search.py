@@ -2,23 +2,26 @@
 
 Per chunk, every surviving beam gets `children` candidates. A candidate:
 
-1. forks its parent's lineage state (KV cache: `KVCache.fork`, valid region only; streaming-decoder state: a
-   shallow copy of its cache list, valid because decoding replaces entries and never writes into them; its own
-   `torch.Generator`); the parent's last child takes the parent's state itself (no copy);
+1. forks its parent's lineage state (KV cache: `PagedKVCache.fork`, copy-on-write pages of one chunk, so the
+   fork copies no K/V; streaming-decoder state: a shallow copy of its cache list, valid because decoding
+   replaces entries and never writes into them; its own `torch.Generator`); the parent's last child takes the
+   parent's state itself;
 2. starts from the variance-preserving noise mix n_b = rho * n_{b-1} + sqrt(1 - rho^2) * eps (unit 1), eps a
    fresh draw of the candidate's generator (child 0 continues its parent's generator, children >= 1 get
    derived seeds: no seed reuse, so eps is always independent of n_{b-1});
-3. runs the session's own sampler (`StreamSession.next_chunk` in `StreamSession.branch`), decoded once with its
-   own streaming-decoder state;
+3. runs the session's own sampler, all candidates of the chunk as the batch rows of ONE DiT call per step
+   (`StreamSession.next_chunks`: each row keeps its own noise, generator and KV pages), and is decoded once with
+   its own streaming-decoder state;
 4. is scored (unit 2): short reward S on its own frames, long reward L on the frames of its lineage's last
    `window_chunks` chunks (a sliding ring), both as normalised Overall (sum of the reward's z-scores), mixed
    score = a_b * S + (1 - a_b) * L with a_b = short_weight_max * min(1, b / short_ramp_chunks) (defined for
    endless streams);
 5. gets a memory-sinking route for its chunk (unit 3), applied when the chunk leaves the KV window.
 
-The best `beams` candidates survive (parents compete jointly). Candidates run one at a time through the DiT
-(batch 1 per call: batching the candidates along B would need per-row cache layouts once sink routes differ).
-Live KV caches: at most 2 * beams + 1 (parents, survivors, the one in flight).
+The best `beams` candidates survive (parents compete jointly); the rewards are batched too. Candidates whose
+caches differ in layout (memory sinking gave their parents different sinks) run in separate calls, and
+`candidates_per_call` caps the rows of a call. Live KV: the parents' window pages (shared with their children)
+plus one new page per candidate and at most one copied sink page per candidate (`pool` counts them).
 
 Output: with beams = 1 each chunk is emitted right after its selection (live); with beams > 1 a chunk is
 emitted once every survivor descends from it, or at the latest `max_delay` chunks after it was generated (then
@@ -36,6 +39,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..kv_pages import PagedKVCache, PagePool, layout_key
 from ..stream import Chunk, StreamSession
 from ..wan.rope import _axis_angles, apply_rope
 
@@ -70,6 +74,11 @@ class T1Config:
     """Cap of the sink (original + appended segments) in latent frames; a full sink turns APPEND into EMA."""
     max_delay: int = 2
     """beams > 1: output delay bound in chunks."""
+    candidates_per_call: int = 0
+    """Candidates per batched DiT (and reward) call; 0 = all candidates of a chunk in one call (fastest); 1 = one
+    at a time (least activation memory: activations grow with the rows of a call)."""
+    cow_pages: bool = True
+    """Copy-on-write KV pages (forks share their parent's pages); False = every fork copies the valid window."""
 
     def __post_init__(self):
         if self.beams < 1 or self.children < 1:
@@ -78,6 +87,8 @@ class T1Config:
             raise ValueError("rho must be in [-1, 1]")
         if self.window_chunks < 1 or self.max_delay < 1 or self.short_ramp_chunks < 1:
             raise ValueError("window_chunks, max_delay and short_ramp_chunks must be >= 1")
+        if self.candidates_per_call < 0:
+            raise ValueError(f"candidates_per_call must be >= 0 (0 = all in one call), got {self.candidates_per_call}")
 
     def replace(self, **kw) -> "T1Config":
         return replace(self, **kw)
@@ -158,6 +169,12 @@ class StreamT1:
         if self.sinking:
             extra = max(0, cfg.max_sink_frames - c.sink_tokens // c.frame_seqlen)
             c.reserve(extra * c.frame_seqlen)
+        self.pool: Optional[PagePool] = None
+        """Live pages of the search (copy-on-write caches), with their peak."""
+        if cfg.cow_pages and not isinstance(c, PagedKVCache):
+            c = session.cache = PagedKVCache.from_cache(c)
+        if isinstance(c, PagedKVCache):
+            self.pool = c.pool
         self._live = weakref.WeakSet()
         self._live.add(c)
         self.peak_live_caches = 1
@@ -211,14 +228,15 @@ class StreamT1:
 
     def _ema(self, c, segments: list, g0: int, first: int) -> None:
         """Blend the evicted chunk (buffer [sink, sink + chunk)) into the newest sink segment, after rotating its
-        keys' temporal RoPE part by (g0 - first) frames (keys are cached rotated at absolute positions)."""
+        keys' temporal RoPE part by (g0 - first) frames (keys are cached rotated at absolute positions). A paged
+        cache copies the sink page first only when another beam shares it."""
         fs, n, a = c.frame_seqlen, self.chunk_tokens, self.cfg.sink_alpha
         lo = c.sink_tokens
         gs = sum(fr for _, fr in segments[:-1]) * fs
-        kc, vc = c.k[:, :, lo:lo + n], c.v[:, :, lo:lo + n]
+        kc, vc = c.read_tokens(lo, lo + n)                             # [L, B, n, heads, d]
         kc = self._rotate_frames(kc, g0 - first)
-        c.k[:, :, gs:gs + n] = a * c.k[:, :, gs:gs + n] + (1 - a) * kc
-        c.v[:, :, gs:gs + n] = a * c.v[:, :, gs:gs + n] + (1 - a) * vc
+        kg, vg = c.read_tokens(gs, gs + n)
+        c.write_tokens(gs, a * kg + (1 - a) * kc, a * vg + (1 - a) * vc)
 
     def _rotate_frames(self, k: Tensor, delta: int) -> Tensor:
         """k [L, B, N, n, d] rotated by `delta` frames on the temporal RoPE channels only."""
@@ -252,58 +270,95 @@ class StreamT1:
             g.manual_seed(seed)
         return g
 
+    def _expand(self, parents: list[Beam], n_children: int, b_idx: int, rec: dict) -> list[tuple]:
+        """(parent rank, parent, child, state, initial noise) of every candidate of this chunk. Each parent's
+        eviction is routed once, before its children fork; the last child takes the parent's own state and the
+        parent keeps no state afterwards (its pages live on in its children only)."""
+        cfg, sess, out = self.cfg, self.session, []
+        f = sess.cfg.frames_per_block
+        for j, parent in enumerate(parents):
+            if self.sinking:
+                route = self._apply_sinking(parent)
+                if route is not None:
+                    rec.setdefault("evicted", []).append(route)
+            for i in range(n_children):
+                seed = None if i == 0 else child_seed(sess.seed, b_idx, j, i)
+                if i == n_children - 1:
+                    state = dict(parent.state)
+                    state["generator"] = self._generator(parent.state["generator"], seed)
+                else:
+                    state = self._fork_state(parent.state, seed)
+                with sess.branch(state):
+                    eps = sess._initial_noise(sess.frames_done, f)          # [B, f, 16, h, w], own generator
+                out.append((j, parent, i, state, mix_noise(parent.noise, eps, cfg.rho)))
+            parent.state = None
+        return out
+
+    def _sample(self, states: list[dict], noises: list[Tensor], last: bool) -> list[Chunk]:
+        """Run the candidates through the DiT: one batched call per step for each group of the same cache layout
+        (all of them, unless memory sinking gave parents different sinks), `candidates_per_call` rows at most."""
+        groups: dict[tuple, list[int]] = {}
+        for r, st in enumerate(states):
+            groups.setdefault(layout_key(st["cache"]), []).append(r)
+        out: list = [None] * len(states)
+        for rows in groups.values():
+            size = self.cfg.candidates_per_call or len(rows)
+            for s in range(0, len(rows), size):
+                part = rows[s:s + size]
+                done = self.session.next_chunks([states[r] for r in part], [noises[r] for r in part], last=last)
+                for r, chunk in zip(part, done):
+                    out[r] = chunk
+        return out
+
+    def _overall_batch(self, model, clips: list[Tensor]) -> list[float]:
+        """Normalised Overall (sum of z-scores, mean over the batch) of each clip [B, T, 3, H, W], in calls of
+        `candidates_per_call` clips (all at once by default)."""
+        b = clips[0].shape[0]
+        size = self.cfg.candidates_per_call or len(clips)
+        out = []
+        for s in range(0, len(clips), size):
+            part = clips[s:s + size]
+            with torch.no_grad():
+                raw = model.score(torch.cat(part), self._prompts(b) * len(part))         # [n*B, A]
+                z = model.normalize(raw).float().sum(-1)                                 # [n*B]
+            out += z.view(len(part), b).mean(1).tolist()
+        return out
+
     @torch.no_grad()
     def step(self, *, last: bool = False) -> list[Chunk]:
         """Search one chunk; returns the chunks that became final (possibly none while beams disagree)."""
         cfg, sess = self.cfg, self.session
         b_idx = self.beams[0].state["chunk_index"]
         n_children = cfg.children * (cfg.beams if b_idx == 0 and len(self.beams) == 1 else 1)
-        kept: list[Beam] = []
         rec = dict(chunk=b_idx, candidates=[])
         parents, self.beams = self.beams, []
+        cands = self._expand(parents, n_children, b_idx, rec)
+        sess.set_branch_state(dict.fromkeys(sess.BRANCH_FIELDS) | {"chunk_index": b_idx, "_pieces": [],
+                                                                   "_sink_pieces": []})   # holds no pages now
+        states = [c[3] for c in cands]
+        chunks = self._sample(states, [c[4] for c in cands], last)
+        rings = [(c[1].ring + [ch.frames])[-cfg.window_chunks:] for c, ch in zip(cands, chunks)]
+        shorts = self._overall_batch(self.short_reward, [ch.frames for ch in chunks])
+        longs = self._overall_batch(self.reward, [torch.cat(r, dim=1) for r in rings])
         a = cfg.short_weight(b_idx)
-        for j in range(len(parents)):
-            parent = parents[j]
-            parents[j] = None                                          # released once expanded
+        kept: list[Beam] = []
+        for (j, parent, i, state, noise), chunk, ring, s, l in zip(cands, chunks, rings, shorts, longs):
+            score = l if b_idx == 0 else a * s + (1 - a) * l
+            routes = dict(parent.routes)
             if self.sinking:
-                route = self._apply_sinking(parent)
-                if route is not None:
-                    rec.setdefault("evicted", []).append(route)
-            for i in range(n_children):
-                lastchild = i == n_children - 1
-                seed = None if i == 0 else child_seed(sess.seed, b_idx, j, i)
-                if lastchild:
-                    state = dict(parent.state)
-                    state["generator"] = self._generator(parent.state["generator"], seed)
-                else:
-                    state = self._fork_state(parent.state, seed)
-                with sess.branch(state):
-                    f = sess.cfg.frames_per_block
-                    eps = sess._initial_noise(sess.frames_done, f)
-                    noise = mix_noise(parent.noise, eps, cfg.rho)
-                    chunk = sess.next_chunk(last=last, noise=noise)
-                prompts = self._prompts(chunk.frames.shape[0])
-                ring = (parent.ring + [chunk.frames])[-cfg.window_chunks:]
-                s = self._overall(self.short_reward, chunk.frames, prompts)
-                l = self._overall(self.reward, torch.cat(ring, dim=1), prompts)
-                score = l if b_idx == 0 else a * s + (1 - a) * l
-                routes = dict(parent.routes)
-                if self.sinking:
-                    routes[b_idx] = self._route(parent, s, l)
-                cand = Beam(state=state, noise=noise, ring=ring, short=parent.short + [s], long=parent.long + [l],
-                            score=score, routes=routes, sink_segments=list(parent.sink_segments),
-                            pending=parent.pending + [chunk], ids=parent.ids + [next(self._ids)])
-                rec["candidates"].append(dict(parent=j, child=i, short=s, long=l, score=score,
-                                              route=routes.get(b_idx)))
-                kept.append(cand)
-                kept.sort(key=lambda x: -x.score)                      # stable: earlier candidates win ties
-                del kept[cfg.beams:]                                   # pruned candidates are freed here
-                del cand, state, chunk
-                if lastchild:
-                    parent = None
-        self.beams = kept
+                routes[b_idx] = self._route(parent, s, l)
+            kept.append(Beam(state=state, noise=noise, ring=ring, short=parent.short + [s], long=parent.long + [l],
+                             score=score, routes=routes, sink_segments=list(parent.sink_segments),
+                             pending=parent.pending + [chunk], ids=parent.ids + [next(self._ids)]))
+            rec["candidates"].append(dict(parent=j, child=i, short=s, long=l, score=score, route=routes.get(b_idx)))
+        del cands, states, chunks
+        kept.sort(key=lambda x: -x.score)                              # stable: earlier candidates win ties
+        self.beams = kept[:cfg.beams]                                  # pruned candidates are freed here
+        del kept
+        sess.set_branch_state(self.beams[0].state)
         self.peak_live_caches = max(self.peak_live_caches, len(self._live))
-        rec["kept"] = [b.ids[-1] for b in kept]
+        rec["kept"] = [b.ids[-1] for b in self.beams]
+        rec["live_pages"] = self.pool.live_pages() if self.pool is not None else None
         self.log.append(rec)
         return self._commit()
 
@@ -329,10 +384,13 @@ class StreamT1:
         return max(self.beams, key=lambda b: (b.long[-1] if b.long else 0.0, b.score))
 
     def finish(self) -> list[Chunk]:
-        """Pick the final beam (best long reward), emit its pending chunks and hand its state to the session."""
+        """Pick the final beam (best long reward), emit its pending chunks and hand its state to the session (with
+        a contiguous KV cache again, so every session operation works on it)."""
         best = self._best()
         self.beams = [best]
         out = self._commit(final=True)
+        if isinstance(best.state["cache"], PagedKVCache):
+            best.state["cache"] = best.state["cache"].to_cache()
         self.session.set_branch_state(best.state)
         return out
 
