@@ -57,6 +57,8 @@ class Qwen2VLArch:
     """Longest token sequence (text + video tokens) the reward model accepts."""
     vocab_size: int = 151660
     """151,657 Qwen2 tokens + VideoReward's 3 reward tokens (the released embedding has this many rows)."""
+    extra_tokens: int = 3
+    """Special tokens the reward model appended after Qwen2's 151,657 (VideoReward 3, HPSv3 1)."""
     tie_word_embeddings: bool = True
     """lm_head shares the token embedding (Qwen2-VL-2B); the reward head never uses lm_head."""
     bos_token_id: int = 151643
@@ -74,9 +76,9 @@ class Qwen2VLArch:
         if (self.vision_embed_dim // self.vision_num_heads) % 4:
             raise ValueError(f"vision head_dim {self.vision_embed_dim // self.vision_num_heads} must be divisible "
                              f"by 4 (2-D rotary); change vision_num_heads")
-        if self.vocab_size <= self.video_token_id + 3:
-            raise ValueError(f"vocab_size {self.vocab_size} must exceed {self.video_token_id + 3} so the real "
-                             f"reward-token ids 151657-151659 exist")
+        if self.vocab_size <= self.video_token_id + self.extra_tokens:
+            raise ValueError(f"vocab_size {self.vocab_size} must exceed {self.video_token_id + self.extra_tokens} "
+                             f"so the real reward-token ids after 151656 exist ({self.extra_tokens} extra tokens)")
 
     # ---- derived values -----------------------------------------------------------------------------------
     @property
