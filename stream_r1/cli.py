@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory sinking (auto: on for the longlive cache policy, off otherwise)")
     t.add_argument("--reward-model", default=None, help="VideoReward folder (or model.pth) scoring the candidates; "
                    "required when beams*children > 1. 'brightness' = an analytic demo reward (mean brightness)")
+    t.add_argument("--tts-short-reward", default=None, metavar="PATH", help="HPSv3 (HPSv3.safetensors or its "
+                   "folder, with Qwen2-VL-7B-Instruct's tokenizer in tokenizer/) for the short reward on each "
+                   "candidate's own frames (~16 GB bf16); default: the --reward-model")
     g.add_argument("--quiet", action="store_true")
 
     sub.add_parser("bench", help="speed benchmark at real size with random weights (see --help)", add_help=False)
@@ -401,7 +404,8 @@ def cmd_generate(args) -> int:
 
 def _tts(args, session, device, dtype):
     """Stream-T1 when a --tts-* flag or --reward-model is given: its `run` (same interface as session.run)."""
-    flags = (args.tts_beams, args.tts_children, args.tts_rho, args.tts_window, args.reward_model)
+    flags = (args.tts_beams, args.tts_children, args.tts_rho, args.tts_window, args.reward_model,
+             args.tts_short_reward)
     if all(f is None for f in flags) and args.tts_sinking == "auto":
         return None
     from .tts import BrightnessReward, StreamT1, T1Config
@@ -430,7 +434,13 @@ def _tts(args, session, device, dtype):
     else:
         from .reward import load_video_reward
         reward = load_video_reward(args.reward_model, device=device, dtype=dtype)
-    t1 = StreamT1(session, reward, cfg)
+    short = None
+    if args.tts_short_reward == "brightness":
+        short = BrightnessReward()
+    elif args.tts_short_reward is not None:
+        from .reward.hpsv3 import load_hpsv3
+        short = load_hpsv3(args.tts_short_reward, device=device, dtype=dtype)
+    t1 = StreamT1(session, reward, cfg, short_reward=short)
     n = cfg.beams * cfg.children
     log.info("Stream-T1: %d beam(s) x %d children = %d candidates per chunk (~%dx DiT + decode + reward), "
              "sinking %s; %s", cfg.beams, cfg.children, n, n, "on" if t1.sinking else "off",

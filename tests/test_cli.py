@@ -117,6 +117,18 @@ def test_tts_greedy_single_candidate_equals_plain_run(tmp_path):
     assert a.shape == (1, 7, 16, 6, 8) and torch.equal(a, b)
 
 
+def test_tts_short_reward_loads_hpsv3(tmp_path):
+    """--tts-short-reward: an HPSv3 file (synthetic, released key layout) scores each candidate's own frames."""
+    from stream_r1.reward.hpsv3_synthetic import write_synthetic_hpsv3
+    write_synthetic_hpsv3(tmp_path / "hps")
+    out = tmp_path / "t1.mp4"
+    assert main(["generate", "--frames", "13", "--width", "64", "--height", "48", "--device", "cpu", "--quiet",
+                 "--reward-model", "brightness", "--tts-beams", "1", "--tts-children", "2",
+                 "--tts-short-reward", str(tmp_path / "hps" / "HPSv3.safetensors"), "--out", str(out)]) == 0
+    from stream_r1.video_io import probe
+    assert probe(out)["frames"] == 13
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--tts-beams", "2"], "needs --reward-model"),
     (["--reward-model", "brightness", "--no-decode"], "drop --no-decode"),
