@@ -160,10 +160,17 @@ class StreamR1Continue:
             "seconds": ("FLOAT", {"default": 5.0, "min": 0.25, "max": 3600.0, "step": 0.25, "tooltip": "Seconds "
                                   "to add at 16 fps, rounded to whole chunks of 12 frames."}),
             "keep_state": ("BOOLEAN", {"default": False, "tooltip": _KEEP_TIP}),
+        }, "optional": {
+            "tts": ("STREAM_R1_TTS", {"tooltip": "Test-time scaling (Stream-R1 Test-Time Scaling) for the new "
+                                                 "chunks: search several candidates per chunk with a reward model. "
+                                                 "Needs a stream generated with a VAE."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def extend(self, state: StreamState, positive: list, seconds: float, keep_state: bool,
+    def extend(self, state: StreamState, positive: list, seconds: float, keep_state: bool, tts: Any = None,
                unique_id: Optional[str] = None):
+        if tts is not None and state.vae_stream is None:
+            raise ValueError("test-time scaling scores decoded frames, but this stream has no VAE: connect a VAE to "
+                             "the Generate node that started it")
         state = state.fork()                         # the input stays as it is: re-runs give the same frames
         with state.running(keep=keep_state):
             latent_frames = latent_frames_for_seconds(seconds, frames_per_block=state.cfg.frames_per_block)
@@ -173,7 +180,7 @@ class StreamR1Continue:
             if timeline is None:
                 state.set_context(layout.context_from_conditioning(positive, state.model.text_dim))
             state.prepare()
-            image, latent = _collect(state, latent_frames, unique_id)
+            image, latent = _collect(state, latent_frames, unique_id, tts)
         return image, latent, state
 
 

@@ -30,6 +30,8 @@ MODEL_FOLDER = "stream_r1"
 """Our folder under ComfyUI's models directory (extendable from extra_model_paths.yaml: `stream_r1: <dir>`)."""
 SEARCH_FOLDERS = (MODEL_FOLDER, "diffusion_models")
 REWARD_FOLDER = "VideoReward"
+HPSV3_FOLDER = "HPSv3"
+"""models/stream_r1/HPSv3: HPSv3.safetensors + tokenizer/ (Qwen2-VL-7B-Instruct's), for test-time scaling."""
 """models/stream_r1/VideoReward holds the reward model (`python -m stream_r1 download`): never offered as a student."""
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 CHUNK_EVENT = "stream_r1.chunk"
@@ -89,7 +91,7 @@ def model_files() -> list[str]:
     for folder in SEARCH_FOLDERS:
         found = fp.get_filename_list(folder) if fp is not None else _headless_files(folder)
         names += [n for n in found if n not in names and not (folder == MODEL_FOLDER and
-                                                              n.split("/", 1)[0] == REWARD_FOLDER)]
+                                                              n.split("/", 1)[0] in (REWARD_FOLDER, HPSV3_FOLDER))]
     return names
 
 
@@ -122,6 +124,24 @@ def resolve_reward(name: str) -> str:
             f"{models_dir() / MODEL_FOLDER / REWARD_FOLDER} (set STREAM_R1_MODELS)"
         raise FileNotFoundError(f"reward model {name!r} not found; put VideoReward (model_config.json, "
                                 f"checkpoint-*/model.pth, tokenizer) in {where}: python -m stream_r1 download")
+    fp = _folder_paths()
+    return fp.get_full_path(MODEL_FOLDER, name) if fp is not None else str(models_dir() / MODEL_FOLDER / name)
+
+
+def hpsv3_files() -> list[str]:
+    """HPSv3 weight files under models/stream_r1/HPSv3 (e.g. HPSv3/HPSv3.safetensors)."""
+    fp = _folder_paths()
+    found = fp.get_filename_list(MODEL_FOLDER) if fp is not None else _headless_files(MODEL_FOLDER)
+    return [n for n in found if n.split("/", 1)[0] == HPSV3_FOLDER and n.endswith(".safetensors")]
+
+
+def resolve_hpsv3(name: str) -> str:
+    """Full path of a listed HPSv3 file; resolved only through the listing (no path traversal)."""
+    if name not in hpsv3_files():
+        where = f"models/{MODEL_FOLDER}/{HPSV3_FOLDER}" if _folder_paths() is not None else \
+            f"{models_dir() / MODEL_FOLDER / HPSV3_FOLDER} (set STREAM_R1_MODELS)"
+        raise FileNotFoundError(f"HPSv3 file {name!r} not found; put HPSv3.safetensors (huggingface.co/MizzenAI/"
+                                f"HPSv3) and Qwen2-VL-7B-Instruct's tokenizer files (in tokenizer/) in {where}")
     fp = _folder_paths()
     return fp.get_full_path(MODEL_FOLDER, name) if fp is not None else str(models_dir() / MODEL_FOLDER / name)
 

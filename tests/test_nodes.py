@@ -425,3 +425,37 @@ def test_tts_without_reward_or_vae_says_what_to_connect(comfy, nodes, model):
     tts, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **TTS)
     with pytest.raises(ValueError, match="connect a VAE"):
         generate(nodes, model, None, frames=9, tts=tts)
+
+
+def test_continue_takes_test_time_scaling(comfy, nodes, model, vae):
+    """Continue with a greedy 1 x 1 search (rho 0) = plain Continue; a 2 x 2 search gives the requested frames and
+    a state that continues again."""
+    from stream_r1.tts import BrightnessReward
+    _, _, state = generate(nodes, model, vae, frames=21, keep_state=True)
+    more = dict(state=state, positive=cond(), seconds=0.75, keep_state=False)
+    plain, lat, _ = run(nodes["StreamR1Continue"], **more)
+    greedy, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **{**TTS, "rho": 0.0})
+    same, lat_t, _ = run(nodes["StreamR1Continue"], **more, tts=greedy)
+    assert torch.equal(plain, same) and torch.equal(lat["samples"], lat_t["samples"])
+    wide, = run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, reward_model=BrightnessReward(), **TTS)
+    images, _, kept = run(nodes["StreamR1Continue"], **{**more, "keep_state": True}, tts=wide)
+    assert images.shape == (12, 32, 32, 3)
+    again, _, _ = run(nodes["StreamR1Continue"], state=kept, positive=cond(), seconds=0.75, keep_state=False)
+    assert again.shape == (12, 32, 32, 3)
+    _, _, no_vae = generate(nodes, model, None, frames=9, keep_state=True)
+    with pytest.raises(ValueError, match="no VAE"):
+        run(nodes["StreamR1Continue"], state=no_vae, positive=cond(), seconds=0.75, keep_state=False, tts=greedy)
+
+
+def test_tts_node_lists_and_loads_hpsv3_and_states_the_cost(comfy, nodes, models):
+    from stream_r1.reward.hpsv3_synthetic import write_synthetic_hpsv3
+    from stream_r1.tts import BrightnessReward
+    cls = nodes["StreamR1TestTimeScaling"]
+    assert "4 candidates per chunk" in cls.DESCRIPTION and "GB" in cls.DESCRIPTION
+    write_synthetic_hpsv3(models / "stream_r1" / "HPSv3")
+    choices = cls.INPUT_TYPES()["optional"]["short_reward_file"][0]
+    assert choices == ["none", "HPSv3/HPSv3.safetensors"]
+    tts, = run(cls, beams=1, children=2, reward_model=BrightnessReward(), short_reward_file=choices[1], **TTS)
+    assert type(tts.short_reward).__name__ == "HPSv3Model" and tts.reward is not tts.short_reward
+    assert "tiny_stream_r1.safetensors" in nodes["StreamR1ModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
+    assert not any("HPSv3" in n for n in nodes["StreamR1ModelLoader"].INPUT_TYPES()["required"]["model_name"][0])

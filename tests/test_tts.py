@@ -254,3 +254,15 @@ def test_width_one_batched_path_is_plain_streaming_with_pages(tiny_model, vae):
         handle.remove()
     assert rows == [1] * 5 * 6 and t1.pool is not None
     assert torch.equal(lat, lat0) and torch.equal(vid, vid0)
+
+
+def test_cost_estimate_worked_numbers():
+    """1.3B at 832x480 in bf16: a page = 3 frames x 1560 tokens x 1536 x 30 layers x K+V x 2 B = 862,617,600 B."""
+    from stream_r1.tts import t1_cost
+    c = t1_cost()
+    assert c.page_bytes == 862_617_600 and c.plain_kv_bytes == 3 * c.page_bytes
+    assert c.candidates == 4 and c.dit_multiplier == 4.0 and c.delay_chunks == 2
+    assert c.kv_bytes_bound == (2 * 3 + 2 * 4) * c.page_bytes                # beams x window pages + 2 per candidate
+    ll = t1_cost(T1Config(beams=1, children=4), StreamConfig.longlive())
+    assert ll.delay_chunks == 0 and ll.kv_bytes_bound == (8 + 8) * c.page_bytes   # window 12 + sink growth 12 frames
+    assert "output live" in ll.summary()

@@ -140,7 +140,7 @@ def test_committed_files_equal_the_builder_output(defs):
         assert path.read_text() == text, f"{path} is out of date: run python workflows/build.py"
     shipped = set(WORKFLOWS.glob("*.json")) | set((WORKFLOWS / "api").glob("*.json"))
     assert shipped == set(rendered), f"files not written by build.py: {sorted(map(str, shipped - set(rendered)))}"
-    assert len(UI_FILES) == 7 and all(api_twin(p).is_file() for p in UI_FILES)
+    assert len(UI_FILES) == 8 and all(api_twin(p).is_file() for p in UI_FILES)
 
 
 def test_workflows_folder_is_a_template_folder_and_holds_only_ui_workflows():

@@ -426,7 +426,43 @@ def resume_stream() -> Workflow:
                      ("Video", (1240, 10, 460, 630), DISPLAY_COLOURS["output"])])
 
 
-WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view, timeline_3min, resume_stream)
+def test_time_scaling() -> Workflow:
+    prompt = ("A lighthouse on a rocky cliff during a storm, huge waves crashing against the rocks, the beam sweeping "
+              "through the rain, dramatic wide shot")
+    nodes = _loaders() + [
+        _prompt(2, (420, 80), prompt),
+        Node(9, "StreamR1RewardLoader", (40, 460), (340, 82),
+             {"model_file": "VideoReward/checkpoint-11352/model.pth", "dtype": "auto"}),
+        Node(10, "StreamR1TestTimeScaling", (420, 300), (420, 250),
+             {"beams": 2, "children": 2, "rho": -0.1, "window_chunks": 10, "sinking": "auto", "max_delay": 2,
+              "short_reward_file": "none"}, {"reward_model": (9, 0)}),
+        Node(5, "StreamR1Generate", (880, 80), (360, 456),
+             {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "tts": (10, 0)}),
+        Node(6, "CreateVideo", (1280, 80), (300, 80), {"fps": 16.0}, {"images": (5, 0)}),
+        Node(7, "SaveVideo", (1280, 200), (420, 420), {"filename_prefix": "stream_r1/test_time_scaling"},
+             {"video": (6, 0)}),
+        note(8, (420, 600), (420, 420),
+             "## Stream-R1: test-time scaling (Stream-T1)\n\nEvery chunk, each of the 2 surviving beams gets 2 "
+             "candidates (4 in all, run as one batched DiT call); VideoReward scores each candidate's own frames and "
+             "the last 10 chunks of its lineage, and the best 2 go on. Cost: about 4x the DiT + decode work of the "
+             "plain stream plus the reward model, for the same checkpoint and seed; output comes up to 2 chunks "
+             "late (beams 1 = greedy best-of-children, live). Memory sinking is on for LongLive-policy models only. "
+             "For Stream-T1's short reward put HPSv3 (HPSv3.safetensors + Qwen2-VL-7B-Instruct's tokenizer/) in "
+             "`models/stream_r1/HPSv3/` and pick it in short_reward_file (~16 GB more).\n\n"
+             + files_markdown(GENERATION_FILES + ("videoreward",))),
+    ]
+    return Workflow("stream_r1_test_time_scaling", "Stream-R1: test-time scaling (reward-guided search)",
+                    "Generate 5 s with Stream-T1 test-time scaling: 2 beams x 2 candidates per chunk scored by "
+                    "VideoReward, the best kept; about 4x the compute of a plain run.", nodes,
+                    [("Models", (20, 10, 380, 560), DISPLAY_COLOURS["models"]),
+                     ("Search", (400, 230, 460, 340), DISPLAY_COLOURS["prompt"]),
+                     ("Stream", (860, 10, 400, 560), DISPLAY_COLOURS["stream"]),
+                     ("Video", (1260, 10, 460, 630), DISPLAY_COLOURS["output"])])
+
+
+WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view, timeline_3min, resume_stream,
+             test_time_scaling)
 
 
 # ---- UI format ---------------------------------------------------------------------------------------------
