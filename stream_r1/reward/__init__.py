@@ -1,4 +1,5 @@
-"""Reward models (VideoReward / VideoAlign; HPSv3 for images), differentiable preprocessing, saliency and the DMD reward weights.
+"""Reward models (VideoReward / VideoAlign; HPSv3 for images), differentiable preprocessing, saliency and the DMD
+reward weights.
 
 transformers is imported only when a model is built or loaded, so `import stream_r1.reward` stays cheap.
 """
