@@ -126,7 +126,12 @@ def build_reward(cfg: RewardConfig, *, device: torch.device, dtype: torch.dtype,
         mean, std = zip(*(DOCUMENTED_NORM[a] for a in AXES))
         model = VideoRewardModel(qwen, head, build_tiny_tokenizer(), arch, mean, std, video)
         return model.to(device).eval().requires_grad_(False)
+    from stream_r1.reward.checkpoint import read_model_config, resolve_reward_files
     from stream_r1.reward.model import load_video_reward
+    # the resize bounds travel with the checkpoint (a shapes-world reward model reads ~96x96 frames natively)
+    fcfg = read_model_config(resolve_reward_files(cfg.path).model_config, check_norm=False)
+    video = VideoInputConfig(frames=cfg.frames, odd_frames=cfg.odd_frames, min_pixels=fcfg.min_frame_pixels,
+                             max_pixels=fcfg.max_frame_pixels)
     return load_video_reward(cfg.path, device=device, dtype=dtype, video=video)
 
 

@@ -37,6 +37,9 @@ DOCUMENTED_NORM: dict[str, tuple[float, float]] = {"VQ": (3.6757, 2.2476), "MQ":
 RELEASED_BASE_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 ARCH_KEY = "stream_r1_arch"
 """Optional model_config.json entry (ours) holding a `Qwen2VLArch` dict, for reward models not built on 2B."""
+CALIBRATION_KEY = "stream_r1_calibration"
+"""Optional model_config.json entry (ours): the inference_config constants were measured for this checkpoint
+(e.g. on held-out clips by `training/shapes/reward.py`), so they are not checked against the released ones."""
 PEFT_PREFIX = "base_model.model."
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
 
@@ -99,6 +102,9 @@ class RewardFileConfig:
     """rm_head rows: 1 (one scalar per reward token) or 3 (diagonal of the 3x3 is read)."""
     fps: float = 2.0
     max_frame_pixels: int = 200704
+    min_frame_pixels: int = 100352
+    """Lower pixel bound of the resize (data_config.min_frame_pixels, ours; the release has none: qwen-vl-utils'
+    128 * 28^2)."""
     base_model: str = RELEASED_BASE_MODEL
     arch: Qwen2VLArch | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -111,7 +117,8 @@ def _section(d: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
 
 
 def read_model_config(path: str | Path, check_norm: bool = True) -> RewardFileConfig:
-    """Parse model_config.json. With check_norm, the six normalisation constants must equal the documented ones."""
+    """Parse model_config.json. With check_norm, the six normalisation constants must equal the documented ones
+    (unless the file says they were calibrated for its own weights: `CALIBRATION_KEY`)."""
     path = Path(path)
     d = json.loads(path.read_text())
     inf = _section(d, "inference_config", path)
@@ -123,7 +130,7 @@ def read_model_config(path: str | Path, check_norm: bool = True) -> RewardFileCo
         std = tuple(float(inf[f"{a}_std"]) for a in AXES)
     except KeyError as e:
         raise ValueError(f"{path}: inference_config lacks {e.args[0]}; it needs VQ/MQ/TA _mean and _std") from None
-    if check_norm:
+    if check_norm and CALIBRATION_KEY not in d:
         for a, m, s in zip(AXES, mean, std):
             dm, ds = DOCUMENTED_NORM[a]
             if abs(m - dm) > 5e-4 or abs(s - ds) > 5e-4:
@@ -137,7 +144,7 @@ def read_model_config(path: str | Path, check_norm: bool = True) -> RewardFileCo
         scale = alpha / (math.sqrt(r) if lora.get("use_rslora", False) else r)
     arch = Qwen2VLArch.from_dict(d[ARCH_KEY]) if ARCH_KEY in d else None
     return RewardFileConfig(mean, std, scale, int(model.get("output_dim", 1)), float(data.get("fps", 2.0)),
-                            int(data.get("max_frame_pixels", 200704)),
+                            int(data.get("max_frame_pixels", 200704)), int(data.get("min_frame_pixels", 100352)),
                             str(model.get("model_name_or_path", RELEASED_BASE_MODEL)), arch, d)
 
 

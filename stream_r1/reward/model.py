@@ -244,7 +244,7 @@ def load_video_reward(path: str | Path, device: torch.device | str = "cpu", dtyp
     rm_head = nn.Linear(arch.hidden_size, fcfg.output_dim, bias=False)
     rm_head.weight.data.copy_(rm_head_w.float())                # the head stays fp32
     if video is None:
-        video = VideoInputConfig(max_pixels=fcfg.max_frame_pixels)
+        video = VideoInputConfig(max_pixels=fcfg.max_frame_pixels, min_pixels=fcfg.min_frame_pixels)
     model = VideoRewardModel(qwen, rm_head, tokenizer, arch, fcfg.mean, fcfg.std, video, position_mode)
     model.requires_grad_(False)
     log.info("reward model %s: %s, %d LLM layers, LoRA scale %g", files.weights, dtype, arch.num_hidden_layers,

@@ -48,8 +48,13 @@ def build_tiny_tokenizer(extra_text: Iterable[str] = ()):
 
 
 def peft_state_dict(model_sd: dict[str, Tensor], rm_head: Tensor, rank: int, seed: int = 0,
-                    lora_std: float = 0.05) -> dict[str, Tensor]:
-    """Current-layout base weights -> the released PEFT/4.45 layout with random LoRA pairs (B != 0)."""
+                    lora_std: float = 0.05, zero_b: bool = False) -> dict[str, Tensor]:
+    """Current-layout base weights -> the released PEFT/4.45 layout with random LoRA pairs.
+
+    `zero_b=False`: A and B random (B != 0, so merging changes the weights: tests of the merge). `zero_b=True`:
+    PEFT's own init (random A, B = 0), so the merged weights equal `model_sd` exactly (a trained model saved in
+    the released layout). Tensors are not copied: tied weights stay one storage in `torch.save`.
+    """
     g = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
     for k, v in model_sd.items():
@@ -63,8 +68,8 @@ def peft_state_dict(model_sd: dict[str, Tensor], rm_head: Tensor, rank: int, see
                 if leaf == "weight":
                     out[f"{PEFT_PREFIX}model.{module}.lora_A.default.weight"] = torch.randn(
                         rank, v.shape[1], generator=g) * lora_std        # [r, in]
-                    out[f"{PEFT_PREFIX}model.{module}.lora_B.default.weight"] = torch.randn(
-                        v.shape[0], rank, generator=g) * lora_std        # [out, r]
+                    b = torch.randn(v.shape[0], rank, generator=g) * lora_std   # [out, r]
+                    out[f"{PEFT_PREFIX}model.{module}.lora_B.default.weight"] = torch.zeros_like(b) if zero_b else b
             else:
                 out[f"{PEFT_PREFIX}model.{name}"] = v
         else:
@@ -74,19 +79,47 @@ def peft_state_dict(model_sd: dict[str, Tensor], rm_head: Tensor, rank: int, see
 
 
 def model_config_dict(arch: Qwen2VLArch, lora_r: int, lora_alpha: int, output_dim: int = 1,
-                      norm: dict[str, tuple[float, float]] = DOCUMENTED_NORM) -> dict:
-    """A model_config.json with the released sections (values of the release unless told) + our arch entry."""
+                      norm: dict[str, tuple[float, float]] = DOCUMENTED_NORM, *, max_frame_pixels: int = 200704,
+                      min_frame_pixels: int | None = None, model_name: str = "synthetic/tiny-qwen2-vl",
+                      extra: dict | None = None) -> dict:
+    """A model_config.json with the released sections (values of the release unless told) + our arch entry.
+
+    `min_frame_pixels` (ours, absent from the release) makes loaders resize frames like the model was trained;
+    `extra` adds top-level entries (e.g. `CALIBRATION_KEY` for normalisation measured on this model).
+    """
+    data = {"max_frame_pixels": max_frame_pixels, "fps": 2.0, "eval_dim": list(AXES),
+            "prompt_template_type": "detailed_special", "sample_type": "uniform"}
+    if min_frame_pixels is not None:
+        data["min_frame_pixels"] = min_frame_pixels
     return {
-        "data_config": {"max_frame_pixels": 200704, "fps": 2.0, "eval_dim": list(AXES),
-                        "prompt_template_type": "detailed_special", "sample_type": "uniform"},
-        "model_config": {"model_name_or_path": "synthetic/tiny-qwen2-vl", "output_dim": output_dim,
+        "data_config": data,
+        "model_config": {"model_name_or_path": model_name, "output_dim": output_dim,
                          "use_special_tokens": True, "reward_token": "special"},
         "peft_lora_config": {"lora_enable": True, "vision_lora": False, "lora_r": lora_r, "lora_alpha": lora_alpha,
                              "lora_dropout": 0.05, "lora_task_type": "CAUSAL_LM", "use_rslora": False,
                              "num_lora_modules": -1},
         "inference_config": {f"{a}_{s}": v for a in AXES for s, v in zip(("mean", "std"), norm[a])},
         ARCH_KEY: arch.to_dict(),
+        **(extra or {}),
     }
+
+
+def write_reward_checkpoint(root: str | Path, state_dict: dict[str, Tensor], rm_head: Tensor, arch: Qwen2VLArch,
+                            tokenizer, config: dict, *, step: int, lora_r: int, seed: int = 0,
+                            zero_b: bool = False, lora_std: float = 0.05) -> RewardFiles:
+    """Write Qwen2-VL weights (current transformers layout) + rm_head [out, hidden] in the released layout:
+    `root/model_config.json` (`config`, see `model_config_dict`) and `root/checkpoint-<step>/{model.pth,
+    tokenizer/}`. `zero_b=True` stores LoRA pairs with B = 0, so loading yields exactly `state_dict`."""
+    root = Path(root)
+    ckpt = root / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    if rm_head.shape[-1] != arch.hidden_size:
+        raise ValueError(f"rm_head is {list(rm_head.shape)}, expected [out_dim, {arch.hidden_size}] (arch.hidden_size)")
+    torch.save(peft_state_dict(state_dict, rm_head, lora_r, seed, lora_std=lora_std, zero_b=zero_b),
+               ckpt / "model.pth")
+    tokenizer.save_pretrained(str(ckpt / "tokenizer"))
+    (root / "model_config.json").write_text(json.dumps(config, indent=2))
+    return resolve_reward_files(root)
 
 
 def write_synthetic_checkpoint(root: str | Path, arch: Qwen2VLArch | None = None, seed: int = 0,
@@ -96,15 +129,10 @@ def write_synthetic_checkpoint(root: str | Path, arch: Qwen2VLArch | None = None
     from .model import build_qwen2vl
 
     arch = arch or Qwen2VLArch.tiny()
-    root = Path(root)
-    ckpt = root / f"checkpoint-{step}"
-    ckpt.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_qwen2vl(arch)
         base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         rm_head = torch.randn(1, arch.hidden_size) * rm_head_std
-    torch.save(peft_state_dict(base, rm_head, lora_r, seed), ckpt / "model.pth")
-    build_tiny_tokenizer().save_pretrained(str(ckpt / "tokenizer"))
-    (root / "model_config.json").write_text(json.dumps(model_config_dict(arch, lora_r, lora_alpha), indent=2))
-    return resolve_reward_files(root)
+    return write_reward_checkpoint(root, base, rm_head, arch, build_tiny_tokenizer(),
+                                   model_config_dict(arch, lora_r, lora_alpha), step=step, lora_r=lora_r, seed=seed)
