@@ -86,6 +86,9 @@ def main(argv=None) -> None:
                     help="torch.compile the VAE decoder (optional mode)")
     ap.add_argument("--vae-channels-last", action="store_true", help="VAE weights in channels_last_3d")
     ap.add_argument("--fp8", action="store_true", help="fp8 (e4m3) block linears")
+    ap.add_argument("--taehv", default=None, metavar="PATH|random",
+                    help="decode with the TAEHV preview decoder instead of the Wan VAE: a taew2_1 file, or 'random' "
+                         "for seeded random weights at real size (speed does not depend on values)")
     ap.add_argument("--overlap", action="store_true", help="decode chunk k on a side stream during chunk k+1")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--label", default=None)
@@ -112,8 +115,14 @@ def main(argv=None) -> None:
     if args.compile:
         model.compile_blocks(None if args.compile == "default" else args.compile)
     context = torch.randn(1, cfg.text_len, cfg.text_dim, device=dev, dtype=dtype)
-    decoder = None
-    if not args.no_vae:
+    decoder = taehv = None
+    if args.taehv:
+        from .taehv import TAEHVStreamingDecoder, load_taehv, random_taehv
+        taehv = (random_taehv(0, dev, dtype) if args.taehv == "random" else load_taehv(args.taehv, dev, dtype))
+        if args.compile_vae:
+            taehv.decoder.compile(**({} if args.compile_vae == "default" else {"mode": args.compile_vae}))
+        decoder = TAEHVStreamingDecoder(taehv)
+    elif not args.no_vae:
         from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
         vae = WanVAE(VAEConfig.wan21()).to(dev, dtype).eval()
         if args.vae_channels_last:                 # NDHWC weights for the 3-D convs (tensor-core layout)
@@ -140,13 +149,17 @@ def main(argv=None) -> None:
     video_frames = 1 + 4 * (lat - 1)
     fs = cfg.tokens_per_frame(args.height, args.width)
     tflop = dit_tflop(cfg, sc, fs, lat)
-    vae_tflop = 0 if args.no_vae else VAE_DECODE_TFLOP_PER_FRAME * video_frames * (args.height * args.width) / (480 * 832)
+    if taehv is not None:
+        vae_tflop = taehv.flop_per_video_frame(args.height, args.width) * video_frames / 1e12
+    else:
+        vae_tflop = 0 if args.no_vae else VAE_DECODE_TFLOP_PER_FRAME * video_frames * (args.height * args.width) / (480 * 832)
     out = dict(
         device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", date=time.strftime("%Y-%m-%d"),
         command="python -m stream_r1 bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         label=args.label, model=args.model, policy=sc.cache_policy, frames=video_frames,
         size=f"{args.width}x{args.height}", dtype=args.dtype, attention=args.attention,
-        attention_fn=model.attn_fn.__name__, vae=not args.no_vae, compile=args.compile,
+        attention_fn=model.attn_fn.__name__, vae=not args.no_vae,
+        decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
         compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=args.vae_channels_last, cudnn_benchmark=args.cudnn_benchmark,
         ttff_s=round(best["ttff_s"], 4), first_chunk_s=round(best["first_chunk_s"], 4), total_s=round(best["total_s"], 4),
         dit_s=round(best["dit_s"], 4), decode_s=round(best["decode_s"], 4),
