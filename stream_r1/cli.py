@@ -226,12 +226,21 @@ def cmd_generate(args) -> int:
 
     device, dtype = _device_dtype(args.device, args.dtype)
     demo = args.checkpoint is None
+    bundle = None
     if demo:
-        log.warning("no --checkpoint given: running a seeded random tiny Wan model to show the pipeline "
-                    "(its output is noise; pass a real checkpoint for real video)")
-        model = random_student(WanConfig.tiny(), seed=0, device=device, dtype=dtype, attention=args.attention)
-        sc = StreamConfig.stream_r1()
-        height, width = args.height or DEMO_SIZE[0], args.width or DEMO_SIZE[1]
+        from .shapes import bundle as shapes_bundle
+        if shapes_bundle.available():
+            bundle = shapes_bundle.load_bundle(device=device, dtype=dtype, attention=args.attention)
+            model, sc = bundle.model, bundle.info.stream_config
+            height, width = args.height or bundle.height, args.width or bundle.width
+            log.info("no --checkpoint given: the embedded shapes-world model (%s)", bundle.root)
+        else:
+            log.warning("no --checkpoint given and no shapes-world bundle at %s: running a seeded random tiny Wan "
+                        "model to show the pipeline (its output is noise; pass a real checkpoint for real video)",
+                        shapes_bundle.bundle_dir())
+            model = random_student(WanConfig.tiny(), seed=0, device=device, dtype=dtype, attention=args.attention)
+            sc = StreamConfig.stream_r1()
+            height, width = args.height or DEMO_SIZE[0], args.width or DEMO_SIZE[1]
     else:
         model, info = load_student(args.checkpoint, device=device, dtype=dtype, attention=args.attention,
                                    entry=args.entry, num_heads=args.num_heads, lora=args.lora)
@@ -287,6 +296,8 @@ def cmd_generate(args) -> int:
         enc = load_text_encoder(args.text_encoder, tokenizer=args.tokenizer, device=device, dtype=dtype)
         contexts = {p: enc.encode([p]) for p in prompts}
         del enc
+    elif bundle is not None:
+        contexts = {p: bundle.text_encoder.encode([p]) for p in prompts}
     elif demo:
         contexts = {p: prompt_embedding(p, model.cfg.text_dim) for p in prompts}
     else:
@@ -306,6 +317,8 @@ def cmd_generate(args) -> int:
         from .vae import StreamingDecoder, VAEConfig, WanVAE, load_vae
         if args.vae:
             vae = load_vae(args.vae, device=device, dtype=dtype)
+        elif bundle is not None:
+            vae = bundle.vae
         elif demo:
             with torch.random.fork_rng(devices=[]):                # seeded: runs and resumed runs decode alike
                 torch.manual_seed(0)

@@ -102,8 +102,15 @@ class WanConfig:
         return cls(dim=128, ffn_dim=256, num_heads=1, num_layers=2, text_dim=4096)
 
     @classmethod
+    def shapes(cls) -> "WanConfig":
+        """The shapes world's student, teacher and critic (2.4M parameters; head_dim 64 -> RoPE 24/20/20;
+        text_dim 64 = the shapes umT5's d_model)."""
+        return cls(dim=128, ffn_dim=512, num_heads=2, num_layers=6, text_dim=64)
+
+    @classmethod
     def preset(cls, name: str) -> "WanConfig":
-        presets = {"1.3b": cls.wan_1_3b, "14b": cls.wan_14b, "tiny": cls.tiny, "tiny-comfy": cls.tiny_comfy}
+        presets = {"1.3b": cls.wan_1_3b, "14b": cls.wan_14b, "tiny": cls.tiny, "tiny-comfy": cls.tiny_comfy,
+                   "shapes": cls.shapes}
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

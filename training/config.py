@@ -71,7 +71,12 @@ class DataConfig:
     """Prompts (data-free distillation: prompts only)."""
 
     prompt_file: str = ""
-    """UTF-8 text file, one prompt per line (no empty lines); '' = the built-in shapes prompts (tiny runs)."""
+    """UTF-8 text file, one prompt per line (no empty lines); '' = shapes-world prompts (see `shapes_prompts`)."""
+    shapes_prompts: int = 0
+    """With no prompt file: 0 = the 16 built-in prompts of the tiny runs; N = N prompts drawn from the shapes
+    world's distribution (scene seeds `prompt_seed` ...)."""
+    prompt_seed: int = 500000
+    """First scene seed of the shapes-world prompts (far from the clip bank's seeds)."""
     shuffle: bool = True
     """Reshuffle the prompt order every epoch (deterministic from `schedule.seed` and the epoch)."""
 
@@ -149,6 +154,10 @@ class RewardConfig:
     """Reward signal r (spec §4.3)."""
     clip: Optional[float] = None
     """Clamp |r| before the exponential (§8.6); None = unbounded (reference)."""
+    inter_norm: Literal["none", "batch"] = "none"
+    """'none' = W_inter = exp(beta r) as the paper; 'batch' = divided by its mean over the global batch (all ranks),
+    so only the ranking of rollouts matters, not the reward's absolute calibration (a reward whose z-scores sit
+    far from 0 on student videos would otherwise rescale the generator's learning rate)."""
     balance_window: int = 50
     """BalancedOverall history length per axis."""
     balance_warmup: int = 50
@@ -191,6 +200,9 @@ class ODEConfig:
     """Euler steps of the teacher's probability-flow ODE (the student's sigmas are always on the path)."""
     guidance_scale: float = 3.0
     """Teacher CFG of the ODE, cond + g * (cond - uncond)."""
+    pairs: int = 0
+    """0 = a fresh teacher trajectory for every sample; N = a fixed set of N (prompt, noise) pairs, each
+    trajectory computed once and reused every epoch (sample position p uses pair p mod N)."""
 
 
 @dataclass(kw_only=True)
@@ -307,13 +319,74 @@ class LogConfig:
 
 
 @dataclass(kw_only=True)
+class WorldConfig:
+    """Shapes-world clips (rendered by `stream_r1.shapes`, deterministic from `clip_seed` and the clip index)."""
+
+    clips: int = 4096
+    """Clips in the bank every shapes-world recipe draws from (rendered once, cached under `cache_dir`)."""
+    frames: int = 45
+    """Frames per clip (1 + 4k; 45 -> 12 latent frames, 2.8 s at 16 fps)."""
+    height: int = 96
+    """Clip height in pixels (multiple of 16)."""
+    width: int = 96
+    """Clip width in pixels (multiple of 16)."""
+    fps: int = 16
+    """Frame rate of the clips (and of the videos the bundle generates)."""
+    clip_seed: int = 1000
+    """Scene seed of clip i is clip_seed + i."""
+    supersample: int = 2
+    """Anti-aliasing of the renderer."""
+    cache_dir: str = "runs/shapes_world"
+    """Where the rendered bank (uint8) and encoded latents are cached ('' = no cache)."""
+    render_workers: int = 0
+    """CPU processes rendering the bank (0 = one per core, at most 32); clips are identical whatever the count."""
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    """Shapes-world pretraining (methods vae / teacher / reward): sizes and loss weights."""
+
+    vae_dim: int = 12
+    """Base width of the Wan-architecture VAE (real key names; 12 -> 2.0M parameters)."""
+    vae_frames: int = 45
+    """Frames per VAE training crop (1 + 4k). Must cover the causal receptive field (~40 frames): a VAE trained on
+    13-frame crops reconstructs them at 20 dB and collapses to 3 dB after frame 13 of a longer clip."""
+    vae_init: str = ""
+    """Start the VAE from this file (fine-tuning) instead of a seeded random init."""
+    vae_crop: int = 32
+    """Spatial crop of the VAE training clips in pixels (multiple of 8; the VAE is convolutional)."""
+    vae_kl: float = 1e-3
+    """Weight of 0.5 * mean(z^2) on the normalised latents (keeps them near unit scale for the DiT)."""
+    vae_latent_noise: float = 0.1
+    """Std of the noise added to normalised latents before decoding (a decoder robust to DiT error)."""
+    text_dim: int = 64
+    """umT5 d_model (= the DiTs' text_dim)."""
+    text_layers: int = 2
+    """umT5 encoder layers."""
+    text_heads: int = 4
+    """umT5 heads (d_kv = text_dim / heads)."""
+    text_ff: int = 128
+    """umT5 gated-GELU width."""
+    text_lr: float = 3e-4
+    """Learning rate of the text encoder (trained jointly with the teacher)."""
+    cfg_dropout: float = 0.1
+    """Probability that the teacher sees the empty prompt (classifier-free guidance)."""
+    reward_margin_weight: float = 0.1
+    """Reward model: weight of the penalty keeping the untargeted axes equal for prompt-mismatch pairs."""
+    warmup_steps: int = 100
+    """Linear learning-rate warmup of the pretraining optimizers."""
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     """A whole run."""
 
     name: str = "run"
     """Run name (log lines, TensorBoard)."""
-    method: Literal["dmd", "ode_init"] = "dmd"
-    """dmd: self-forcing DMD with a critic (Stream-R1 when reward.enabled); ode_init: regress teacher ODE pairs."""
+    method: Literal["dmd", "ode_init", "vae", "teacher", "reward"] = "dmd"
+    """dmd: self-forcing DMD with a critic (Stream-R1 when reward.enabled); ode_init: regress teacher ODE pairs;
+    vae / teacher / reward: shapes-world pretraining (`training/shapes`) of the VAE, the text encoder + the
+    bidirectional teacher, and the 3-axis reward model."""
     output_dir: str = "runs/run"
     """Checkpoints, exports, samples, logs and config.json go here."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -328,6 +401,8 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ValueError naming the fix for inconsistent settings (called after all overrides)."""
@@ -353,6 +428,14 @@ class TrainConfig:
             raise ValueError("reward.enabled needs a VAE to decode rollouts: set model.vae to a file or 'random'")
         if self.reward.enabled and not self.reward.path:
             raise ValueError("reward.enabled needs reward.path (a VideoReward folder, or 'synthetic')")
+        if self.method in ("vae", "teacher", "reward"):
+            w = self.world
+            check_resolution(w.height, w.width)
+            if w.frames < 1 or (w.frames - 1) % 4 or self.pretrain.vae_frames > w.frames or (self.pretrain.vae_frames - 1) % 4:
+                raise ValueError(f"world.frames={w.frames} and pretrain.vae_frames={self.pretrain.vae_frames} must be "
+                                 "1 + 4k with vae_frames <= frames (the VAE compresses time 4x after the first frame)")
+            if self.pretrain.text_dim % self.pretrain.text_heads:
+                raise ValueError(f"pretrain.text_dim={self.pretrain.text_dim} must be divisible by text_heads")
         if self.checkpoint.keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {self.checkpoint.keep}")
 

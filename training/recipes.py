@@ -10,6 +10,10 @@ Paper runs (spec-algorithm §7.1; paths relative to the working directory, as th
 * `dmd_1.3b`: the same without reward weighting (Self-Forcing DMD with Stream-R1's window).
 * `ode_init_1.3b`: ODE pairs from the teacher, regressed by the causal student (the init the others need).
 
+Shapes world (the embedded default model; `bench/shapes_train.sh` runs them in order on one GPU, outputs under
+`runs/shapes/`): `shapes_vae` -> `shapes_teacher` (text encoder + bidirectional teacher) -> `shapes_reward` ->
+`shapes_ode_init` -> `shapes_dmd` (baseline) and `shapes_stream_r1`; then `python -m training.shapes.bundle`.
+
 Tiny runs (CPU, seconds, random tiny models, hashed prompt embeddings, tiny VAE, synthetic tiny reward):
 `tiny_stream_r1`, `tiny_dmd`, `tiny_ode_init`.
 """
@@ -92,7 +96,104 @@ def tiny_ode_init() -> TrainConfig:
     return cfg
 
 
+# ---- shapes world ------------------------------------------------------------------------------------------------
+SHAPES = "runs/shapes"
+SHAPES_VAE = f"{SHAPES}/vae/vae.safetensors"
+SHAPES_TEACHER = f"{SHAPES}/teacher/teacher.safetensors"
+SHAPES_TEXT = f"{SHAPES}/teacher/umt5.safetensors"
+SHAPES_REWARD = f"{SHAPES}/reward/reward"
+SHAPES_ODE = f"{SHAPES}/ode_init/exports/student_latest.safetensors"
+
+
+def _shapes(cfg: TrainConfig, name: str) -> TrainConfig:
+    cfg.name, cfg.output_dir = name, f"{SHAPES}/{name.removeprefix('shapes_')}"
+    m = cfg.model
+    m.student_arch = m.teacher_arch = m.critic_arch = "shapes"
+    m.attention = "sdpa"
+    r = cfg.rollout
+    r.height = r.width = cfg.world.height
+    r.latent_frames = (cfg.world.frames - 1) // 4 + 1                  # 45 frames -> 12 latent frames (4 chunks)
+    cfg.text.negative_prompt = ""                                       # the teacher's CFG dropout uses ""
+    cfg.data.shapes_prompts = 4096
+    cfg.world.clips = 2048
+    cfg.optim.betas, cfg.optim.weight_decay, cfg.optim.max_grad_norm = (0.9, 0.99), 0.0, 1.0
+    cfg.log.interval = 50
+    cfg.checkpoint.interval = 0
+    return cfg
+
+
+def shapes_vae() -> TrainConfig:
+    cfg = _shapes(TrainConfig(method="vae"), "shapes_vae")
+    cfg.optim.lr = 1e-3
+    s = cfg.schedule
+    s.steps, s.global_batch = 600, 32
+    return cfg
+
+
+def shapes_teacher() -> TrainConfig:
+    cfg = _shapes(TrainConfig(method="teacher"), "shapes_teacher")
+    cfg.model.vae = SHAPES_VAE
+    cfg.optim.lr, cfg.optim.weight_decay = 5e-4, 0.01
+    s = cfg.schedule
+    s.steps, s.global_batch, s.ema_decay, s.ema_start_step = 1600, 128, 0.999, 300
+    return cfg
+
+
+def shapes_reward() -> TrainConfig:
+    cfg = _shapes(TrainConfig(method="reward"), "shapes_reward")
+    cfg.optim.lr, cfg.optim.betas = 4e-4, (0.9, 0.999)
+    s = cfg.schedule
+    s.steps, s.global_batch = 600, 32
+    return cfg
+
+
+def _shapes_student(cfg: TrainConfig, name: str) -> TrainConfig:
+    cfg = _shapes(cfg, name)
+    m = cfg.model
+    m.teacher, m.vae = SHAPES_TEACHER, SHAPES_VAE
+    cfg.text.encoder = SHAPES_TEXT
+    cfg.parallel.activation_checkpointing = False
+    cfg.checkpoint.keep = 1
+    return cfg
+
+
+def shapes_ode_init() -> TrainConfig:
+    cfg = _shapes_student(TrainConfig(method="ode_init"), "shapes_ode_init")
+    cfg.model.student = SHAPES_TEACHER               # the causal student starts from the (bidirectional) base model
+    cfg.ode.teacher_steps, cfg.ode.guidance_scale, cfg.ode.pairs = 24, 2.0, 2048
+    cfg.optim.lr = 2e-4
+    s = cfg.schedule
+    s.steps, s.global_batch, s.micro_batch, s.generator_every = 1000, 32, 32, 1
+    s.ema_decay, s.ema_start_step = 0.995, 200
+    return cfg
+
+
+def shapes_dmd() -> TrainConfig:
+    cfg = _shapes_student(TrainConfig(method="dmd"), "shapes_dmd")
+    m = cfg.model
+    m.student, m.critic = SHAPES_ODE, SHAPES_TEACHER
+    cfg.dmd.guidance_scale = 2.0
+    cfg.optim.lr, cfg.optim.critic_lr = 2e-5, 1e-4
+    cfg.optim.betas = (0.0, 0.999)
+    s = cfg.schedule
+    s.steps, s.global_batch, s.micro_batch, s.generator_every = 300, 16, 16, 5
+    s.ema_decay, s.ema_start_step = 0.99, 50
+    return cfg
+
+
+def shapes_stream_r1() -> TrainConfig:
+    cfg = shapes_dmd()
+    cfg.name, cfg.output_dir = "shapes_stream_r1", f"{SHAPES}/stream_r1"
+    r = cfg.reward
+    r.enabled, r.path, r.beta, r.mode = True, SHAPES_REWARD, 2.0, "BalancedOverall"
+    r.intra, r.spatial_floor, r.temporal_floor = True, 0.15, 0.2
+    r.checkpointing, r.inter_norm = False, "batch"     # our reward is calibrated on rendered clips, not students
+    return cfg
+
+
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
+    "shapes_vae": shapes_vae, "shapes_teacher": shapes_teacher, "shapes_reward": shapes_reward,
+    "shapes_ode_init": shapes_ode_init, "shapes_dmd": shapes_dmd, "shapes_stream_r1": shapes_stream_r1,
     "stream_r1_1.3b": stream_r1_1_3b, "dmd_1.3b": dmd_1_3b, "ode_init_1.3b": ode_init_1_3b,
     "tiny_stream_r1": tiny_stream_r1, "tiny_dmd": tiny_dmd, "tiny_ode_init": tiny_ode_init,
 }

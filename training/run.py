@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg) -> None:
+    if cfg.method in ("vae", "teacher", "reward"):
+        from .shapes.pretrain import run
+        run(cfg)
+        return
     from .trainer import Trainer
     trainer = Trainer(cfg)
     previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())

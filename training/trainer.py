@@ -57,7 +57,12 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> list[str]:
             resolve_reward_files(cfg.reward.path)
         except (FileNotFoundError, ValueError) as e:
             raise FileNotFoundError(f"reward.path: {e}") from None
-    return read_prompts(cfg.data.prompt_file) if cfg.data.prompt_file else list(BUILTIN_PROMPTS)
+    if cfg.data.prompt_file:
+        return read_prompts(cfg.data.prompt_file)
+    if cfg.data.shapes_prompts:
+        from .shapes.world import shapes_prompts
+        return shapes_prompts(cfg.data.shapes_prompts, cfg.data.prompt_seed)
+    return list(BUILTIN_PROMPTS)
 
 
 class Metrics:
@@ -154,6 +159,14 @@ class Trainer:
         resume = ckpt.resolve_resume(cfg.checkpoint.resume, self.out / "checkpoints")
         if resume is not None:
             self.load(resume)
+
+    def _autocast(self):
+        """Mixed precision without FSDP: trainable models keep fp32 weights, so their matmuls need autocast to
+        compute in bf16 like the frozen ones and the KV cache (under FSDP its MixedPrecisionPolicy does this)."""
+        import contextlib
+        if self.mesh is None and self.dtype != torch.float32:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
 
     # ---- schedule ---------------------------------------------------------------------------------------------
     def is_generator_step(self, k: int) -> bool:
@@ -255,6 +268,10 @@ class Trainer:
             w_inter = inter_weight(reward_signal(scores.normalized, scores.axes, r.mode, self.balancer), r.beta, r.clip)
             w_intra = None
         w_inter = w_inter.to(self.device)
+        if r.inter_norm == "batch":                                     # mean 1 over the global micro-batch
+            tot = torch.tensor([float(w_inter.sum()), float(w_inter.numel())], dtype=torch.float64)
+            parallel.all_reduce_(tot, "sum")
+            w_inter = w_inter * (tot[1] / tot[0]).item()
         b = x.shape[0]
         for j, a in enumerate(scores.axes):
             acc.mean(f"reward_{a}", scores.normalized[:, j].mean().item(), b)
@@ -281,18 +298,17 @@ class Trainer:
         from stream_r1.wan.attention import block_causal_mask
 
         pos, prompts = self._batch(block, micro)
+        pairs = self.cfg.ode.pairs
+        keys = [p % pairs for p in pos] if pairs else pos                                 # trajectory identity
+        if pairs:
+            prompts = [self.prompts.prompts[self.prompts.index(q)] for q in keys]
         ctx = self.text(prompts)
-        rc, c = self.cfg.rollout, self.student.cfg.in_dim
-        shape = (rc.latent_frames, c, *self.latent_hw)
+        rc = self.cfg.rollout
+        traj, x0 = self._ode_pairs(keys, ctx)                                             # [S, B, F, C, h, w], [B, ...]
         gens = self._gens("ode", pos)
-        noise = torch.stack([torch.randn(shape, generator=g, device=self.device) for g in gens]).to(self.dtype)
-        states, x0 = teacher_ode_trajectory(self.teacher, noise, ctx, self.text.negative(len(pos)), self.timesteps,
-                                            steps=self.cfg.ode.teacher_steps, guidance=self.cfg.ode.guidance_scale,
-                                            shift=rc.timestep_shift)
         chunks, fpb = rc.latent_frames // rc.frames_per_block, rc.frames_per_block
         idx = torch.stack([torch.randint(0, len(self.timesteps), (chunks,), generator=g, device=self.device).cpu()
                            for g in gens]).repeat_interleave(fpb, dim=1)               # [B, F] step per frame
-        traj = torch.stack(states, dim=0)                                                 # [S, B, F, C, h, w]
         x_in = torch.stack([traj[idx[b], b, torch.arange(rc.latent_frames)] for b in range(len(pos))])
         t = torch.tensor(self.timesteps, dtype=torch.float32)[idx].to(self.device)       # [B, F]
         if self._ode_mask is None:
@@ -306,6 +322,30 @@ class Trainer:
         acc.mean("ode_loss", loss.item(), len(pos))
         if micro == 0:
             self._sample = {"latents": x0_pred[0].detach().cpu(), "prompt": prompts[0], "step": k}
+
+    def _ode_pairs(self, keys: list[int], ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher trajectories of samples `keys`: states [S, B, F, C, h, w] at the student's timesteps and x0
+        [B, F, C, h, w]. With `ode.pairs` they are computed once per key and kept on the device."""
+        rc, c = self.cfg.rollout, self.student.cfg.in_dim
+        cache = getattr(self, "_pair_cache", None)
+        if cache is None:
+            cache = self._pair_cache = {}
+        todo = [i for i, q in enumerate(keys) if q not in cache] if self.cfg.ode.pairs else list(range(len(keys)))
+        fresh: dict[int, tuple[Tensor, Tensor]] = {}
+        if todo:
+            shape = (rc.latent_frames, c, *self.latent_hw)
+            gens = self._gens("ode", [keys[i] for i in todo])
+            noise = torch.stack([torch.randn(shape, generator=g, device=self.device) for g in gens]).to(self.dtype)
+            states, x0 = teacher_ode_trajectory(self.teacher, noise, ctx[todo], self.text.negative(len(todo)),
+                                                self.timesteps, steps=self.cfg.ode.teacher_steps,
+                                                guidance=self.cfg.ode.guidance_scale, shift=rc.timestep_shift)
+            st = torch.stack(states, dim=0)                                              # [S, b, F, C, h, w]
+            for j, i in enumerate(todo):
+                fresh[keys[i]] = (st[:, j], x0[j])
+            if self.cfg.ode.pairs:
+                cache.update(fresh)
+        got = [fresh.get(q) or cache[q] for q in keys]
+        return torch.stack([s for s, _ in got], dim=1), torch.stack([x for _, x in got])
 
     # ---- one optimizer step -----------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -327,10 +367,11 @@ class Trainer:
             critic_block = self.position
             self.position += s.global_batch
         for micro in range(self.accum):
-            if gen:
-                (self.ode_micro if self.cfg.method == "ode_init" else self.generator_micro)(k, micro, gen_block, acc)
-            if critic_block is not None:
-                self.critic_micro(k, micro, critic_block, acc)
+            with self._autocast():
+                if gen:
+                    (self.ode_micro if self.cfg.method == "ode_init" else self.generator_micro)(k, micro, gen_block, acc)
+                if critic_block is not None:
+                    self.critic_micro(k, micro, critic_block, acc)
         out: dict[str, float] = {}
         if self.opt_c is not None:
             out["grad_norm_critic"] = parallel.clip_grad_norm(self.critic.parameters(), self.cfg.optim.critic_max_grad_norm)
@@ -435,6 +476,10 @@ class Trainer:
                                   {"family": family, "weights": weights, "step": self.step_idx,
                                    "recipe": self.cfg.name}, self.cfg.to_json(), self.info.rank)
         if out is not None:
+            import shutil
+            latest = root / "student_latest.safetensors"
+            shutil.copyfile(out, latest.with_suffix(".tmp"))
+            latest.with_suffix(".tmp").replace(latest)                  # a fixed name for the next recipe
             olds = sorted(root.glob("student_step_*.safetensors"))[:-self.cfg.checkpoint.keep]
             for old in olds:
                 old.unlink(missing_ok=True)

@@ -185,7 +185,11 @@ def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = 
         except ImportError:
             pass
     run_acc, run_loss, seen, t0 = torch.zeros(3), 0.0, 0, time.perf_counter()
+    from .pretrain import stop_requested
     for step in range(s.steps):
+        if stop_requested():
+            log.warning("SIGTERM: stopping the reward model after %d steps and writing it", step)
+            break
         lr = cosine_lr(step, s.steps, o.lr, pre.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr

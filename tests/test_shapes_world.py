@@ -1,0 +1,225 @@
+"""Shapes-world training pipeline: recipes, tokenizer + tiny umT5, clip bank, pretraining methods, ODE pairs,
+mixed precision without FSDP, reward-weight normalisation, and the bundle (assembly, loader, CLI default)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.config import TrainConfig
+
+TINY_WORLD = ["--set", "world.clips=8", "--set", "world.frames=9", "--set", "world.height=32", "--set", "world.width=32",
+              "--set", "pretrain.vae_frames=9", "--set", "pretrain.vae_crop=16", "--set", "schedule.steps=2",
+              "--set", "log.progress=false", "--set", "log.tensorboard=false", "--set", "world.render_workers=1"]
+TINY_ROLLOUT = ["--set", "rollout.height=32", "--set", "rollout.width=32", "--set", "rollout.latent_frames=3",
+                "--set", "data.shapes_prompts=8", "--set", "schedule.global_batch=2", "--set", "schedule.micro_batch=2"]
+
+
+def test_shapes_recipes_validate_and_chain():
+    from training import recipes
+
+    names = ["shapes_vae", "shapes_teacher", "shapes_reward", "shapes_ode_init", "shapes_dmd", "shapes_stream_r1"]
+    cfgs = {n: recipes.get_recipe(n) for n in names}
+    for c in cfgs.values():
+        c.validate(1)
+    out = {n: Path(c.output_dir) for n, c in cfgs.items()}
+    # every stage reads what the stage before it writes
+    assert Path(cfgs["shapes_teacher"].model.vae) == out["shapes_vae"] / "vae.safetensors"
+    assert Path(cfgs["shapes_ode_init"].model.teacher) == out["shapes_teacher"] / "teacher.safetensors"
+    assert Path(cfgs["shapes_ode_init"].text.encoder) == out["shapes_teacher"] / "umt5.safetensors"
+    assert Path(cfgs["shapes_dmd"].model.student) == out["shapes_ode_init"] / "exports" / "student_latest.safetensors"
+    assert Path(cfgs["shapes_stream_r1"].reward.path) == out["shapes_reward"] / "reward"
+    # the baseline differs from Stream-R1 only by the reward weighting
+    a, b = cfgs["shapes_dmd"].to_dict(), cfgs["shapes_stream_r1"].to_dict()
+    diff = {k for k in a if a[k] != b[k]}
+    assert diff == {"name", "output_dir", "reward"}
+    # the rollout matches the clips: 45 frames -> 12 latent frames at 96x96
+    w, r = cfgs["shapes_dmd"].world, cfgs["shapes_dmd"].rollout
+    assert (r.height, r.width, r.latent_frames) == (w.height, w.width, (w.frames - 1) // 4 + 1)
+
+
+def test_pretrain_validation_names_the_fix():
+    cfg = TrainConfig(method="vae")
+    cfg.world.frames = 44
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        cfg.validate(1)
+
+
+def test_tokenizer_is_deterministic_and_knows_every_word():
+    from stream_r1.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES
+    from stream_r1.text_encoder import Tokenizer
+    from training.shapes.text import build_tokenizer
+
+    a, b = build_tokenizer(0), build_tokenizer(0)
+    assert a == b
+    tok = Tokenizer(a)
+    unk = tok.sp.unk_id()
+    for name in (*COLORS, *BACKGROUNDS, *SHAPES, *MOTIONS):
+        assert unk not in tok.sp.encode(name), name
+    assert unk in tok.sp.encode("a pink blob")
+
+
+def test_text_encoder_file_round_trip_and_truncated_forward():
+    from stream_r1.text_encoder import Tokenizer, load_text_encoder
+    from training.config import PretrainConfig
+    from training.shapes.text import build_tokenizer, encode_tokens, new_text_encoder, save_text_encoder
+
+    spiece = build_tokenizer()
+    tok = Tokenizer(spiece)
+    model = new_text_encoder(PretrainConfig(), tok.sp.get_piece_size(), seed=3).eval()
+    prompts = ["a red circle moving right on a black background", "a yellow star bouncing on a dark blue gradient "
+               "background", ""]
+    ids, mask = tok(prompts)
+    with torch.no_grad():
+        short = encode_tokens(model, ids, mask)                                       # [3, L, 64]
+        full = model(input_ids=ids, attention_mask=mask).last_hidden_state * mask[..., None]
+    n = short.shape[1]
+    assert n == int(mask.sum(1).max()) < 512
+    torch.testing.assert_close(short, full[:, :n], rtol=1e-5, atol=1e-6)
+    assert full[:, n:].abs().max() == 0
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = save_text_encoder(Path(d) / "umt5.safetensors", model, spiece)
+        enc = load_text_encoder(str(path))                                            # tokenizer from the file
+        got = enc.encode(prompts)
+    torch.testing.assert_close(got[:, :n], short, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_bank_same_with_any_worker_count_and_cache(tmp_path):
+    from training.config import WorldConfig
+    from training.shapes.world import ClipBank
+
+    w = WorldConfig(clips=4, frames=5, height=32, width=32, cache_dir=str(tmp_path), render_workers=1)
+    a = ClipBank.build(w, progress=False)
+    assert a.videos.shape == (4, 5, 3, 32, 32) and a.videos.dtype == torch.uint8
+    cached = ClipBank.build(w, progress=False)                                        # read back from the cache
+    assert torch.equal(a.videos, cached.videos) and a.prompts == cached.prompts
+    w2 = WorldConfig(clips=4, frames=5, height=32, width=32, cache_dir="", render_workers=2)
+    import training.shapes.world as world
+    b = world.ClipBank.build(w2, progress=False)
+    assert torch.equal(a.videos, b.videos) and a.prompts == b.prompts
+    assert all(p.endswith("background") for p in a.prompts)
+
+
+def test_degradations_and_mismatched_prompts():
+    from stream_r1.shapes import parse_prompt
+    from training.shapes.world import degrade_motion, degrade_quality, mismatched_prompt, shapes_prompts
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 9, 3, 16, 16)
+    for fn in (degrade_quality, degrade_motion):
+        y = fn(x, g)
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+        assert all(not torch.equal(y[i], x[i]) for i in range(len(x)))
+    for p in shapes_prompts(20, seed=7):
+        q = mismatched_prompt(p, g)
+        assert q != p and parse_prompt(q)
+
+
+def _run(argv: list[str]) -> int:
+    from training.run import main
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tmp_path_factory):
+    """vae -> teacher -> ode_init (cached pairs) -> stream_r1 (synthetic reward) -> bundle, in a temp cwd."""
+    import os
+    root = tmp_path_factory.mktemp("shapes")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert _run(["--recipe", "shapes_vae", *TINY_WORLD, "--set", "schedule.global_batch=2"]) == 0
+        assert _run(["--recipe", "shapes_teacher", *TINY_WORLD, "--set", "schedule.global_batch=2"]) == 0
+        assert _run(["--recipe", "shapes_ode_init", *TINY_WORLD, *TINY_ROLLOUT, "--set", "ode.pairs=2",
+                     "--set", "ode.teacher_steps=3"]) == 0
+        assert _run(["--recipe", "shapes_stream_r1", *TINY_WORLD, *TINY_ROLLOUT, "--set", "schedule.generator_every=1",
+                     "--set", "reward.path=synthetic", "--set", "log.summary_json=summary.json"]) == 0
+        from training.shapes.bundle import main as bundle_main
+        assert bundle_main(["--no-eval", "--out", str(root / "bundle")]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_tiny_chain_writes_every_stage(tiny_chain):
+    r = tiny_chain / "runs" / "shapes"
+    for f in ("vae/vae.safetensors", "teacher/teacher.safetensors", "teacher/umt5.safetensors", "teacher/spiece.model",
+              "ode_init/exports/student_latest.safetensors", "stream_r1/exports/student_latest.safetensors",
+              "vae/metrics.json", "teacher/metrics.json"):
+        assert (r / f).is_file(), f
+    m = json.loads((r / "vae" / "metrics.json").read_text())
+    assert len(m["whole_clip_psnr_per_frame"]) == 9
+    steps = json.loads((tiny_chain / "summary.json").read_text())["steps"]
+    gen = [s for s in steps if s["generator_step"]]
+    assert gen and all(math.isfinite(s["gen_loss"]) for s in gen)
+    assert all(abs(s["w_inter"] - 1.0) < 1e-5 for s in gen)          # inter_norm="batch": mean weight 1
+
+
+def test_bundle_loads_and_cli_uses_it_by_default(tiny_chain, tmp_path, monkeypatch):
+    from stream_r1.cli import main
+    from stream_r1.shapes import bundle
+
+    root = tiny_chain / "bundle"
+    assert bundle.available(root)
+    b = bundle.load_bundle(root=root)
+    assert (b.height, b.width, b.fps) == (32, 32, 16)
+    assert b.model.cfg.dim == 128 and b.text_encoder.dim == 64
+    man = bundle.manifest(root)
+    assert man["recipes"][0] == "python -m training.run --recipe shapes_vae"
+    monkeypatch.setenv("STREAM_R1_SHAPES_BUNDLE", str(root))
+    out = tmp_path / "demo.mp4"
+    lat = tmp_path / "lat.safetensors"
+    assert main(["generate", "--prompt", "a red circle moving right on a black background", "--frames", "13",
+                 "--out", str(out), "--latents-out", str(lat), "--quiet", "--device", "cpu"]) == 0
+    assert out.stat().st_size > 0
+    from safetensors.torch import load_file
+    z = load_file(str(lat))["latents"]
+    assert list(z.shape) == [1, 4, 16, 4, 4]                                       # 32x32 -> 4x4 latents
+
+
+def test_ode_pairs_are_computed_once(tiny_chain, monkeypatch):
+    """With ode.pairs, a trajectory is computed on first use and reused bit-exactly afterwards."""
+    import os
+
+    import training.trainer as tr
+    from training.recipes import get_recipe
+    from training.config import apply_overrides
+
+    calls = []
+    real = tr.teacher_ode_trajectory
+
+    def counting(teacher, noise, *a, **k):
+        calls.append(noise.shape[0])
+        return real(teacher, noise, *a, **k)
+
+    monkeypatch.setattr(tr, "teacher_ode_trajectory", counting)
+    cwd = os.getcwd()
+    os.chdir(tiny_chain)
+    try:
+        cfg = get_recipe("shapes_ode_init")
+        apply_overrides(cfg, [a for a in (TINY_WORLD + TINY_ROLLOUT)[1::2]] + ["ode.pairs=2", "ode.teacher_steps=3",
+                                                                             "checkpoint.enabled=false",
+                                                                             "output_dir=runs/pairs"])
+        t = tr.Trainer(cfg)
+        ctx = t.text(["a red circle moving right on a black background"] * 2)
+        s1, x1 = t._ode_pairs([0, 1], ctx)
+        s2, x2 = t._ode_pairs([1, 0], ctx.flip(0))
+    finally:
+        os.chdir(cwd)
+    assert calls == [2]
+    assert torch.equal(s1[:, 0], s2[:, 1]) and torch.equal(x1[1], x2[0])
+
+
+def test_mixed_precision_without_fsdp(tmp_path):
+    """bf16 compute on a single process (no FSDP): trainable fp32 models run under autocast with the bf16 cache."""
+    out = tmp_path / "mp"
+    assert _run(["--recipe", "tiny_stream_r1", "--set", "parallel.mixed_precision=bf16", "--set", f"output_dir={out}",
+                 "--set", "schedule.steps=1", "--set", "schedule.generator_every=1", "--set", "log.progress=false",
+                 "--set", "log.tensorboard=false", "--set", f"log.summary_json={out}/s.json",
+                 "--set", "checkpoint.enabled=false"]) == 0
+    step = json.loads((out / "s.json").read_text())["steps"][0]
+    assert math.isfinite(step["gen_loss"]) and math.isfinite(step["critic_loss"])

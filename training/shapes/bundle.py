@@ -1,0 +1,253 @@
+"""Evaluate the shapes-world models and assemble the embedded bundle.
+
+    python -m training.shapes.bundle [--runs runs/shapes] [--out stream_r1/shapes/bundle] [--prompts 48]
+
+1. Samples the same held-out prompts and seeds from the teacher (bidirectional, `--teacher-steps` Euler steps
+   with CFG), the DMD student and the Stream-R1 student (both streaming, 4 steps, window 9 / sink 3), short
+   clips at the training length and long streams (`--long-seconds`) for drift.
+2. Scores every video with the analytic checker (colour, shape, motion, background recovered from pixels;
+   temporal consistency; colour/size drift) and the shapes reward model; writes `eval.json`, `eval.md` (the
+   README table) and `eval_strip.png` (frames of each model for a few prompts) under `--runs`.
+3. Copies the chosen student (`--student`, default the Stream-R1 one) with the VAE, text encoder and reward
+   model into the bundle folder, with `bundle.json` (sizes, recipe commands, seeds, evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+log = logging.getLogger("training")
+
+RECIPE_ORDER = ("shapes_vae", "shapes_teacher", "shapes_reward", "shapes_ode_init", "shapes_dmd", "shapes_stream_r1")
+EVAL_SEED = 900000
+"""First scene seed of the evaluation prompts (disjoint from the clip bank and the distillation prompts)."""
+
+
+def eval_prompts(count: int, seed: int = EVAL_SEED) -> list[str]:
+    from .world import shapes_prompts
+    return shapes_prompts(count, seed)
+
+
+# ---- samplers: prompt, seed -> frames [T, 3, H, W] in [0, 1] --------------------------------------------------------
+def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, dtype=torch.float32) -> Callable:
+    from stream_r1.loaders import load_student
+    from stream_r1.stream import StreamSession, chunks_for_frames
+    from stream_r1.vae import StreamingDecoder
+
+    model, info = load_student(student_path, device=device, dtype=dtype, attention="sdpa")
+    sc = info.stream_config
+
+    def sample(prompt: str, seed: int, frames: int) -> Tensor:
+        latent = (frames - 1) // 4 + 1
+        ctx = enc.encode([prompt]).to(device, dtype)
+        sess = StreamSession(model, sc, ctx, height=size[0], width=size[1], seed=seed, decoder=StreamingDecoder(vae),
+                             device=device, dtype=dtype)
+        out = [c.frames[0].float().cpu() for c in sess.run(chunks_for_frames(latent, sc.frames_per_block))]
+        return torch.cat(out)[:frames]                                                   # [T, 3, H, W]
+    return sample
+
+
+def teacher_sampler(teacher_path: str, enc, vae, size: tuple[int, int], device, steps: int, guidance: float,
+                    shift: float = 5.0) -> Callable:
+    from stream_r1.loaders import load_student
+
+    from ..rollout import teacher_ode_trajectory
+
+    teacher, _ = load_student(teacher_path, device=device, dtype=torch.float32, attention="sdpa")
+    neg = enc.encode([""]).to(device)
+    h, w = teacher.cfg.latent_hw(*size)
+
+    def sample(prompt: str, seed: int, frames: int) -> Tensor:
+        latent = (frames - 1) // 4 + 1
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(1, latent, teacher.cfg.in_dim, h, w, generator=g).to(device)
+        _, x0 = teacher_ode_trajectory(teacher, noise, enc.encode([prompt]).to(device), neg, [], steps=steps,
+                                       guidance=guidance, shift=shift)
+        video = vae.decode(rearrange(x0, "b f c h w -> b c f h w"))                      # [1, 3, T, H, W]
+        return rearrange((video[0].float().cpu() + 1) / 2, "c t h w -> t c h w")[:frames]
+    return sample
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------------------
+def score_videos(videos: list[Tensor], prompts: list[str], reward=None) -> dict[str, float]:
+    """Mean checker metrics (and reward z-scores) of videos [T, 3, H, W] against their prompts."""
+    from stream_r1.shapes import check
+
+    rows = []
+    for v, p in zip(videos, prompts):
+        r = check(v, p)
+        q = max(1, v.shape[0] // 4)
+        late = check(v[-q:], p)
+        rows.append({"pass": float(r["passed"]), "color": r["color_score"], "shape": r["shape_score"],
+                     "motion": r["motion_score"], "background": r["background_score"],
+                     "temporal": r["temporal_consistency"], "color_drift": np.nan_to_num(r["color_drift"], nan=1.0),
+                     "late_color": late["color_score"], "score": r["score"]})
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    if reward is not None:
+        from stream_r1.reward.model import compute_scores
+        zs = []
+        with torch.no_grad():
+            for v, p in zip(videos, prompts):
+                s = compute_scores(reward, v[None].to(reward.device), [p])
+                zs.append(s.normalized[0].float().cpu())
+        z = torch.stack(zs).mean(0)
+        out.update({f"reward_{a}": float(z[i]) for i, a in enumerate(reward.axes)})
+    return out
+
+
+def evaluate(samplers: dict[str, Callable], prompts: list[str], frames: int, long_frames: int, long_count: int,
+             reward=None, progress: bool = True) -> tuple[dict, dict[str, list[Tensor]]]:
+    """Short clips for every prompt, long streams for the first `long_count` prompts (students only)."""
+    table: dict[str, dict] = {}
+    keep: dict[str, list[Tensor]] = {}
+    for name, sample in samplers.items():
+        t0 = time.perf_counter()
+        vids = [sample(p, EVAL_SEED + i, frames) for i, p in enumerate(prompts)]
+        row = {"short": score_videos(vids, prompts, reward)}
+        keep[name] = vids[:4]
+        if long_count and name != "teacher":
+            longs = [sample(p, EVAL_SEED + i, long_frames) for i, p in enumerate(prompts[:long_count])]
+            row["long"] = score_videos(longs, prompts[:long_count], reward)
+            keep[name + "_long"] = longs[:2]
+        row["seconds"] = time.perf_counter() - t0
+        table[name] = row
+        log.info("eval %s: %s", name, json.dumps(row))
+    return table, keep
+
+
+def markdown_table(table: dict, prompts: int, frames: int, long_frames: int, long_count: int) -> str:
+    cols = [("pass", "pass"), ("color", "colour"), ("shape", "shape"), ("motion", "motion"),
+            ("background", "bg"), ("temporal", "temporal"), ("reward_VQ", "VQ"), ("reward_MQ", "MQ"),
+            ("reward_TA", "TA")]
+    head = "| model | " + " | ".join(c for _, c in cols) + " | long: pass | long: colour (last ¼) | long: drift |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    for name, row in table.items():
+        s = row["short"]
+        cells = [f"{s[k]:.2f}" if k in s else "–" for k, _ in cols]
+        lg = row.get("long")
+        tail = [f"{lg['pass']:.2f}", f"{lg['late_color']:.2f}", f"{lg['color_drift']:.3f}"] if lg else ["–"] * 3
+        lines.append(f"| {name} | " + " | ".join(cells + tail) + " |")
+    lines.append("")
+    lines.append(f"{prompts} held-out prompts (scene seeds {EVAL_SEED}+), {frames} frames each; long = the first "
+                 f"{long_count} prompts streamed for {long_frames} frames. Checker scores are fractions in [0, 1]; "
+                 "reward columns are the shapes reward model's z-scores.")
+    return "\n".join(lines)
+
+
+def strip_image(keep: dict[str, list[Tensor]], path: Path, prompts: list[str], picks: int = 3, times: int = 6) -> None:
+    """Rows = model x prompt, columns = evenly spaced frames."""
+    from PIL import Image
+
+    rows = []
+    for name, vids in keep.items():
+        if name.endswith("_long"):
+            continue
+        for v in vids[:picks]:
+            idx = torch.linspace(0, v.shape[0] - 1, times).long()
+            rows.append(torch.cat(list(v[idx]), dim=2))                                  # [3, H, times*W]
+    grid = torch.cat(rows, dim=1)                                                         # [3, rows*H, times*W]
+    img = (grid.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+    Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+
+
+# ---- the bundle -----------------------------------------------------------------------------------------------------
+def assemble(runs: Path, out: Path, student: Path, extra: dict) -> Path:
+    """Copy the chosen student (as fp16), VAE, text encoder and reward model into `out` with bundle.json."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    with safe_open(str(student), "pt") as f:
+        meta = f.metadata()
+        sd = {k: f.get_tensor(k).half() for k in f.keys()}
+    meta.pop("training_config", None)
+    save_file(sd, str(out / "student.safetensors"), metadata=meta)
+    with safe_open(str(runs / "vae" / "vae.safetensors"), "pt") as f:
+        save_file({k: f.get_tensor(k).half() for k in f.keys()}, str(out / "vae.safetensors"), metadata=f.metadata())
+    shutil.copyfile(runs / "teacher" / "umt5.safetensors", out / "umt5.safetensors")
+    reward = runs / "reward" / "reward"
+    if reward.is_dir():
+        if (out / "reward").exists():
+            shutil.rmtree(out / "reward")
+        shutil.copytree(reward, out / "reward")
+    (out / "bundle.json").write_text(json.dumps(extra, indent=1))
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from stream_r1.text_encoder import load_text_encoder
+    from stream_r1.vae import load_vae
+
+    from ..config import TrainConfig
+
+    p = argparse.ArgumentParser(prog="python -m training.shapes.bundle", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/shapes")
+    p.add_argument("--out", default="stream_r1/shapes/bundle")
+    p.add_argument("--student", choices=["stream_r1", "dmd", "ode_init"], default="stream_r1")
+    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--long-count", type=int, default=12)
+    p.add_argument("--long-seconds", type=float, default=20.0)
+    p.add_argument("--teacher-steps", type=int, default=32)
+    p.add_argument("--teacher-guidance", type=float, default=2.0)
+    p.add_argument("--models", default="teacher,ode_init,dmd,stream_r1", help="models to evaluate")
+    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--no-bundle", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [bundle] %(message)s", datefmt="%H:%M:%S")
+    runs = Path(args.runs)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tcfg = json.loads((runs / "teacher" / "config.json").read_text())
+    world = TrainConfig.from_dict(tcfg).world
+    size, frames = (world.height, world.width), world.frames
+    long_frames = 1 + 4 * int(round(args.long_seconds * world.fps / 4))
+    enc = load_text_encoder(str(runs / "teacher" / "umt5.safetensors"), device=device)
+    vae = load_vae(str(runs / "vae" / "vae.safetensors"), device=device)
+    students = {n: runs / n / "exports" / "student_latest.safetensors" for n in ("ode_init", "dmd", "stream_r1")}
+    evaluation = None
+    if not args.no_eval:
+        reward = None
+        if (runs / "reward" / "reward").is_dir():
+            from stream_r1.reward.model import load_video_reward
+            reward = load_video_reward(runs / "reward" / "reward", device=device, dtype=torch.float32)
+        wanted = args.models.split(",")
+        samplers = {"teacher": teacher_sampler(str(runs / "teacher" / "teacher.safetensors"), enc, vae, size, device,
+                                               args.teacher_steps, args.teacher_guidance)} if "teacher" in wanted else {}
+        for n, path in students.items():
+            if path.is_file() and n in wanted:
+                samplers[n] = student_sampler(str(path), enc, vae, size, device)
+        prompts = eval_prompts(args.prompts)
+        table, keep = evaluate(samplers, prompts, frames, long_frames, args.long_count, reward)
+        md = markdown_table(table, len(prompts), frames, long_frames, args.long_count)
+        (runs / "eval.json").write_text(json.dumps({"table": table, "prompts": prompts, "device": str(
+            torch.cuda.get_device_name() if device.type == "cuda" else "cpu"), "date": time.strftime("%Y-%m-%d")},
+            indent=1))
+        (runs / "eval.md").write_text(md + "\n")
+        strip_image(keep, runs / "eval_strip.png", prompts)
+        print(md)
+        evaluation = table
+    if not args.no_bundle:
+        extra = {"height": size[0], "width": size[1], "fps": world.fps, "student": args.student,
+                 "default_prompt": "a red circle bouncing on a dark blue background",
+                 "recipes": [f"python -m training.run --recipe {r}" for r in RECIPE_ORDER]
+                 + ["python -m training.shapes.bundle"],
+                 "seeds": {"clip_seed": world.clip_seed, "eval_seed": EVAL_SEED,
+                           "schedule_seed": TrainConfig.from_dict(tcfg).schedule.seed},
+                 "evaluation": evaluation}
+        assemble(runs, Path(args.out), students[args.student], extra)
+        log.info("bundle written to %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

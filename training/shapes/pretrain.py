@@ -1,0 +1,292 @@
+"""Shapes-world pretraining: the VAE (method `vae`), the text encoder with the bidirectional teacher (method
+`teacher`) and the reward model (method `reward`, in `reward.py`). Single process (these models are tiny);
+the causal student's ODE init and the distillations reuse the distributed `Trainer`.
+
+Outputs (under `output_dir`): `vae.safetensors` (Wan2.1 VAE key names), `teacher.safetensors` (a DiT export:
+Wan key names, config in the metadata), `umt5.safetensors` (ComfyUI-style: HF names + `spiece_model`),
+`spiece.model`, `metrics.json` and `config.json`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..config import TrainConfig
+from ..data import derive_seed
+from .world import ClipBank, batch_indices, cosine_lr
+
+log = logging.getLogger("training")
+
+
+_STOP = {"requested": False}
+
+
+def stop_requested() -> bool:
+    """True once SIGTERM arrived: the loops leave after the current step and write what they have."""
+    return _STOP["requested"]
+
+
+def device_of(cfg: TrainConfig) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Loop:
+    """Steps, learning-rate schedule, clipping, logging (line + tqdm + TensorBoard), an optional EMA."""
+
+    def __init__(self, cfg: TrainConfig, params: list[dict], ema_model: nn.Module | None = None):
+        o = cfg.optim
+        self.cfg = cfg
+        self.groups = params
+        self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.base = [g["lr"] for g in self.opt.param_groups]
+        self.ema = None
+        if ema_model is not None:
+            self.ema = {n: p.detach().float().clone() for n, p in ema_model.named_parameters()}
+            self.ema_model = ema_model
+        self.bar = None
+        if cfg.log.progress:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=cfg.schedule.steps, desc=cfg.name, unit="step", leave=False)
+            except ImportError:
+                pass
+        self.tb = None
+        if cfg.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(log_dir=str(Path(cfg.output_dir) / "tensorboard"))
+            except ImportError:
+                pass
+        self.history: list[dict[str, float]] = []
+        self.t0 = time.perf_counter()
+
+    def step(self, k: int, loss: Tensor, metrics: dict[str, float]) -> None:
+        s = self.cfg.schedule
+        for g, base in zip(self.opt.param_groups, self.base):
+            g["lr"] = cosine_lr(k, s.steps, base, self.cfg.pretrain.warmup_steps)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        gn = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm or float("inf"))
+        self.opt.step()
+        if self.ema is not None:
+            d = s.ema_decay if k >= s.ema_start_step else 0.0
+            with torch.no_grad():
+                for n, p in self.ema_model.named_parameters():
+                    self.ema[n].lerp_(p.detach().float(), 1.0 - d)
+        m = {"step": k, "loss": float(loss.detach()), "grad_norm": float(gn), **metrics}
+        self.history.append(m)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{m['loss']:.4g}")
+        if self.tb is not None:
+            for key, v in m.items():
+                if key != "step":
+                    self.tb.add_scalar(f"{self.cfg.name}/{key}", v, k)
+        if self.cfg.log.interval and (k + 1) % self.cfg.log.interval == 0:
+            rest = " | ".join(f"{key} {v:.4g}" for key, v in m.items() if key != "step")
+            log.info("%s step %d/%d | %s | %.1f s", self.cfg.name, k + 1, s.steps, rest, time.perf_counter() - self.t0)
+
+    def ema_state(self) -> dict[str, Tensor]:
+        return {n: t.cpu() for n, t in self.ema.items()}
+
+    def close(self, out: Path, extra: dict | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        tail = self.history[-min(50, len(self.history)):] or [{}]
+        summary = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"}
+        (out / "metrics.json").write_text(json.dumps({"final_mean_last_50": summary, "seconds":
+                                                      time.perf_counter() - self.t0, **(extra or {}),
+                                                      "history": self.history[:: max(1, len(self.history) // 200)]},
+                                                     indent=1))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+# ---- VAE ----------------------------------------------------------------------------------------------------------
+def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
+    from safetensors.torch import save_file
+
+    from stream_r1.vae import VAEConfig, WanVAE
+
+    out = Path(cfg.output_dir)
+    bank = ClipBank.build(cfg.world, progress=cfg.log.progress)
+    pre, s = cfg.pretrain, cfg.schedule
+    if pre.vae_init:
+        from stream_r1.vae import load_vae
+        vae = load_vae(pre.vae_init, device=device).requires_grad_(True).train()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.model.seed + 3)
+            vae = WanVAE(VAEConfig(dim=pre.vae_dim)).to(device).train()
+    loop = Loop(cfg, [{"params": list(vae.parameters()), "lr": cfg.optim.lr}])
+    n, t, crop = len(bank), cfg.world.frames, pre.vae_frames
+    for k in range(s.steps):
+        if stop_requested():
+            log.warning("SIGTERM: stopping the VAE after %d steps and writing it", k)
+            break
+        g = torch.Generator().manual_seed(derive_seed(s.seed, "vae", k))
+        idx = batch_indices(k, s.global_batch, n, s.seed, "vae")
+        start = torch.randint(0, t - crop + 1, (1,), generator=g).item()
+        c = min(pre.vae_crop, cfg.world.height, cfg.world.width)
+        y0 = int(torch.randint(0, (cfg.world.height - c) // 8 + 1, (1,), generator=g)) * 8
+        x0 = int(torch.randint(0, (cfg.world.width - c) // 8 + 1, (1,), generator=g)) * 8
+        x = bank.batch(idx, device)[:, start:start + crop, :, y0:y0 + c, x0:x0 + c]    # [B, T, 3, c, c] in [0, 1]
+        x = rearrange(x * 2 - 1, "b t c h w -> b c t h w")
+        with _autocast(device):
+            z = vae.encode(x)                                                             # [B, 16, f, h, w] normalised
+            eps = torch.randn(z.shape, generator=g).to(device)
+            rec = vae.decode(z + pre.vae_latent_noise * eps)                              # [B, 3, T, H, W]
+        rec = rec.float()
+        l1 = (rec - x).abs().mean()
+        mse = F.mse_loss(rec, x)
+        kl = 0.5 * z.float().pow(2).mean()
+        loss = l1 + mse + pre.vae_kl * kl
+        psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))
+        loop.step(k, loss, {"l1": float(l1.detach()), "psnr": psnr, "z_rms": float(z.detach().float().pow(2).mean().sqrt())})
+    vae.eval()
+    with torch.no_grad():                              # whole clips: the causal caches must hold over long videos
+        x = rearrange(bank.batch(list(range(min(8, n))), device) * 2 - 1, "b t c h w -> b c t h w")
+        rec = vae.decode(vae.encode(x)).float()
+        mse_t = (rec - x).pow(2).mean(dim=(0, 1, 3, 4))                                  # [T]
+        full_psnr = [round(float(v), 2) for v in 10 * torch.log10(4.0 / mse_t.clamp_min(1e-10))]
+    log.info("VAE whole-clip PSNR per frame: %s", full_psnr)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "vae.safetensors"
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in vae.state_dict().items()}
+    save_file(sd, str(path.with_suffix(".tmp")), metadata={"format": "pt", "stream_r1": "shapes-world Wan2.1 VAE"})
+    path.with_suffix(".tmp").replace(path)
+    loop.close(out, {"whole_clip_psnr_per_frame": full_psnr})
+    log.info("VAE written to %s", path)
+    return path
+
+
+# ---- teacher + text encoder -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_bank(bank: ClipBank, vae_path: str, device: torch.device, cache_dir: str, batch: int = 32) -> Tensor:
+    """Normalised latents of every clip, [N, F, 16, h, w] float16 (cached next to the bank, keyed by the VAE)."""
+    import hashlib
+
+    from stream_r1.vae import load_vae
+
+    key = hashlib.blake2b(Path(vae_path).read_bytes(), digest_size=6).hexdigest()
+    cache = Path(cache_dir) / f"latents_{len(bank)}_{tuple(bank.videos.shape[1:])}_{key}.pt".replace(" ", "") \
+        if cache_dir else None
+    if cache is not None and cache.is_file():
+        return torch.load(cache, weights_only=True)
+    vae = load_vae(vae_path, device=device)
+    outs = []
+    for i in range(0, len(bank), batch):
+        x = bank.batch(list(range(i, min(i + batch, len(bank)))), device)              # [b, T, 3, H, W]
+        z = vae.encode(rearrange(x * 2 - 1, "b t c h w -> b c t h w"))                 # [b, 16, F, h, w]
+        outs.append(rearrange(z, "b c f h w -> b f c h w").half().cpu())
+    lat = torch.cat(outs)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(lat, cache.with_suffix(".tmp"))
+        cache.with_suffix(".tmp").replace(cache)
+    return lat
+
+
+def flow_sigmas(g: torch.Generator, b: int, shift: float) -> Tensor:
+    """[b] training sigmas: half uniform, half shifted towards noise (the student's grid lives at high sigma)."""
+    u = torch.rand(b, generator=g, dtype=torch.float64)
+    shifted = shift * u / (1 + (shift - 1) * u)
+    use = torch.rand(b, generator=g) < 0.5
+    return torch.where(use, shifted, u).clamp(0.001, 0.999)
+
+
+def train_teacher(cfg: TrainConfig, device: torch.device) -> Path:
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.config import StreamConfig, WanConfig
+    from stream_r1.text_encoder import Tokenizer
+    from stream_r1.wan.model import WanModel
+
+    from .text import build_tokenizer, encode_tokens, new_text_encoder, save_text_encoder
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pre, s = cfg.pretrain, cfg.schedule
+    if cfg.model.vae in ("random", "none"):
+        raise ValueError("the teacher trains on VAE latents: set model.vae to the shapes VAE (runs/shapes_vae/vae.safetensors)")
+    bank = ClipBank.build(cfg.world, progress=cfg.log.progress)
+    lat = encode_bank(bank, cfg.model.vae, device, cfg.world.cache_dir)                # [N, F, 16, h, w] fp16
+    log.info("latents %s, rms %.3f", list(lat.shape), float(lat.float().pow(2).mean().sqrt()))
+    spiece = build_tokenizer(s.seed)
+    (out / "spiece.model").write_bytes(spiece)
+    tok = Tokenizer(spiece)
+    text = new_text_encoder(pre, tok.sp.get_piece_size(), cfg.model.seed + 5).to(device).train()
+    wcfg = WanConfig.preset(cfg.model.teacher_arch)
+    if wcfg.text_dim != pre.text_dim:
+        raise ValueError(f"model.teacher_arch {cfg.model.teacher_arch!r} takes text_dim {wcfg.text_dim} but "
+                         f"pretrain.text_dim is {pre.text_dim}: make them equal")
+    teacher = WanModel(wcfg, attention=cfg.model.attention).init_weights(seed=cfg.model.seed + 2).to(device).train()
+    loop = Loop(cfg, [{"params": list(teacher.parameters()), "lr": cfg.optim.lr},
+                      {"params": list(text.parameters()), "lr": pre.text_lr}], ema_model=teacher)
+    n = len(bank)
+    for k in range(s.steps):
+        if stop_requested():
+            log.warning("SIGTERM: stopping the teacher after %d steps and writing it", k)
+            break
+        g = torch.Generator().manual_seed(derive_seed(s.seed, "teacher", k))
+        idx = batch_indices(k, s.global_batch, n, s.seed, "teacher")
+        x0 = lat[idx].to(device).float()                                                 # [B, F, 16, h, w]
+        b, f = x0.shape[:2]
+        prompts = [bank.prompts[i] if float(torch.rand(1, generator=g)) >= pre.cfg_dropout else "" for i in idx]
+        ids, mask = tok(prompts)                                                          # [B, 512]
+        sig = flow_sigmas(g, b, cfg.rollout.timestep_shift).to(device, torch.float32)    # [B]
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        sv = sig.view(b, 1, 1, 1, 1)
+        xt = (1 - sv) * x0 + sv * noise
+        t = (sig * 1000).view(b, 1).expand(b, f).contiguous()                            # [B, F]
+        with _autocast(device):
+            ctx = encode_tokens(text, ids.to(device), mask.to(device))                   # [B, L, 64]
+            flow = teacher(rearrange(xt, "b f c h w -> b c f h w"), t, ctx)              # [B, 16, F, h, w]
+        target = rearrange(noise - x0, "b f c h w -> b c f h w")
+        loss = F.mse_loss(flow.float(), target)
+        loop.step(k, loss, {"sigma": float(sig.mean())})
+    teacher.eval()
+    text.eval()
+    sd = loop.ema_state()
+    path = save_dit_export(out / "teacher.safetensors", sd, wcfg, StreamConfig(),
+                           extra={"family": "shapes-teacher", "weights": "ema", "recipe": cfg.name,
+                                  "training_config": cfg.to_json()})
+    save_text_encoder(out / "umt5.safetensors", text, spiece)
+    loop.close(out, {"latent_rms": float(lat.float().pow(2).mean().sqrt())})
+    log.info("teacher written to %s, text encoder to %s", path, out / "umt5.safetensors")
+    return path
+
+
+METHODS: dict[str, Callable[[TrainConfig, torch.device], Path]] = {"vae": train_vae, "teacher": train_teacher}
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Entry of the pretraining methods (from `training.run`)."""
+    if cfg.method == "reward":
+        from .reward import train_reward
+        fn = train_reward
+    else:
+        fn = METHODS[cfg.method]
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.to_json())
+    log.info("config %s:\n%s", cfg.name, cfg.to_json())
+    torch.manual_seed(cfg.schedule.seed)
+    import signal
+    previous = signal.signal(signal.SIGTERM, lambda *_: _STOP.__setitem__("requested", True))
+    try:
+        return fn(cfg, device_of(cfg))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
