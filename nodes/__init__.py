@@ -12,9 +12,11 @@ from .telemetry import StreamR1Telemetry
 from .timeline import StreamR1Timeline
 from .tts import StreamR1TestTimeScaling
 from .reward import StreamR1RewardLoader, StreamR1RewardSaliency, StreamR1RewardScore
+from .shapes import StreamR1ShapesDemoLoader
 
 NODE_CLASS_MAPPINGS = {
     "StreamR1ModelLoader": StreamR1ModelLoader,
+    "StreamR1ShapesDemoLoader": StreamR1ShapesDemoLoader,
     "StreamR1Options": StreamR1Options,
     "StreamR1Generate": StreamR1Generate,
     "StreamR1Continue": StreamR1Continue,
@@ -31,6 +33,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "StreamR1ModelLoader": "Stream-R1 Load Model",
+    "StreamR1ShapesDemoLoader": "Stream-R1 Shapes Demo Loader",
     "StreamR1Options": "Stream-R1 Options",
     "StreamR1Generate": "Stream-R1 Generate",
     "StreamR1Continue": "Stream-R1 Continue",

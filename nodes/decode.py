@@ -1,10 +1,15 @@
-"""Streaming decode with ComfyUI's stock VAE, and the Decode node.
+"""Streaming decode with ComfyUI's stock VAE (or the pack's own Wan VAE), and the Decode node.
 
 `vae.decode()` keeps its causal feature cache only for one call, so decoding chunk by chunk with it breaks
 at every chunk boundary. `ComfyVAEStream` drives `vae.first_stage_model` itself, one latent frame per
 decoder call, with one feature-cache list kept for the whole video (spec-comfyui §5.3): a stream decoded
 in any number of pieces equals one full decode. It is also the core's `ChunkDecoder`, so the stream loop
 decodes each chunk as soon as it is denoised.
+
+`CoreVAE` is the VAE value for a Wan VAE of the core (`stream_r1.vae.WanVAE`, e.g. the shapes-world bundle's tiny
+one, loaded by our demo loader rather than by the stock Load VAE): `vae_stream()` gives it a `CoreVAEStream` (the
+core's `StreamingDecoder` plus the ComfyVAEStream methods the nodes call), and its `decode` answers the stock VAE
+Decode's call.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..stream_r1.vae import denormalize
+from ..stream_r1.vae import StreamingDecoder, WanVAE, denormalize, normalize
 from . import host, layout
 
 
@@ -100,6 +105,73 @@ class ComfyVAEStream:
         return new
 
 
+class CoreVAE:
+    """A VAE link value around the core's `WanVAE` (ComfyUI's VAE type is `comfy.sd.VAE`; this one supports what
+    the Stream-R1 nodes use and the stock VAE Decode's call, `decode(raw mu)`, nothing else).
+
+    `patcher`: a ModelPatcher around the module inside ComfyUI (so Generate loads it with the student), else None.
+    """
+
+    latent_channels = layout.LATENT_CHANNELS
+
+    def __init__(self, vae: WanVAE, patcher: Any = None):
+        self.core, self.patcher = vae, patcher
+
+    @torch.no_grad()
+    def decode(self, samples: Tensor) -> Tensor:
+        """Raw mu [B, 16, T, h, w] (a LATENT's samples) -> frames [B, T', H, W, 3] in [0, 1], as comfy.sd.VAE."""
+        host.load_models([self.patcher])
+        video = self.core.decode(normalize(layout.raw_from_latent({"samples": samples}).float()))  # [B, 3, T', H, W]
+        return (video.float() * 0.5 + 0.5).permute(0, 2, 3, 4, 1).to(host.intermediate_device())
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"this VAE (the pack's own Wan VAE, e.g. the shapes-world demo's) supports decoding "
+                             f"only (Stream-R1 nodes, VAE Decode); {name!r} is a feature of ComfyUI's VAE it lacks")
+
+    def __deepcopy__(self, memo: dict) -> "CoreVAE":
+        return self                                      # shared weights, like ComfyUI's VAE in a state copy
+
+
+class CoreVAEStream(StreamingDecoder):
+    """One video's decode state over a `CoreVAE`: the core's exact streaming decoder plus the methods the nodes
+    call on a ComfyVAEStream."""
+
+    def __init__(self, vae: CoreVAE):
+        super().__init__(vae.core)
+        self.wrapper = vae
+
+    @property
+    def patcher(self) -> Any:
+        return self.wrapper.patcher
+
+    def release(self) -> None:
+        self.cache = []
+
+    def memory_required(self, shape: tuple) -> int:
+        """A bound for decoding one latent frame of `shape` [B, 16, T, h, w]: the widest decoder activations
+        (a few layers of the largest width at the output size) plus the 2-frame cache of every slot."""
+        b, _, _, h, w = shape
+        cfg, size = self.vae.cfg, torch.empty((), dtype=self.vae.dtype).element_size()
+        stride, frames = cfg.spatial_stride, cfg.temporal_stride
+        return int(b * cfg.dim * max(cfg.dim_mult) * frames * (stride * h) * (stride * w) * size * 6)
+
+    def frames(self, mu: Tensor) -> Tensor:
+        """Raw mu [B, 16, f, h, w] -> frames [B, T, 3, H, W] in [0, 1] (as ComfyVAEStream.frames)."""
+        return (self.decode(normalize(mu.float())).float() * 0.5 + 0.5).transpose(1, 2)
+
+    def __deepcopy__(self, memo: dict) -> "CoreVAEStream":
+        new = copy.copy(self)                            # the VAE itself is shared, never copied
+        new.cache = list(self.cache)                     # decoding replaces slots, never writes into them
+        return new
+
+
+def vae_stream(vae: Any):
+    """The streaming decode state for a VAE link value: ours for a CoreVAE, else ComfyUI's VAE driven directly."""
+    return CoreVAEStream(vae) if isinstance(vae, CoreVAE) else ComfyVAEStream(vae)
+
+
 class StreamR1Decode:
     DESCRIPTION = ("Decode a Wan2.1 video LATENT with the stock VAE, one latent frame at a time with a persistent "
                    "causal cache: exact (equal to a full decode) with the memory of one frame, for latents of any "
@@ -119,7 +191,7 @@ class StreamR1Decode:
 
     def decode(self, vae: Any, samples: dict, unique_id: Optional[str] = None):
         mu = layout.raw_from_latent(samples)                               # [B, 16, T, h, w]
-        stream, out = ComfyVAEStream(vae), host.intermediate_device()
+        stream, out = vae_stream(vae), host.intermediate_device()
         host.load_models([stream.patcher], stream.memory_required(tuple(mu.shape)))
         progress, pieces = host.Progress(mu.shape[2], unique_id, unit="latent frame"), []
         try:

@@ -12,6 +12,14 @@ from .layout import frames_from_image
 AXES = ("combined", "VQ", "MQ", "TA")
 
 
+def _require(reward_model) -> None:
+    """The demo loader's reward_model output is empty when its bundle ships no reward model."""
+    if reward_model is None:
+        raise ValueError("reward_model is empty: the shapes-world bundle has no reward/ folder. Train it with "
+                         "`python -m training.run --recipe shapes_reward` and rebuild the bundle (README, section "
+                         "'The shapes world'), or use Stream-R1 Load Reward Model")
+
+
 class StreamR1RewardLoader:
     DESCRIPTION = ("Load the VideoReward model (Qwen2-VL-2B + LoRA + reward head; scores visual quality VQ, motion "
                    "quality MQ and text alignment TA) from models/stream_r1/VideoReward.")
@@ -57,6 +65,7 @@ class StreamR1RewardScore:
         }}
 
     def score(self, reward_model, images, prompt: str):
+        _require(reward_model)
         frames = frames_from_image(images)                                       # [1, T, 3, H, W]
         if frames.shape[1] < 2:
             raise ValueError("the reward model needs a clip of at least 2 frames, got 1 image")
@@ -95,6 +104,7 @@ class StreamR1RewardSaliency:
     def saliency(self, reward_model, images, prompt: str, axis: str, alpha: float, spatial_floor: float,
                  temporal_floor: float):
         import torch
+        _require(reward_model)
         cfg = IntraConfig(spatial_floor=spatial_floor, temporal_floor=temporal_floor)
         # ComfyUI runs nodes under inference_mode; the saliency is a gradient, so step out of it here
         with torch.inference_mode(False), torch.enable_grad():

@@ -22,12 +22,12 @@ from torch import Tensor
 from ..stream_r1.config import StreamConfig, video_frames_for
 from ..stream_r1.stream import StreamSession, chunks_for_frames
 from . import host
-from .decode import ComfyVAEStream
+from .decode import ComfyVAEStream, CoreVAEStream, vae_stream as make_vae_stream
 from .loader import StreamR1Model
 
 
 def stream_memory(model: StreamR1Model, cfg: StreamConfig, height: int, width: int, batch: int,
-                  vae_stream: Optional[ComfyVAEStream] = None) -> int:
+                  vae_stream: Optional[ComfyVAEStream | CoreVAEStream] = None) -> int:
     """Bytes a run needs beyond the weights: KV + text cache, one chunk's activations (a rough bound) and
     ComfyUI's estimate for decoding one latent frame."""
     mc, size = model.module.cfg, torch.empty((), dtype=model.dtype).element_size()
@@ -46,7 +46,8 @@ def video_frames(latent_frames: int) -> int:
 class StreamState:
     """See the module docstring. Nodes use `start`, `take` (through generate._stream), `fork` and `running`."""
 
-    def __init__(self, model: StreamR1Model, session: StreamSession, vae_stream: Optional[ComfyVAEStream]):
+    def __init__(self, model: StreamR1Model, session: StreamSession,
+                 vae_stream: Optional[ComfyVAEStream | CoreVAEStream]):
         self.model, self.session, self.vae_stream = model, session, vae_stream
         self.latents_emitted = 0
         """Latent frames handed out so far (the tail excluded)."""
@@ -56,7 +57,7 @@ class StreamState:
     def start(cls, model: StreamR1Model, cfg: StreamConfig, context: Tensor, *, height: int, width: int,
               seed: int, vae: Any = None) -> "StreamState":
         """Load the weights (and the VAE) for a run, then allocate the caches of a new stream."""
-        vae_stream = ComfyVAEStream(vae) if vae is not None else None
+        vae_stream = make_vae_stream(vae) if vae is not None else None
         model.load(stream_memory(model, cfg, height, width, context.shape[0], vae_stream),
                    (vae_stream.patcher,) if vae_stream is not None else ())
         session = StreamSession(model.module, cfg, context, height=height, width=width, seed=seed,
@@ -158,7 +159,7 @@ class StreamState:
         from ..stream_r1.stream_state import load_stream_state
 
         saved = load_stream_state(path)
-        vae_stream = ComfyVAEStream(vae) if vae is not None else None
+        vae_stream = make_vae_stream(vae) if vae is not None else None
         s = saved.session
         model.load(stream_memory(model, saved.config(), int(s["height"]), int(s["width"]), int(s["batch"]),
                                  vae_stream), (vae_stream.patcher,) if vae_stream is not None else ())

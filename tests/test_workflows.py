@@ -140,7 +140,7 @@ def test_committed_files_equal_the_builder_output(defs):
         assert path.read_text() == text, f"{path} is out of date: run python workflows/build.py"
     shipped = set(WORKFLOWS.glob("*.json")) | set((WORKFLOWS / "api").glob("*.json"))
     assert shipped == set(rendered), f"files not written by build.py: {sorted(map(str, shipped - set(rendered)))}"
-    assert len(UI_FILES) == 8 and all(api_twin(p).is_file() for p in UI_FILES)
+    assert len(UI_FILES) == 9 and all(api_twin(p).is_file() for p in UI_FILES)
 
 
 def test_workflows_folder_is_a_template_folder_and_holds_only_ui_workflows():
@@ -308,8 +308,13 @@ def test_each_workflow_links_every_file_it_needs(path):
     needed = {("umt5_xxl_fp16.safetensors", "text_encoders"), ("wan_2.1_vae.safetensors", "vae"),
               ("stream_r1.pt", "stream_r1")}
     linked = {(m["name"], m["directory"]) for n in ui["nodes"] for m in n.get("properties", {}).get("models", [])}
-    assert linked == needed
     notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+    if any(n["type"] == "StreamR1ShapesDemoLoader" for n in ui["nodes"]):      # the embedded bundle: nothing to fetch
+        assert linked == set() and not {n["type"] for n in ui["nodes"]} & {"CLIPLoader", "VAELoader",
+                                                                            "StreamR1ModelLoader"}
+        assert notes and "no downloads" in notes[0].lower() and "bench/shapes_train.sh" in notes[0]
+        return
+    assert linked == needed
     assert notes and all(BY_NAME[r].url in notes[0] for r in ("stream_r1", "umt5", "vae"))
     for n in ui["nodes"]:                                   # whole-repository releases: linked from the note
         for name, release in FOLDER_RELEASE_WIDGETS.items():
@@ -359,6 +364,28 @@ def test_the_long_stream_workflows_do_what_they_say():
     events = tl.events(3, chunks)                      # fits the stream: what Generate to File checks at run time
     assert len(events) == 5 and {e.transition for e in events[1:]} == {"recache", "none", "flush"}
     assert events[-1].seconds < 180 - 20, "the last prompt gets a fair share of the stream"
+
+    shapes = api["stream_r1_shapes_world"]
+    (loader,) = [n for n in shapes.values() if n["class_type"] == "StreamR1ShapesDemoLoader"]
+    (gen,) = [n for n in shapes.values() if n["class_type"] == "StreamR1Generate"]
+    (timeline,) = [n for n in shapes.values() if n["class_type"] == "StreamR1Timeline"]
+    (sal,) = [n for n in shapes.values() if n["class_type"] == "StreamR1RewardSaliency"]
+    lid = next(k for k, v in shapes.items() if v is loader)
+    assert gen["inputs"]["model"] == [lid, 0] and gen["inputs"]["vae"] == [lid, 2]
+    assert timeline["inputs"]["clip"] == [lid, 1] and shapes[gen["inputs"]["positive"][0]] is timeline
+    assert sal["inputs"]["reward_model"] == [lid, 3] and shapes[sal["inputs"]["images"][0]] is gen
+    from training.recipes import get_recipe
+    world = get_recipe("shapes_stream_r1").world                     # the size the bundle is trained at
+    assert gen["inputs"]["seconds"] == 20 and (gen["inputs"]["height"], gen["inputs"]["width"]) == \
+        (world.height, world.width)
+    tl = Timeline.parse(timeline["inputs"]["timeline"], timeline["inputs"]["default_transition"])
+    events = tl.events(3, latent_frames_for_seconds(20.0) // 3)
+    assert len(events) == 3 and sal["inputs"]["prompt"] == events[0].prompt
+    from stream_r1.shapes import parse_prompt
+    assert all(parse_prompt(e.prompt) for e in events), "prompts in the shapes grammar"
+    saved = [n for n in shapes.values() if n["class_type"] == "SaveVideo"]
+    assert {shapes[shapes[n["inputs"]["video"][0]]["inputs"]["images"][0]]["class_type"] for n in saved} == \
+        {"StreamR1Generate", "StreamR1RewardSaliency"}
 
     resume = api["stream_r1_resume_stream"]
     (load,) = [n for n in resume.values() if n["class_type"] == "StreamR1LoadState"]

@@ -461,8 +461,60 @@ def test_time_scaling() -> Workflow:
                      ("Video", (1260, 10, 460, 630), DISPLAY_COLOURS["output"])])
 
 
+SHAPES_TIMELINE = (
+    "# The shapes world speaks its own small language: 'a <colour> <shape> <motion> on a <background> background'\n"
+    "# (colours red green blue yellow white orange purple cyan; circle square triangle star diamond; moving\n"
+    "# left/right/up/down, bouncing, rotating, growing). Each switch lands on the nearest chunk boundary.\n"
+    "0: a red circle moving right on a black background\n"
+    "7 [recache]: a blue circle moving right on a black background\n"
+    "14 [recache]: a blue circle bouncing on a black background\n")
+SHAPES_SIZE = 96
+"""The bundle's frame size (the shapes recipes render 96x96 clips)."""
+
+
+def shapes_world() -> Workflow:
+    first_prompt = "a red circle moving right on a black background"
+    nodes = [
+        Node(1, "StreamR1ShapesDemoLoader", (40, 80), (340, 150), {"dtype": "auto"}),
+        Node(2, "StreamR1Timeline", (420, 80), (520, 330), {"timeline": SHAPES_TIMELINE,
+                                                             "default_transition": "recache"}, {"clip": (1, 1)}),
+        Node(5, "StreamR1Generate", (980, 80), (360, 436),
+             {"width": SHAPES_SIZE, "height": SHAPES_SIZE, "seconds": 20.0, "frames": 0, "seed": 42,
+              "keep_state": False}, {"model": (1, 0), "positive": (2, 0), "vae": (1, 2)}),
+        Node(6, "CreateVideo", (1380, 80), (270, 80), {"fps": 16.0}, {"images": (5, 0)}),
+        Node(7, "SaveVideo", (1380, 200), (360, 330), {"filename_prefix": "stream_r1/shapes_world"},
+             {"video": (6, 0)}),
+        Node(9, "StreamR1RewardSaliency", (980, 560), (380, 330),
+             {"prompt": first_prompt, "axis": "combined", "alpha": 0.55, "spatial_floor": 0.15,
+              "temporal_floor": 0.2}, {"reward_model": (1, 3), "images": (5, 0)}),
+        Node(10, "CreateVideo", (1380, 580), (270, 80), {"fps": 16.0}, {"images": (9, 0)}),
+        Node(11, "SaveVideo", (1380, 700), (360, 330), {"filename_prefix": "stream_r1/shapes_saliency"},
+             {"video": (10, 0)}, title="Saliency overlay"),
+        Node(12, "PreviewImage", (1780, 580), (300, 260), {}, {"images": (9, 2)}, title="Temporal profile"),
+        note(8, (40, 300), (340, 620),
+             "## Stream-R1: the shapes world (CPU, no downloads)\n\nThe Shapes Demo Loader reads the bundle "
+             "embedded in the pack (`stream_r1/shapes/bundle/`): a small causal student, its Wan-architecture VAE, "
+             "a umT5 text encoder and a 3-axis reward model, all trained by the pack's own recipes on rendered "
+             "coloured shapes. A 20-second 96x96 stream follows the prompt timeline (a red circle moving right, "
+             "turning blue at 7 s, bouncing from 14 s) and is saved as a video; the reward model then shows "
+             "where it looks (saliency overlay video, temporal profile; TA is measured against the first "
+             "prompt).\n\nNo files to fetch. If the loader says the bundle is missing, build it: "
+             "`bash bench/shapes_train.sh` (README, section 'The shapes world'), or set "
+             "`STREAM_R1_SHAPES_BUNDLE` to a bundle folder. A bundle without a `reward/` folder still streams; "
+             "only the saliency node then stops with a message."),
+    ]
+    return Workflow("stream_r1_shapes_world", "Stream-R1: shapes world demo (CPU, no downloads)",
+                    "The embedded shapes-world model: a 20 s stream through a three-prompt timeline, saved as a "
+                    "video, and the bundle's reward model's saliency view. Runs on a CPU with no downloads.",
+                    nodes,
+                    [("Shapes bundle", (20, 10, 380, 240), DISPLAY_COLOURS["models"]),
+                     ("Prompt timeline", (400, 10, 560, 420), DISPLAY_COLOURS["prompt"]),
+                     ("Stream", (960, 10, 400, 530), DISPLAY_COLOURS["stream"]),
+                     ("Reward saliency", (960, 540, 1140, 510), DISPLAY_COLOURS["output"])])
+
+
 WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view, timeline_3min, resume_stream,
-             test_time_scaling)
+             test_time_scaling, shapes_world)
 
 
 # ---- UI format ---------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class ShapesBundle:
 
     def reward(self, device="cpu", dtype=torch.float32):
         """The bundle's 3-axis VideoReward (None when the bundle ships none)."""
-        from stream_r1.reward.model import load_video_reward
+        from ..reward.model import load_video_reward
         p = self.root / REWARD_DIR
         return load_video_reward(p, device=device, dtype=dtype) if p.is_dir() else None
 
@@ -70,9 +70,9 @@ class ShapesBundle:
 def load_bundle(device="cpu", dtype: torch.dtype = torch.float32, attention: str = "auto",
                 root: Optional[Path] = None) -> ShapesBundle:
     """Load the student, VAE and text encoder of the bundle (raises FileNotFoundError naming what is missing)."""
-    from stream_r1.loaders import load_student
-    from stream_r1.text_encoder import load_text_encoder
-    from stream_r1.vae import load_vae
+    from ..loaders import load_student          # relative: ComfyUI imports the pack under a path-derived name
+    from ..text_encoder import load_text_encoder
+    from ..vae import load_vae
 
     root = root or bundle_dir()
     p = paths(root)
