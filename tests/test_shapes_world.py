@@ -223,3 +223,18 @@ def test_mixed_precision_without_fsdp(tmp_path):
                  "--set", "checkpoint.enabled=false"]) == 0
     step = json.loads((out / "s.json").read_text())["steps"][0]
     assert math.isfinite(step["gen_loss"]) and math.isfinite(step["critic_loss"])
+
+
+def test_vae_crops_follow_the_shapes():
+    """VAE training crops sit on the 8-pixel grid and contain the (small) shape of the clip; plain clips still crop."""
+    from training.shapes.pretrain import foreground_crops
+
+    x = torch.zeros(3, 5, 3, 96, 96)
+    x[0, :, 0, 70:80, 60:70] = 1.0                                    # a red square near the bottom right
+    x[1, :, 1, 5:12, 5:12] = 1.0                                      # a green one in the top left corner
+    x[2] += 0.5                                                       # plain grey
+    for seed in range(5):
+        c = foreground_crops(x, 24, torch.Generator().manual_seed(seed))
+        assert c.shape == (3, 5, 3, 24, 24)
+        assert c[0, 0, 0].sum() > 0 and c[1, 0, 1].sum() > 0          # the shapes are inside their crops
+        assert torch.equal(c[2], torch.full_like(c[2], 0.5))

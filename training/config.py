@@ -351,13 +351,16 @@ class PretrainConfig:
     vae_frames: int = 45
     """Frames per VAE training crop (1 + 4k). Must cover the causal receptive field (~40 frames): a VAE trained on
     13-frame crops reconstructs them at 20 dB and collapses to 3 dB after frame 13 of a longer clip."""
+    vae_fg_weight: float = 10.0
+    """Loss weight of foreground pixels (farther than 0.1 from the clip's median colour): shapes cover ~3 % of a
+    frame, and an unweighted VAE first learns to draw the background alone (the 2026-11-22 attempt did)."""
     vae_init: str = ""
     """Start the VAE from this file (fine-tuning) instead of a seeded random init."""
     vae_crop: int = 32
     """Spatial crop of the VAE training clips in pixels (multiple of 8; the VAE is convolutional)."""
-    vae_kl: float = 1e-3
+    vae_kl: float = 1e-4
     """Weight of 0.5 * mean(z^2) on the normalised latents (keeps them near unit scale for the DiT)."""
-    vae_latent_noise: float = 0.1
+    vae_latent_noise: float = 0.03
     """Std of the noise added to normalised latents before decoding (a decoder robust to DiT error)."""
     text_dim: int = 64
     """umT5 d_model (= the DiTs' text_dim)."""

@@ -116,6 +116,29 @@ def _autocast(device: torch.device):
 
 
 # ---- VAE ----------------------------------------------------------------------------------------------------------
+def foreground_crops(x: Tensor, c: int, g: torch.Generator) -> Tensor:
+    """[B, T, 3, H, W] -> [B, T, 3, c, c]: per clip a crop (on the 8-pixel latent grid) around a random foreground
+    pixel of its first frame (where a shape is), or anywhere when the frame is plain."""
+    b, _, _, h, w = x.shape
+    first = x[:, 0]                                                                        # [B, 3, H, W]
+    bg = first.flatten(2).median(dim=2).values                                             # [B, 3]
+    fg = (first - bg[:, :, None, None]).abs().amax(1) > 0.1                                # [B, H, W]
+    out = []
+    for i in range(b):
+        ys, xs = torch.nonzero(fg[i], as_tuple=True)
+        if len(ys):
+            j = int(torch.randint(0, len(ys), (1,), generator=g))
+            cy, cx = int(ys[j]), int(xs[j])
+            jitter = torch.randint(-c // 4, c // 4 + 1, (2,), generator=g).tolist()
+            y0, x0 = cy - c // 2 + jitter[0], cx - c // 2 + jitter[1]
+        else:
+            y0, x0 = int(torch.randint(0, h - c + 1, (1,), generator=g)), int(torch.randint(0, w - c + 1, (1,), generator=g))
+        y0 = min(max(0, y0 // 8 * 8), (h - c) // 8 * 8)
+        x0 = min(max(0, x0 // 8 * 8), (w - c) // 8 * 8)
+        out.append(x[i, :, :, y0:y0 + c, x0:x0 + c])
+    return torch.stack(out)
+
+
 def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
     from safetensors.torch import save_file
 
@@ -140,20 +163,22 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
         g = torch.Generator().manual_seed(derive_seed(s.seed, "vae", k))
         idx = batch_indices(k, s.global_batch, n, s.seed, "vae")
         start = torch.randint(0, t - crop + 1, (1,), generator=g).item()
-        c = min(pre.vae_crop, cfg.world.height, cfg.world.width)
-        y0 = int(torch.randint(0, (cfg.world.height - c) // 8 + 1, (1,), generator=g)) * 8
-        x0 = int(torch.randint(0, (cfg.world.width - c) // 8 + 1, (1,), generator=g)) * 8
-        x = bank.batch(idx, device)[:, start:start + crop, :, y0:y0 + c, x0:x0 + c]    # [B, T, 3, c, c] in [0, 1]
+        clip = bank.batch(idx, device)[:, start:start + crop]                            # [B, T, 3, H, W] in [0, 1]
+        x = foreground_crops(clip, min(pre.vae_crop, cfg.world.height, cfg.world.width), g)  # [B, T, 3, c, c]
+        bg = x.flatten(3).median(dim=3).values.median(dim=1).values                       # [B, 3] median colour
+        fg = (x - bg[:, None, :, None, None]).abs().amax(2, keepdim=True) > 0.1           # [B, T, 1, c, c]
+        w = rearrange(1.0 + (pre.vae_fg_weight - 1.0) * fg.float(), "b t c h w -> b c t h w")
         x = rearrange(x * 2 - 1, "b t c h w -> b c t h w")
         with _autocast(device):
             z = vae.encode(x)                                                             # [B, 16, f, h, w] normalised
             eps = torch.randn(z.shape, generator=g).to(device)
             rec = vae.decode(z + pre.vae_latent_noise * eps)                              # [B, 3, T, H, W]
         rec = rec.float()
-        l1 = (rec - x).abs().mean()
+        err = rec - x
+        l1 = (w * err.abs()).mean() / w.mean()
         mse = F.mse_loss(rec, x)
         kl = 0.5 * z.float().pow(2).mean()
-        loss = l1 + mse + pre.vae_kl * kl
+        loss = l1 + (w * err.pow(2)).mean() / w.mean() + pre.vae_kl * kl
         psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))
         loop.step(k, loss, {"l1": float(l1.detach()), "psnr": psnr, "z_rms": float(z.detach().float().pow(2).mean().sqrt())})
     vae.eval()
