@@ -14,6 +14,7 @@ the default (`position_mode="sequential"`). `"mrope"` uses the proper 3-D video 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -122,12 +123,16 @@ class VideoRewardModel(nn.Module):
         Differentiable w.r.t. pixel_values (the reference's per-ViT-patch saliency target).
         """
         b, seq = text.input_ids.shape
-        positions = None
+        positions, mask = None, text.attention_mask
         if self.position_mode == "sequential":                  # [3, B, L]: 0..L-1 in every M-RoPE section
             positions = torch.arange(seq, device=self.device).view(1, 1, seq).expand(3, b, seq)
+            # padding is on the right and attention causal, so no real token ever sees a pad: the padding mask
+            # changes only the (unread) pad rows. Without it SDPA runs its causal kernel instead of an
+            # explicit [B, 1, L, L] mask (2.2x faster LLM on the CPU for the shapes reward; same scores).
+            mask = None
         else:
             self.qwen.model.rope_deltas = None                  # HF caches these across calls
-        out = self.qwen.model(input_ids=text.input_ids, attention_mask=text.attention_mask, position_ids=positions,
+        out = self.qwen.model(input_ids=text.input_ids, attention_mask=mask, position_ids=positions,
                               pixel_values_videos=pixel_values, video_grid_thw=grid_thw,
                               mm_token_type_ids=text.mm_token_type_ids, use_cache=False)
         hidden = out.last_hidden_state                           # [B, L, D]
@@ -181,7 +186,7 @@ def build_qwen2vl(arch: Qwen2VLArch, state_dict: dict[str, Tensor] | None = None
 
     cfg = arch.to_hf(attn_implementation)
     if state_dict is None:
-        return Qwen2VLForConditionalGeneration(cfg).to(dtype).eval()
+        return batch_vision_attention(Qwen2VLForConditionalGeneration(cfg).to(dtype).eval())
     with torch.device("meta"):
         model = Qwen2VLForConditionalGeneration(cfg)
     expected = set(model.state_dict())
@@ -206,7 +211,48 @@ def build_qwen2vl(arch: Qwen2VLArch, state_dict: dict[str, Tensor] | None = None
     # non-persistent rotary tables were created on meta: rebuild them (fp32, as transformers keeps them)
     model.model.language_model.rotary_emb = hf.Qwen2VLRotaryEmbedding(config=cfg.text_config)
     model.model.visual.rotary_pos_emb = hf.Qwen2VLVisionRotaryEmbedding(cfg.vision_config)
-    return model.eval()
+    return batch_vision_attention(model.eval())
+
+
+def batch_vision_attention(qwen: nn.Module) -> nn.Module:
+    """Make the ViT's SDPA attention one batched call over its frame chunks (in place; returns `qwen`).
+
+    transformers' Qwen2-VL ViT attends within each temporal patch (`cu_seqlens`: one chunk of h*w patches per
+    t, per video) and, for every attention implementation but flash-attention, loops over the chunks in Python:
+    B * t SDPA calls per block (128 shapes clips x 22 = 2,816, forward and backward; 1,640 for one 81-frame
+    480x832 video). When every chunk has the same length, as in any batch of same-size videos, the chunks are a
+    batch dimension: the same attention in one SDPA call. Other cases (mixed sizes, eager/flash attention) run
+    transformers' own forward.
+    """
+    cls = _batched_vision_attention_class()
+    for m in qwen.modules():
+        if type(m) is cls.__base__:
+            m.__class__ = cls
+    return qwen
+
+
+@functools.cache
+def _batched_vision_attention_class() -> type:
+    import torch.nn.functional as F
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
+
+    class BatchedVisionAttention(hf.VisionAttention):
+        """`VisionAttention` whose equal-length chunks go through one SDPA call (see `batch_vision_attention`)."""
+
+        def forward(self, hidden_states: Tensor, cu_seqlens: Tensor, position_embeddings=None, *args, **kwargs):
+            n = hidden_states.shape[0]
+            c = cu_seqlens.numel() - 1
+            if (self.config._attn_implementation != "sdpa" or position_embeddings is None or args or c < 1
+                    or n % c or not bool((cu_seqlens.diff() == n // c).all())):
+                return super().forward(hidden_states, cu_seqlens, position_embeddings, *args, **kwargs)
+            q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            cos, sin = position_embeddings
+            q, k = hf.apply_rotary_pos_emb_vision(q, k, cos, sin)               # [N, H, d]
+            q, k, v = (x.reshape(c, n // c, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))  # [C, H, L, d]
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)   # [C, H, L, d]
+            return self.proj(out.transpose(1, 2).reshape(n, -1))
+
+    return BatchedVisionAttention
 
 
 def load_video_reward(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16,

@@ -154,6 +154,64 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+class TokenRows(nn.Module):
+    """Trainable copies of the token-embedding rows the tokenizer can emit; the 151,660-row table stays frozen.
+
+    The released layout forces the real vocabulary (the reward tokens sit at ids 151657-151659) but the shapes
+    tokenizer emits ~300 ids. Training the whole table computed a dense [151660, 128] gradient, clipped it and
+    ran AdamW over 19.4 M entries that never change (no gradient, no weight decay): 85% of the optimizer's
+    work. Here a forward hook on `embed_tokens` replaces the looked-up rows of those ids by `rows`, so training
+    is the same computation (same gradients, same clipping norm, same Adam updates); `fold()` writes the rows
+    back into the table (and the tied lm_head), which is then saved in the released layout.
+    """
+
+    def __init__(self, embed: nn.Embedding, ids: Sequence[int]):
+        super().__init__()
+        ids_t = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long, device=embed.weight.device)
+        slot = torch.full((embed.num_embeddings,), -1, dtype=torch.long, device=embed.weight.device)
+        slot[ids_t] = torch.arange(len(ids_t), device=slot.device)
+        self.register_buffer("ids", ids_t, persistent=False)
+        self.register_buffer("slot", slot, persistent=False)
+        self.rows = nn.Parameter(embed.weight.detach()[ids_t].clone())   # [n_ids, D]
+        self.embed = [embed]                                              # not a submodule: no double registration
+        embed.weight.requires_grad_(False)
+        self._hook = embed.register_forward_hook(self._replace)
+
+    def _replace(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        s = self.slot[args[0]]                                            # [B, L], -1 outside the table
+        rows = F.embedding(s.clamp_min(0), self.rows).to(out.dtype)
+        return torch.where((s >= 0).unsqueeze(-1), rows, out)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Write the trained rows into the embedding and remove the hook (idempotent)."""
+        if self._hook is not None:
+            self.embed[0].weight[self.ids] = self.rows.to(self.embed[0].weight.dtype)
+            self._hook.remove()
+            self._hook = None
+
+
+def trainable_token_rows(model: VideoRewardModel) -> TokenRows:
+    """`TokenRows` over every id of the model's tokenizer (its whole vocabulary, special tokens included)."""
+    tok = model.prompts.tokenizer
+    ids = set(tok.get_vocab().values()) | {model.prompts.pad_id}
+    return TokenRows(model.qwen.get_input_embeddings(), ids)
+
+
+def reward_optimizer(model: VideoRewardModel, o) -> tuple[torch.optim.Optimizer, list[nn.Parameter], TokenRows]:
+    """Freeze the token embedding behind a `TokenRows` and build AdamW over the trainable parameters: weight decay
+    on matrices, none on vectors and token rows (as the first trainer: the embedding had none). Returns the
+    optimizer, the parameters it updates (for clipping) and the rows (`fold()` them before saving)."""
+    rows = trainable_token_rows(model)
+    named = [(nm, p) for nm, p in model.named_parameters() if p.requires_grad]
+    decay = [p for nm, p in named if p.dim() >= 2]
+    no_decay = [p for nm, p in named if p.dim() < 2] + [rows.rows]
+    fused = {"fused": True} if rows.rows.is_cuda else {}                    # one kernel for all ~60 tensors
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps, **fused)
+    return opt, decay + no_decay, rows
+
+
 # ---- training -----------------------------------------------------------------------------------------------------
 def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = REWARD_ARCH) -> Path:
     """Train the 3-axis reward model on the shapes bank; returns `Path(cfg.output_dir) / "reward"`."""
@@ -166,17 +224,16 @@ def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = 
     n_eval = heldout_count(len(bank))
     n_train = len(bank) - n_eval
     b = s.global_batch
+    if device.type == "cuda":
+        bank.videos = bank.videos.to(device)                                # 2048 clips of 45 x 96^2: 2.5 GB uint8
     model = new_reward_model(derive_seed(s.seed, "reward-init") % (1 << 31), arch).to(device)
     # the model stays in eval mode: Qwen2-VL has no dropout, so training mode would change nothing
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("reward model: %.2fM parameters (%.2fM outside the token embedding), %d train / %d held-out clips, "
-             "batch %d clips x 4 variants, %d steps on %s", n_params / 1e6,
-             (n_params - model.qwen.model.language_model.embed_tokens.weight.numel()) / 1e6, n_train, n_eval, b,
-             s.steps, device)
-    decay = [p for nm, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in nm]
-    no_decay = [p for nm, p in model.named_parameters() if not (p.dim() >= 2 and "embed_tokens" not in nm)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps)
+    opt, params, rows = reward_optimizer(model, o)                          # the token embedding itself is frozen
+    log.info("reward model: %.2fM parameters (%.2fM outside the token embedding), %.2fM trained (%d token rows), "
+             "%d train / %d held-out clips, batch %d clips x 4 variants, %d steps on %s", n_params / 1e6,
+             (n_params - model.qwen.model.language_model.embed_tokens.weight.numel()) / 1e6,
+             sum(p.numel() for p in params) / 1e6, len(rows.ids), n_train, n_eval, b, s.steps, device)
     bar = None
     if cfg.log.progress:
         try:
@@ -184,7 +241,9 @@ def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = 
             bar = tqdm(total=s.steps, desc="reward", unit="step", leave=False)
         except ImportError:
             pass
-    run_acc, run_loss, seen, t0 = torch.zeros(3), 0.0, 0, time.perf_counter()
+    # running sums stay on the device: no host sync inside a step, so the next batch's data work (indexing,
+    # prompt edits, tokens) overlaps the GPU's backward; loss, accuracy and finiteness are read every log interval
+    run_acc, run_loss, seen, t0 = torch.zeros(3, device=device), torch.zeros((), device=device), 0, time.perf_counter()
     from .pretrain import stop_requested
     for step in range(s.steps):
         if stop_requested():
@@ -200,28 +259,33 @@ def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = 
             scores = split_variants(model.score(frames, prompts).float())   # [4, B, 3]
         bt, acc, shift = pair_losses(scores)
         loss = bt.sum() + pre.reward_margin_weight * shift
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"reward loss is {loss.item()} at step {step}; lower optim.lr "
-                                     f"(now {o.lr}) or set optim.max_grad_norm > 0")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm if o.max_grad_norm > 0 else math.inf)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else math.inf)
         opt.step()
-        run_acc += acc.detach().cpu()
-        run_loss += loss.item()
+        run_acc += acc.detach()
+        run_loss += loss.detach()
         seen += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+        if (step + 1) % max(1, cfg.log.interval) == 0 or step + 1 == s.steps or device.type == "cpu":
+            mean_loss = run_loss.item() / seen
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"reward loss is {mean_loss} in steps {step + 2 - seen}..{step + 1}; lower "
+                                         f"optim.lr (now {o.lr}) or set optim.max_grad_norm > 0")
         if (step + 1) % max(1, cfg.log.interval) == 0 or step + 1 == s.steps:
             a = (run_acc / seen).tolist()
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
             log.info("reward step %d/%d  loss %.4f  acc VQ %.2f MQ %.2f TA %.2f  shift %.2e  |g| %.2f  lr %.2e  "
-                     "%.2fs/step", step + 1, s.steps, run_loss / seen, *a, shift.item(), gnorm.item(), lr,
+                     "%.2fs/step", step + 1, s.steps, mean_loss, *a, shift.item(), gnorm.item(), lr,
                      (time.perf_counter() - t0) / seen)
-            run_acc, run_loss, seen, t0 = torch.zeros(3), 0.0, 0, time.perf_counter()
+            run_acc, run_loss, seen, t0 = (torch.zeros(3, device=device), torch.zeros((), device=device), 0,
+                                           time.perf_counter())
     if bar is not None:
         bar.close()
 
+    rows.fold()                                                             # the trained rows into the table
     held = heldout_scores(model, bank, cfg, device).cpu()                   # [4, K, 3]
     mean, std = normalisation(held)
     _, acc, shift = pair_losses(held)

@@ -135,7 +135,10 @@ def degrade_quality(x: Tensor, g: torch.Generator) -> Tensor:
         out[blur] = _gaussian_blur(x[blur], (1.0 + 2.0 * u[blur]).to(x.device))
     noise = kind == 1
     if noise.any():
-        n = torch.randn(x[noise].shape, generator=g).to(x.device)
+        # drawn on the clips' device from a seed of `g` (a CPU draw of 8 x 45 x 3 x 96^2 normals plus its copy to
+        # the GPU cost more than the rest of the step); deterministic per device type
+        gn = torch.Generator(x.device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        n = torch.randn(x[noise].shape, generator=gn, device=x.device, dtype=x.dtype)
         out[noise] = (x[noise] + (0.06 + 0.12 * u[noise]).to(x.device).view(-1, 1, 1, 1, 1) * n).clamp(0, 1)
     block = kind == 2
     if block.any():
@@ -155,28 +158,37 @@ def degrade_quality(x: Tensor, g: torch.Generator) -> Tensor:
 
 def degrade_motion(x: Tensor, g: torch.Generator) -> Tensor:
     """MQ negatives: per clip one of local frame shuffles, stutter (freeze then jump), a teleport (the second half
-    shifted in space) or flicker. The frames themselves stay clean. x [B, T, 3, H, W]."""
-    b, t = x.shape[:2]
+    shifted in space) or flicker. The frames themselves stay clean. x [B, T, 3, H, W].
+
+    Batched: the draws (small, on the CPU generator) become one frame-index gather, one per-frame gain and one
+    pair of row/column gathers for the teleported clips, whatever B (the first version looped over the clips).
+    """
+    b, t, _, h, w = x.shape
+    dev = x.device
     kind = torch.randint(0, 4, (b,), generator=g)
-    out = x.clone()
-    for i in range(b):
-        k = int(kind[i])
-        if k == 0:                                                  # shuffle inside windows of 4 frames
-            perm = torch.cat([w[torch.randperm(len(w), generator=g)] for w in torch.arange(t).split(4)])
-            if bool((perm == torch.arange(t)).all()):               # every window drew the identity: swap 0, 1
-                perm[[0, 1]] = perm[[1, 0]]
-            out[i] = x[i, perm]
-        elif k == 1:                                                # hold each frame 3x, skipping ahead
-            idx = (torch.arange(t) // 3 * 3 * 2).clamp(max=t - 1)
-            out[i] = x[i, idx]
-        elif k == 2:                                                # jump: the second half moves by a random offset
-            h, w = x.shape[-2:]
-            dy = int(torch.randint(h // 5, h // 2, (1,), generator=g))
-            dx = int(torch.randint(w // 5, w // 2, (1,), generator=g))
-            cut = t // 2
-            out[i, cut:] = torch.roll(x[i, cut:], shifts=(dy, dx), dims=(-2, -1))
-        else:                                                       # flicker: every other frame darkened
-            out[i, 1::2] = x[i, 1::2] * 0.45
+    ar = torch.arange(t)
+    # shuffle inside windows of 4 frames: sort random keys offset by the window number
+    perm = (torch.rand(b, t, generator=g) + (ar // 4)).argsort(dim=1)
+    ident = (perm == ar).all(1)                                     # every window drew the identity: swap 0, 1
+    perm[ident, :2] = torch.tensor([1, 0])
+    stutter = (ar // 3 * 3 * 2).clamp(max=t - 1)                    # hold each frame 3x, skipping ahead
+    src = torch.where((kind == 0)[:, None], perm, torch.where((kind == 1)[:, None], stutter, ar))  # [B, T]
+    out = x[torch.arange(b, device=dev)[:, None], src.to(dev)]      # [B, T, 3, H, W]
+    gain = torch.ones(b, t)                                         # flicker: every other frame darkened
+    gain[kind == 3, 1::2] = 0.45
+    if bool((kind == 3).any()):
+        out = out * gain.to(dev, x.dtype).view(b, t, 1, 1, 1)
+    jump = (kind == 2).nonzero().flatten()                          # the second half moves by a random offset
+    dy = torch.randint(h // 5, h // 2, (b,), generator=g)
+    dx = torch.randint(w // 5, w // 2, (b,), generator=g)
+    if len(jump):
+        cut, j = t // 2, len(jump)
+        rows = (torch.arange(h) - dy[jump, None]) % h               # torch.roll by +dy: out[r] = x[r - dy]
+        cols = (torch.arange(w) - dx[jump, None]) % w
+        y = x[jump.to(dev), cut:]                                   # [J, T - cut, 3, H, W]
+        y = y.gather(-2, rows.to(dev).view(j, 1, 1, h, 1).expand(y.shape))
+        y = y.gather(-1, cols.to(dev).view(j, 1, 1, 1, w).expand(y.shape))
+        out[jump.to(dev), cut:] = y
     return out
 
 
