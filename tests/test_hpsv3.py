@@ -95,3 +95,18 @@ def test_hpsv3_as_the_stream_t1_short_reward(hps, tiny_model, vae):
     with torch.no_grad():
         best = float(hps.score(vid[:, 9:], ["a cat"]))
     assert len(set(shorts)) == 2 and any(abs(best - s) < 1e-4 for s in shorts)
+
+
+def test_instruction_is_the_released_text():
+    """The prompt text HPSv3 was trained on, pinned by the SHA-256 of hpsv3 1.0.0's (PyPI) data_collator_qwen.py
+    INSTRUCTION and prompt_with_special_token; both its Visual Quality and Text Alignment rubrics."""
+    import hashlib
+
+    from stream_r1.reward import hpsv3
+
+    text = hpsv3.INSTRUCTION
+    assert len(text) == 2523 and "**Text Alignment:**" in text and text.count("{text_prompt}") == 1
+    assert hashlib.sha256(text.encode()).hexdigest() == \
+        "0393599dad45a971903d1d62a3acf9bad3ccccdafa7f40f680523419e1f68b7a"
+    assert hashlib.sha256(hpsv3.PROMPT_WITH_REWARD_TOKEN.encode()).hexdigest() == \
+        "2471faca094ae5bd6fe17b71dce20c3d7583625545e235889f7e74e7eeb69d0a"

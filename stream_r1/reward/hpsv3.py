@@ -47,8 +47,8 @@ HEAD_SHAPES = {"0.weight": (1024, "h"), "0.bias": (1024,), "3.weight": (16, 1024
                "5.weight": (2, 16), "5.bias": (2,)}
 """`rm_head.*` of the ranknet head ("h" = LLM width); Sequential indices 1, 2, 4 are ReLU / Dropout / ReLU."""
 
-# HPSv3's hpsv3/dataset/data_collator_qwen.py INSTRUCTION and prompt_with_special_token (trailing spaces and
-# blank lines kept: the model was trained on this exact text). [?] re-check against the installed hpsv3 package.
+# HPSv3's prompt text, as in hpsv3 1.0.0 (PyPI wheel, hpsv3/dataset/data_collator_qwen.py: INSTRUCTION and
+# prompt_with_special_token; trailing spaces and blank lines kept: the model was trained on this exact text).
 _INSTRUCTION_LINES: tuple[str, ...] = (  # noqa: E501 (data: one line per entry)
     '',
     'You are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a overall score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the worst and 10 being the best. ',
@@ -60,6 +60,14 @@ _INSTRUCTION_LINES: tuple[str, ...] = (  # noqa: E501 (data: one line per entry)
     '- **Detail Richness:** Consider the level of detail in textures, materials, lighting, and other visual elements (e.g., hair, clothing, shadows).',
     '- **Aesthetic and Creativity:** Assess the artistic aspects of the image, including the color scheme, composition, atmosphere, depth of field, and the overall creative appeal. The scene should convey a sense of harmony and balance.',
     '- **Safety:** The image should not contain harmful or inappropriate content, such as political, violent, or adult material. If such content is present, the image quality and satisfaction score should be the lowest possible. ',
+    '',
+    '**Text Alignment:**  ',
+    'Assess how well the image matches the textual prompt across the following sub-dimensions:',
+    '- **Subject Relevance** Evaluate how accurately the subject(s) in the image (e.g., person, animal, object) align with the textual description. The subject should match the description in terms of number, appearance, and behavior.',
+    '- **Style Relevance:** If the prompt specifies a particular artistic or stylistic style, evaluate how well the image adheres to this style.',
+    '- **Contextual Consistency**: Assess whether the background, setting, and surrounding elements in the image logically fit the scenario described in the prompt. The environment should support and enhance the subject without contradictions.',
+    '- **Attribute Fidelity**: Check if specific attributes mentioned in the prompt (e.g., colors, clothing, accessories, expressions, actions) are faithfully represented in the image. Minor deviations may be acceptable, but critical attributes should be preserved.',
+    '- **Semantic Coherence**: Evaluate whether the overall meaning and intent of the prompt are captured in the image. The generated content should not introduce elements that conflict with or distort the original description.',
     'Textual prompt - {text_prompt}',
     '',
     '',
