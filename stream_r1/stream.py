@@ -420,11 +420,7 @@ class StreamSession:
                 x = self.schedule.add_noise(x0, eps, ts[k + 1])
         rows = [x0[r * self.batch:(r + 1) * self.batch] for r in range(n)]           # n x [B, f, 16, h, w]
         t1 = self._clock()
-        frames = [None] * n
-        for r, state in enumerate(states):
-            if state["decoder"] is not None:
-                with self.branch(state):
-                    frames[r] = self._decode(rows[r])
+        frames = self._decode_lineages(states, x0, rows)
         t2 = self._clock()
         skip = last and self.cfg.skip_last_context_pass
         if not skip:
@@ -444,6 +440,39 @@ class StreamSession:
         self.stats.decode_seconds += t2 - t1
         self.stats.chunk_seconds.append(t3 - t0)
         return chunks
+
+    def _decode_lineages(self, states: list[dict], x0: Tensor, rows: list[Tensor]) -> list[Optional[Tensor]]:
+        """Frames of every lineage's chunk. When all lineages hold `StreamingDecoder`s of one VAE at the same
+        point of the stream, they run as ONE batched decode (caches concatenated on the batch axis, then split
+        back, rows r*B..(r+1)*B = lineage r); otherwise one decode per lineage."""
+        from .vae import StreamingDecoder
+
+        decs = [s["decoder"] for s in states]
+        n, b = len(states), self.batch
+        same = (n > 1 and all(type(d) is StreamingDecoder for d in decs)
+                and len({id(d.vae) for d in decs}) == 1 and len({d.latent_frames for d in decs}) == 1
+                and all((c is None) == (decs[0].cache[i] is None) for d in decs for i, c in enumerate(d.cache)))
+        if not same:
+            frames: list[Optional[Tensor]] = [None] * n
+            for r, state in enumerate(states):
+                if state["decoder"] is not None:
+                    with self.branch(state):
+                        frames[r] = self._decode(rows[r])
+            return frames
+        merged = StreamingDecoder(decs[0].vae)
+        merged.latent_frames = decs[0].latent_frames
+        merged.cache = [None if c is None else torch.cat([d.cache[i] for d in decs])  # [n*B, C, 2, h, w]
+                        for i, c in enumerate(decs[0].cache)]
+        own, on_frames = self.decoder, self.on_frames
+        self.decoder, self.on_frames = merged, None
+        try:
+            video = self._decode(x0)                                                      # [n*B, T, 3, H, W]
+        finally:
+            self.decoder, self.on_frames = own, on_frames
+        for r, d in enumerate(decs):                    # decoding replaces cache entries, never writes into them
+            d.cache = [None if c is None else c[r * b:(r + 1) * b] for c in merged.cache]
+            d.latent_frames = merged.latent_frames
+        return [video[r * b:(r + 1) * b] for r in range(n)]
 
     # ---- branches (test-time search, stream_r1.tts) ------------------------------------------------------
     BRANCH_FIELDS = ("cache", "generator", "decoder", "chunk_index", "_recent", "_pieces", "_sink_latents",
