@@ -238,3 +238,31 @@ def test_vae_crops_follow_the_shapes():
         assert c.shape == (3, 5, 3, 24, 24)
         assert c[0, 0, 0].sum() > 0 and c[1, 0, 1].sum() > 0          # the shapes are inside their crops
         assert torch.equal(c[2], torch.full_like(c[2], 0.5))
+
+
+BUNDLE_PROMPTS = ("a red circle moving right on a black background", "a yellow square moving left on a dark blue "
+                  "background", "a green triangle moving down on a grey background")
+
+
+@pytest.mark.skipif(not __import__("stream_r1.shapes.bundle", fromlist=["available"]).available(),
+                    reason="no trained shapes-world bundle in stream_r1/shapes/bundle/ yet (bench/SHAPES.md)")
+@pytest.mark.parametrize("prompt", BUNDLE_PROMPTS)
+def test_bundle_renders_the_colour_and_direction_asked_for(prompt, tmp_path):
+    """The shipped model, through the CLI's default path: the analytic checker recovers the colour and the
+    direction of motion of the prompt from the pixels of a 3-second video."""
+    from stream_r1.cli import main
+    from stream_r1.shapes import check
+    from stream_r1.shapes.bundle import load_bundle
+    from stream_r1.stream import StreamSession, chunks_for_frames
+    from stream_r1.vae import StreamingDecoder
+
+    b = load_bundle()
+    sc = b.info.stream_config
+    frames = 49
+    sess = StreamSession(b.model, sc, b.text_encoder.encode([prompt]), height=b.height, width=b.width, seed=0,
+                         decoder=StreamingDecoder(b.vae))
+    video = torch.cat([c.frames[0] for c in sess.run(chunks_for_frames((frames - 1) // 4 + 1, sc.frames_per_block))])
+    r = check(video[:frames], prompt)
+    assert r["color_score"] == 1.0 and r["motion_score"] == 1.0, (r["detected"], prompt)
+    assert main(["generate", "--prompt", prompt, "--frames", "13", "--out", str(tmp_path / "x.mp4"), "--quiet",
+                 "--device", "cpu"]) == 0
