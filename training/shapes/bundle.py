@@ -161,8 +161,9 @@ def strip_image(keep: dict[str, list[Tensor]], path: Path, prompts: list[str], p
 
 
 # ---- the bundle -----------------------------------------------------------------------------------------------------
-def assemble(runs: Path, out: Path, student: Path, extra: dict) -> Path:
-    """Copy the chosen student (as fp16), VAE, text encoder and reward model into `out` with bundle.json."""
+def assemble(runs: Path, out: Path, student: Path, extra: dict, with_reward: bool = False) -> Path:
+    """Copy the chosen student (as fp16), VAE and text encoder (and with `with_reward` the reward model, whose
+    151,660-row embedding makes it ~80 MB) into `out` with bundle.json."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -176,7 +177,7 @@ def assemble(runs: Path, out: Path, student: Path, extra: dict) -> Path:
         save_file({k: f.get_tensor(k).half() for k in f.keys()}, str(out / "vae.safetensors"), metadata=f.metadata())
     shutil.copyfile(runs / "teacher" / "umt5.safetensors", out / "umt5.safetensors")
     reward = runs / "reward" / "reward"
-    if reward.is_dir():
+    if with_reward and reward.is_dir():                 # 80 MB (the released vocabulary): not by default
         if (out / "reward").exists():
             shutil.rmtree(out / "reward")
         shutil.copytree(reward, out / "reward")
@@ -203,6 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--models", default="teacher,ode_init,dmd,stream_r1", help="models to evaluate")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--no-bundle", action="store_true")
+    p.add_argument("--with-reward", action="store_true", help="also copy the reward model (~80 MB) into the bundle")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bundle] %(message)s", datefmt="%H:%M:%S")
     runs = Path(args.runs)
@@ -244,7 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "seeds": {"clip_seed": world.clip_seed, "eval_seed": EVAL_SEED,
                            "schedule_seed": TrainConfig.from_dict(tcfg).schedule.seed},
                  "evaluation": evaluation}
-        assemble(runs, Path(args.out), students[args.student], extra)
+        assemble(runs, Path(args.out), students[args.student], extra, with_reward=args.with_reward)
         log.info("bundle written to %s", args.out)
     return 0
 
