@@ -171,3 +171,20 @@ def test_2b_architecture_data_matches_the_published_parameter_count():
         qwen = Qwen2VLForConditionalGeneration(Qwen2VLArch.qwen2_vl_2b().to_hf())
     assert sum(p.numel() for p in qwen.parameters()) == 2_208_561_664           # spec-models §6.7 (151,660 rows)
     assert Qwen2VLArch().patch_dim == 1176 and Qwen2VLArch().resize_factor == 28
+
+
+def test_vit_batching_steps_aside_for_another_transformers_layout(monkeypatch):
+    """Without the transformers internals the batched ViT attention relies on, the model keeps transformers' own
+    forward instead of failing to load (the GPU image runs another transformers version)."""
+    import torch.nn as nn
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
+
+    from stream_r1.reward import model as rm
+
+    rm._batched_vision_attention_class.cache_clear()
+    monkeypatch.delattr(hf, "apply_rotary_pos_emb_vision")
+    try:
+        m = nn.Sequential(nn.Linear(2, 2))
+        assert rm.batch_vision_attention(m) is m
+    finally:
+        rm._batched_vision_attention_class.cache_clear()

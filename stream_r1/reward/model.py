@@ -224,7 +224,11 @@ def batch_vision_attention(qwen: nn.Module) -> nn.Module:
     batch dimension: the same attention in one SDPA call. Other cases (mixed sizes, eager/flash attention) run
     transformers' own forward.
     """
-    cls = _batched_vision_attention_class()
+    try:
+        cls = _batched_vision_attention_class()
+    except (ImportError, AttributeError) as e:            # another transformers layout: keep its own forward
+        log.info("ViT attention not batched (%s); transformers' per-chunk loop is used", e)
+        return qwen
     for m in qwen.modules():
         if type(m) is cls.__base__:
             m.__class__ = cls
@@ -236,13 +240,17 @@ def _batched_vision_attention_class() -> type:
     import torch.nn.functional as F
     from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
 
+    for name in ("VisionAttention", "apply_rotary_pos_emb_vision"):
+        getattr(hf, name)                                  # AttributeError -> not batched (see the caller)
+
     class BatchedVisionAttention(hf.VisionAttention):
         """`VisionAttention` whose equal-length chunks go through one SDPA call (see `batch_vision_attention`)."""
 
         def forward(self, hidden_states: Tensor, cu_seqlens: Tensor, position_embeddings=None, *args, **kwargs):
             n = hidden_states.shape[0]
             c = cu_seqlens.numel() - 1
-            if (self.config._attn_implementation != "sdpa" or position_embeddings is None or args or c < 1
+            if (getattr(self.config, "_attn_implementation", None) != "sdpa" or position_embeddings is None or args
+                    or not all(hasattr(self, a) for a in ("qkv", "proj", "num_heads", "scaling")) or c < 1
                     or n % c or not bool((cu_seqlens.diff() == n // c).all())):
                 return super().forward(hidden_states, cu_seqlens, position_embeddings, *args, **kwargs)
             q, k, v = self.qkv(hidden_states).reshape(n, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
