@@ -43,5 +43,10 @@ for stage in "${STAGES[@]}"; do
     python3 -m training.run --recipe "shapes_${stage}" --set log.progress=false "${EXTRA[@]}"
   fi
   echo "stage ${stage}: $(( $(date +%s) - t0 )) s"
+  if [ "$stage" = vae ] && [ -z "${SKIP_VAE_GATE:-}" ]; then   # do not spend GPU time on a VAE that loses the shapes
+    python3 -c "import json,sys; r=json.load(open('runs/shapes/vae/metrics.json'))['reconstruction_check']; \
+print('VAE gate', r); sys.exit(0 if r['color'] >= 0.8 * r['color_original'] else 3)" \
+      || { echo "VAE gate failed: reconstructions lose the shapes' colours (SKIP_VAE_GATE=1 to go on anyway)"; exit 3; }
+  fi
 done
 

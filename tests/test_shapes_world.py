@@ -153,6 +153,8 @@ def test_tiny_chain_writes_every_stage(tiny_chain):
         assert (r / f).is_file(), f
     m = json.loads((r / "vae" / "metrics.json").read_text())
     assert len(m["whole_clip_psnr_per_frame"]) == 9
+    assert set(m["reconstruction_check"]) == {"color", "motion", "color_original", "motion_original"}
+    assert 0 < m["reconstruction_check"]["color_original"] <= 1     # the checker reads the rendered clips (32 px)
     steps = json.loads((tiny_chain / "summary.json").read_text())["steps"]
     gen = [s for s in steps if s["generator_step"]]
     assert gen and all(math.isfinite(s["gen_loss"]) for s in gen)

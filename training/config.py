@@ -356,7 +356,7 @@ class PretrainConfig:
     frame, and an unweighted VAE first learns to draw the background alone (the 2026-11-22 attempt did)."""
     vae_init: str = ""
     """Start the VAE from this file (fine-tuning) instead of a seeded random init."""
-    vae_crop: int = 32
+    vae_crop: int = 48
     """Spatial crop of the VAE training clips in pixels (multiple of 8; the VAE is convolutional)."""
     vae_kl: float = 1e-4
     """Weight of 0.5 * mean(z^2) on the normalised latents (keeps them near unit scale for the DiT)."""

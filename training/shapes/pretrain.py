@@ -139,6 +139,25 @@ def foreground_crops(x: Tensor, c: int, g: torch.Generator) -> Tensor:
     return torch.stack(out)
 
 
+@torch.no_grad()
+def reconstruction_check(vae, bank: ClipBank, device: torch.device, idx: list[int]) -> dict[str, float]:
+    """Mean checker scores (colour, motion) of encode -> decode of clips `idx`, with the originals' scores beside:
+    a VAE that loses the shapes' colours fails here long before a teacher could be trained on it."""
+    from stream_r1.shapes import check
+
+    got = {"color": 0.0, "motion": 0.0, "color_original": 0.0, "motion_original": 0.0}
+    for i in idx:
+        x = bank.batch([i], device)                                                       # [1, T, 3, H, W]
+        r = vae.decode(vae.encode(rearrange(x * 2 - 1, "b t c h w -> b c t h w"))).float()
+        r = rearrange((r[0] + 1) / 2, "c t h w -> t c h w").cpu()
+        a, b = check(x[0].cpu(), bank.prompts[i]), check(r, bank.prompts[i])
+        got["color"] += b["color_score"] / len(idx)
+        got["motion"] += b["motion_score"] / len(idx)
+        got["color_original"] += a["color_score"] / len(idx)
+        got["motion_original"] += a["motion_score"] / len(idx)
+    return {k: round(v, 3) for k, v in got.items()}
+
+
 def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
     from safetensors.torch import save_file
 
@@ -188,12 +207,14 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
         mse_t = (rec - x).pow(2).mean(dim=(0, 1, 3, 4))                                  # [T]
         full_psnr = [round(float(v), 2) for v in 10 * torch.log10(4.0 / mse_t.clamp_min(1e-10))]
     log.info("VAE whole-clip PSNR per frame: %s", full_psnr)
+    recon = reconstruction_check(vae, bank, device, list(range(max(0, n - 16), n)))
+    log.info("VAE reconstructions through the analytic checker: %s", recon)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "vae.safetensors"
     sd = {k: v.detach().float().cpu().contiguous() for k, v in vae.state_dict().items()}
     save_file(sd, str(path.with_suffix(".tmp")), metadata={"format": "pt", "stream_r1": "shapes-world Wan2.1 VAE"})
     path.with_suffix(".tmp").replace(path)
-    loop.close(out, {"whole_clip_psnr_per_frame": full_psnr})
+    loop.close(out, {"whole_clip_psnr_per_frame": full_psnr, "reconstruction_check": recon})
     log.info("VAE written to %s", path)
     return path
 
