@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .vae import _check_latent_channels, _describe, is_wan21_vae_state_dict
+from .vae import _describe, check_stream_chunk, is_wan21_vae_state_dict
 
 Memory = list[Tensor | None]
 
@@ -243,25 +243,14 @@ class TAEHVStreamingDecoder:
 
         n = 4f, or 4f - 3 for the stream's first chunk (3 latents -> 9 frames, then 12 per chunk).
         """
-        _check_latent_channels(latents)
-        if latents.shape[2] < 1:
-            raise ValueError("latents hold no frame: expected [B, 16, f, h, w] with f >= 1")
-        self._check_continuation(latents)
+        first_block = next(i for i, m in enumerate(self.taehv.decoder) if isinstance(m, MemBlock))  # 3
+        check_stream_chunk(latents, self.memory[first_block])  # its last input: [B, 1, 256, h, w] once started
         x = rearrange(latents.to(self.taehv.device, self.taehv.dtype), "b c f h w -> b f c h w")
         y = self.taehv.run(x, self.memory)  # [B, 4f, 3, 8h, 8w], about [0, 1]
         if self.latent_frames == 0:
             y = y[:, self.taehv.cfg.temporal_stride - 1:]  # drop the 3 warm-up frames: 1 + 4(f-1) remain
         self.latent_frames += latents.shape[2]
         return rearrange(y.clamp(0.0, 1.0) * 2.0 - 1.0, "b t c h w -> b c t h w")
-
-    def _check_continuation(self, latents: Tensor) -> None:
-        first_block = next(i for i, m in enumerate(self.taehv.decoder) if isinstance(m, MemBlock))  # 3
-        past = self.memory[first_block]  # its input at the last latent frame: [B, 1, 256, h, w] once started
-        if past is not None and (past.shape[0], *past.shape[3:]) != (latents.shape[0], *latents.shape[3:]):
-            raise ValueError(
-                f"latents {list(latents.shape)} do not continue this stream (batch {past.shape[0]}, latent size "
-                f"{past.shape[3]}x{past.shape[4]}); call reset() to start a new video"
-            )
 
     def state_dict(self) -> dict[str, Tensor]:
         """The stream state: 'latent_frames' and 'memory.{layer}' (tensors shared, not copied)."""

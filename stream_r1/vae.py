@@ -111,6 +111,19 @@ def _check_latent_channels(x: Tensor) -> None:
         raise ValueError(f"expected latents [B, {len(LATENT_MEAN)}, T, H, W], got {list(x.shape)}")
 
 
+def check_stream_chunk(latents: Tensor, past: Tensor | None) -> None:
+    """A streaming decoder's input check: latents [B, 16, f, h, w] with f >= 1 that continue the stream whose
+    per-layer state `past` is [B, C, t, h, w] (None before the first chunk)."""
+    _check_latent_channels(latents)
+    if latents.shape[2] < 1:
+        raise ValueError("latents hold no frame: expected [B, 16, f, h, w] with f >= 1")
+    if past is not None and (past.shape[0], *past.shape[3:]) != (latents.shape[0], *latents.shape[3:]):
+        raise ValueError(
+            f"latents {list(latents.shape)} do not continue this stream (batch {past.shape[0]}, latent size "
+            f"{past.shape[3]}x{past.shape[4]}); call reset() to start a new video"
+        )
+
+
 def normalize(mu: Tensor) -> Tensor:
     """Raw VAE mean (ComfyUI LATENT space) -> DiT space: (mu - mean) / std. mu: [B, 16, T, H, W]."""
     _check_latent_channels(mu)
@@ -412,10 +425,7 @@ class StreamingDecoder:
 
         n = 4f, or 4f - 3 for the stream's first chunk (3 latents -> 9 frames, then 12 per chunk).
         """
-        _check_latent_channels(latents)
-        if latents.shape[2] < 1:
-            raise ValueError("latents hold no frame: expected [B, 16, f, h, w] with f >= 1")
-        self._check_continuation(latents)
+        check_stream_chunk(latents, self.cache[self.vae.decoder.conv1.slot])  # [B, 16, 2, h, w] once started
         vae = self.vae
         x = denormalize(latents.to(vae.device, torch.float32)).to(vae.dtype)  # raw mu [B, 16, f, h, w]
         frames = []
@@ -424,14 +434,6 @@ class StreamingDecoder:
             frames.append(vae.decoder(y, self.cache, first=self.latent_frames == 0))  # [B, 3, 1 or 4, 8h, 8w]
             self.latent_frames += 1
         return torch.cat(frames, dim=2).clamp_(-1.0, 1.0)
-
-    def _check_continuation(self, latents: Tensor) -> None:
-        past = self.cache[self.vae.decoder.conv1.slot]  # [B, 16, 2, h, w] once started
-        if past is not None and (past.shape[0], *past.shape[3:]) != (latents.shape[0], *latents.shape[3:]):
-            raise ValueError(
-                f"latents {list(latents.shape)} do not continue this stream (batch {past.shape[0]}, latent size "
-                f"{past.shape[3]}x{past.shape[4]}); call reset() to start a new video"
-            )
 
     def state_dict(self) -> dict[str, Tensor]:
         """The stream state as tensors (safetensors-friendly): 'latent_frames' and 'cache.{slot}'.

@@ -95,3 +95,13 @@ def vae():
     from stream_r1.vae import VAEConfig, WanVAE
     torch.manual_seed(0)
     return WanVAE(VAEConfig.tiny()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory):
+    """The shapes-world recipes run once per session at tiny size (tests/helpers.py `build_shapes_chain`);
+    tests that change the bundle copy it first."""
+    from helpers import build_shapes_chain
+    root = tmp_path_factory.mktemp("shapes")
+    build_shapes_chain(root)
+    return root

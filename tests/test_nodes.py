@@ -33,13 +33,18 @@ def import_pack(name: str):
     return mod
 
 
+def imported_pack(name: str):
+    """Generator for a module-scoped fixture: the pack imported under `name`, its modules dropped afterwards."""
+    mod = import_pack(name)
+    yield mod
+    for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[k]
+
+
 
 @pytest.fixture(scope="module")
 def pack():
-    mod = import_pack(PACK)                            # no ComfyUI stubs: importing must not need them
-    yield mod
-    for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[k]
+    yield from imported_pack(PACK)                     # no ComfyUI stubs: importing must not need them
 
 
 @pytest.fixture(scope="module")

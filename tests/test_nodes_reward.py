@@ -6,17 +6,14 @@ import torch
 
 import comfy_stubs as stubs
 from stream_r1.reward.synthetic import write_synthetic_checkpoint
-from test_nodes import import_pack, run
+from test_nodes import imported_pack, run
 
 PACK = "custom_nodes_x_stream_r1_reward_nodes_test"
 
 
 @pytest.fixture(scope="module")
 def pack():
-    mod = import_pack(PACK)
-    yield mod
-    for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[k]
+    yield from imported_pack(PACK)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import comfy_stubs as stubs
-from test_nodes import import_pack, run
-from test_shapes_world import TINY_ROLLOUT, TINY_WORLD, _run
+from test_nodes import imported_pack, run
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "custom_nodes_x_stream_r1_nodes_shapes_test"
@@ -23,24 +22,18 @@ PROMPT = "a red circle moving right on a black background"
 
 
 @pytest.fixture(scope="module")
-def bundle_root(tmp_path_factory):
-    """A complete tiny bundle (student, VAE, umT5, reward/) in a temp dir."""
+def bundle_root(tiny_chain, tmp_path_factory):
+    """A complete tiny bundle (student, VAE, umT5, reward/) in a temp dir: the session's recipe-built bundle
+    (tests/helpers.py `build_shapes_chain`) copied, plus a tiny shapes reward model."""
     from stream_r1.reward.qwen2vl_config import Qwen2VLArch
     from training.config import TrainConfig
-    from training.shapes.bundle import main as bundle_main
     from training.shapes.reward import train_reward
 
     root = tmp_path_factory.mktemp("shapes_nodes")
+    shutil.copytree(tiny_chain / "bundle", root / "bundle")
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert _run(["--recipe", "shapes_vae", *TINY_WORLD, "--set", "schedule.global_batch=2"]) == 0
-        assert _run(["--recipe", "shapes_teacher", *TINY_WORLD, "--set", "schedule.global_batch=2"]) == 0
-        assert _run(["--recipe", "shapes_ode_init", *TINY_WORLD, *TINY_ROLLOUT, "--set", "ode.pairs=2",
-                     "--set", "ode.teacher_steps=3"]) == 0
-        assert _run(["--recipe", "shapes_stream_r1", *TINY_WORLD, *TINY_ROLLOUT, "--set", "schedule.generator_every=1",
-                     "--set", "reward.path=synthetic"]) == 0
-        assert bundle_main(["--no-eval", "--out", str(root / "bundle")]) == 0
         cfg = TrainConfig(method="reward", output_dir=str(root / "reward_run"))
         w = cfg.world
         w.clips, w.frames, w.height, w.width, w.cache_dir = 8, 9, 32, 32, str(root / "reward_cache")
@@ -55,10 +48,7 @@ def bundle_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pack():
-    mod = import_pack(PACK)
-    yield mod
-    for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[k]
+    yield from imported_pack(PACK)
 
 
 @pytest.fixture

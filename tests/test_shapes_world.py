@@ -11,11 +11,8 @@ import torch
 
 from training.config import TrainConfig
 
-TINY_WORLD = ["--set", "world.clips=8", "--set", "world.frames=9", "--set", "world.height=32", "--set", "world.width=32",
-              "--set", "pretrain.vae_frames=9", "--set", "pretrain.vae_crop=16", "--set", "schedule.steps=2",
-              "--set", "log.progress=false", "--set", "log.tensorboard=false", "--set", "world.render_workers=1"]
-TINY_ROLLOUT = ["--set", "rollout.height=32", "--set", "rollout.width=32", "--set", "rollout.latent_frames=3",
-                "--set", "data.shapes_prompts=8", "--set", "schedule.global_batch=2", "--set", "schedule.micro_batch=2"]
+from helpers import TINY_ROLLOUT, TINY_WORLD
+from helpers import run_training as _run
 
 
 def test_shapes_recipes_validate_and_chain():
@@ -117,32 +114,6 @@ def test_degradations_and_mismatched_prompts():
     for p in shapes_prompts(20, seed=7):
         q = mismatched_prompt(p, g)
         assert q != p and parse_prompt(q)
-
-
-def _run(argv: list[str]) -> int:
-    from training.run import main
-    return main(argv)
-
-
-@pytest.fixture(scope="module")
-def tiny_chain(tmp_path_factory):
-    """vae -> teacher -> ode_init (cached pairs) -> stream_r1 (synthetic reward) -> bundle, in a temp cwd."""
-    import os
-    root = tmp_path_factory.mktemp("shapes")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert _run(["--recipe", "shapes_vae", *TINY_WORLD, "--set", "schedule.global_batch=2"]) == 0
-        assert _run(["--recipe", "shapes_teacher", *TINY_WORLD, "--set", "schedule.global_batch=2"]) == 0
-        assert _run(["--recipe", "shapes_ode_init", *TINY_WORLD, *TINY_ROLLOUT, "--set", "ode.pairs=2",
-                     "--set", "ode.teacher_steps=3"]) == 0
-        assert _run(["--recipe", "shapes_stream_r1", *TINY_WORLD, *TINY_ROLLOUT, "--set", "schedule.generator_every=1",
-                     "--set", "reward.path=synthetic", "--set", "log.summary_json=summary.json"]) == 0
-        from training.shapes.bundle import main as bundle_main
-        assert bundle_main(["--no-eval", "--out", str(root / "bundle")]) == 0
-    finally:
-        os.chdir(cwd)
-    return root
 
 
 def test_tiny_chain_writes_every_stage(tiny_chain):

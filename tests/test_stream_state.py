@@ -1,7 +1,6 @@
 """Stream state files: resume == uninterrupted (bit-identical on CPU fp32), branching, bad files, atomic saves,
 prefill (image-to-video / extension), the CLI flags, the save/load nodes, and flat cost over 10x the window."""
 import gc
-import importlib.util
 import json
 import os
 import signal
@@ -282,13 +281,8 @@ PACK = "custom_nodes_x_stream_r1_state_test"
 
 @pytest.fixture(scope="module")
 def pack():
-    spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[k]
+    from test_nodes import imported_pack
+    yield from imported_pack(PACK)
 
 
 @pytest.fixture

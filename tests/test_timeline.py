@@ -216,18 +216,8 @@ PACK = "custom_nodes_x_stream_r1_timeline_test"
 
 @pytest.fixture(scope="module")
 def pack():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(PACK, root / "__init__.py", submodule_search_locations=[str(root)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[k]
+    from test_nodes import imported_pack
+    yield from imported_pack(PACK)
 
 
 class FakeCLIP:

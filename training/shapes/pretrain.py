@@ -118,9 +118,10 @@ def _autocast(device: torch.device):
 # ---- VAE ----------------------------------------------------------------------------------------------------------
 def foreground_crops(x: Tensor, c: int, g: torch.Generator) -> Tensor:
     """[B, T, 3, H, W] -> [B, T, 3, c, c]: per clip a crop (on the 8-pixel latent grid) around a random foreground
-    pixel of its first frame (where a shape is), or anywhere when the frame is plain."""
+    pixel of its first frame (where a shape is), or anywhere when the frame is plain. Float in [0, 1] or the
+    bank's uint8 (then only the crops are converted and moved; the crops keep the input's dtype)."""
     b, _, _, h, w = x.shape
-    first = x[:, 0]                                                                        # [B, 3, H, W]
+    first = x[:, 0].float() / (255.0 if x.dtype == torch.uint8 else 1.0)                  # [B, 3, H, W] in [0, 1]
     bg = first.flatten(2).median(dim=2).values                                             # [B, 3]
     fg = (first - bg[:, :, None, None]).abs().amax(1) > 0.1                                # [B, H, W]
     out = []
@@ -182,8 +183,9 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
         g = torch.Generator().manual_seed(derive_seed(s.seed, "vae", k))
         idx = batch_indices(k, s.global_batch, n, s.seed, "vae")
         start = torch.randint(0, t - crop + 1, (1,), generator=g).item()
-        clip = bank.batch(idx, device)[:, start:start + crop]                            # [B, T, 3, H, W] in [0, 1]
-        x = foreground_crops(clip, min(pre.vae_crop, cfg.world.height, cfg.world.width), g)  # [B, T, 3, c, c]
+        clip = bank.videos[torch.as_tensor(idx)][:, start:start + crop]                 # [B, T, 3, H, W] uint8
+        c = min(pre.vae_crop, cfg.world.height, cfg.world.width)
+        x = foreground_crops(clip, c, g).to(device).float() / 255.0                      # [B, T, 3, c, c] in [0, 1]
         bg = x.flatten(3).median(dim=3).values.median(dim=1).values                       # [B, 3] median colour
         fg = (x - bg[:, None, :, None, None]).abs().amax(2, keepdim=True) > 0.1           # [B, T, 1, c, c]
         w = rearrange(1.0 + (pre.vae_fg_weight - 1.0) * fg.float(), "b t c h w -> b c t h w")
