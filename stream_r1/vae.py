@@ -393,9 +393,13 @@ class WanVAE(nn.Module):
             mus.append(self.conv1(h)[:, : self.cfg.z_dim])  # mu: [B, 16, 1, H/8, W/8]
         return normalize(torch.cat(mus, dim=2).float())
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Normalised latents [B, 16, F, h, w] -> video [B, 3, 1+4(F-1), 8h, 8w] in [-1, 1]."""
-        return StreamingDecoder(self).decode(latents)
+    def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        """Normalised latents [B, 16, F, h, w] -> video [B, 3, 1+4(F-1), 8h, 8w] in [-1, 1].
+
+        clamp=False returns the raw decoder output, for training: a clamped pixel has zero gradient, so one that
+        overshoots to the wrong side of [-1, 1] would never come back.
+        """
+        return StreamingDecoder(self).decode(latents, clamp=clamp)
 
 
 class StreamingDecoder:
@@ -420,8 +424,8 @@ class StreamingDecoder:
     def video_frames(self) -> int:  # 3 latent frames -> 9, 6 -> 21
         return 0 if self.latent_frames == 0 else 1 + self.vae.cfg.temporal_stride * (self.latent_frames - 1)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Normalised latents [B, 16, f, h, w] (f >= 1) -> frames [B, 3, n, 8h, 8w] in [-1, 1].
+    def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        """Normalised latents [B, 16, f, h, w] (f >= 1) -> frames [B, 3, n, 8h, 8w] in [-1, 1] (raw if not clamp).
 
         n = 4f, or 4f - 3 for the stream's first chunk (3 latents -> 9 frames, then 12 per chunk).
         """
@@ -433,7 +437,8 @@ class StreamingDecoder:
             y = vae.conv2(x[:, :, i : i + 1])  # [B, 16, 1, h, w]
             frames.append(vae.decoder(y, self.cache, first=self.latent_frames == 0))  # [B, 3, 1 or 4, 8h, 8w]
             self.latent_frames += 1
-        return torch.cat(frames, dim=2).clamp_(-1.0, 1.0)
+        video = torch.cat(frames, dim=2)
+        return video.clamp_(-1.0, 1.0) if clamp else video
 
     def state_dict(self) -> dict[str, Tensor]:
         """The stream state as tensors (safetensors-friendly): 'latent_frames' and 'cache.{slot}'.

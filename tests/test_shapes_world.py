@@ -213,6 +213,32 @@ def test_vae_crops_follow_the_shapes():
         assert torch.equal(c[2], torch.full_like(c[2], 0.5))
 
 
+def test_inflated_vae_starts_as_a_per_frame_autoencoder():
+    """inflate_init: each latent sees only the newest frame of its group of 4 and each decoded frame only its own
+    latent, so perturbing a frame that is not a group's newest changes nothing; from the plain init it does."""
+    from stream_r1.vae import VAEConfig, WanVAE
+    from training.shapes.pretrain import inflate_init
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 9, 16, 16) * 2 - 1                           # frames 0 | 1-4 | 5-8 -> 3 latents
+    y = x.clone()
+    y[:, :, 2] = -y[:, :, 2]                                          # frame 2: inside group 1-4, not its newest
+    z = x.clone()
+    z[:, :, 4] = -z[:, :, 4]                                          # frame 4: group 1-4's newest
+
+    def run(vae, v):
+        with torch.no_grad():
+            return vae.decode(vae.encode(v), clamp=False)             # [1, 3, 9, 16, 16]
+
+    plain = WanVAE(VAEConfig(dim=8))
+    assert not torch.allclose(run(plain, x), run(plain, y))
+    vae = inflate_init(WanVAE(VAEConfig(dim=8)))
+    base = run(vae, x)
+    assert torch.equal(run(vae, y), base)
+    moved = (run(vae, z) - base).abs().amax(dim=(0, 1, 3, 4))        # [9] change per decoded frame
+    assert moved[0] == 0 and moved[5:].amax() == 0 and moved[1:5].amin() > 0
+
+
 BUNDLE_PROMPTS = ("a red circle moving right on a black background", "a yellow square moving left on a dark blue "
                   "background", "a green triangle moving down on a grey background")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -159,6 +160,32 @@ def reconstruction_check(vae, bank: ClipBank, device: torch.device, idx: list[in
     return {k: round(v, 3) for k, v in got.items()}
 
 
+@torch.no_grad()
+def inflate_init(vae: nn.Module) -> nn.Module:
+    """Start a randomly initialised Wan VAE as a per-frame image autoencoder (in place; returns it).
+
+    Every causal 3x3x3 conv keeps only its current-frame taps (scaled by sqrt(3) to keep the 2-D fan-in variance);
+    the temporal up-sampling convs copy their input to both output frames and the temporal down-sampling convs
+    pick the newest frame. Temporal mixing is then learned from there, as the real Wan VAE was grown from an image
+    VAE. From a plain random init the temporal path does not train: 4 clips of 9 frames overfit to 9.8 dB in 160
+    Adam steps (lr 3e-4) against 20.9 dB inflated (CPU, 2026-11-22; bench/SHAPES.md).
+    """
+    from stream_r1.vae import CausalConv3d, Resample
+
+    for m in vae.modules():
+        if isinstance(m, Resample) and hasattr(m, "time_conv"):
+            w = m.time_conv.weight                                                        # [C_out, C, 3, 1, 1]
+            w.zero_()
+            m.time_conv.bias.zero_()
+            eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+            for half in w.split(w.shape[1], dim=0):                                       # up: 2 halves, down: 1
+                half[:, :, -1, 0, 0] = eye
+        elif isinstance(m, CausalConv3d) and m.weight.shape[2] == 3 and m.weight.shape[3] > 1:
+            m.weight[:, :, :-1] = 0                                                       # taps t-2, t-1
+            m.weight[:, :, -1] *= math.sqrt(3)                                            # tap t
+    return vae
+
+
 def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
     from safetensors.torch import save_file
 
@@ -173,7 +200,7 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.model.seed + 3)
-            vae = WanVAE(VAEConfig(dim=pre.vae_dim)).to(device).train()
+            vae = inflate_init(WanVAE(VAEConfig(dim=pre.vae_dim))).to(device).train()
     loop = Loop(cfg, [{"params": list(vae.parameters()), "lr": cfg.optim.lr}])
     n, t, crop = len(bank), cfg.world.frames, pre.vae_frames
     for k in range(s.steps):
@@ -193,7 +220,7 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
         with _autocast(device):
             z = vae.encode(x)                                                             # [B, 16, f, h, w] normalised
             eps = torch.randn(z.shape, generator=g).to(device)
-            rec = vae.decode(z + pre.vae_latent_noise * eps)                              # [B, 3, T, H, W]
+            rec = vae.decode(z + pre.vae_latent_noise * eps, clamp=False)                 # [B, 3, T, H, W] raw
         rec = rec.float()
         err = rec - x
         l1 = (w * err.abs()).mean() / w.mean()
