@@ -15,14 +15,14 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTORCH_CUDA_A
 copy_out() {     # the device returns at most 8 files of 16 MiB: weights one by one, the small files as one tar
   if [ -n "${OUT:-}" ] && [ -d runs/shapes ]; then
     local r=runs/shapes
-    for f in vae/vae.safetensors teacher/teacher.safetensors teacher/umt5.safetensors \
+    for f in vae/vae.safetensors teacher/teacher.safetensors teacher/umt5.safetensors ode_init/exports/student_latest.safetensors \
              dmd/exports/student_latest.safetensors stream_r1/exports/student_latest.safetensors; do
       [ -f "$r/$f" ] && cp "$r/$f" "$OUT/$(echo "$f" | cut -d/ -f1)_$(basename "$f")"
     done
     (cd "$r" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.log' -o -name 'spiece.model' \) \
         -not -path '*/checkpoints/*' -not -path './reward/reward/*' -print0 | tar --null -T - -cf "$OUT/small.tar")
     [ -d stream_r1/shapes/bundle ] && tar -C stream_r1/shapes --exclude bundle/reward -cf "$OUT/bundle.tar" bundle
-    ls -la "$OUT"                      # at most 7 files: the caller's log makes 8
+    ls -la "$OUT"                      # at most 8 files with the caller's log: weights 6, small.tar, bundle.tar only without the dmd and stream_r1 students
   fi
 }
 trap copy_out EXIT

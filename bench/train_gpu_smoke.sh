@@ -29,7 +29,7 @@ mkdir -p "$OUT_DIR"
 SUMMARY="$OUT_DIR/summary_${TEACHER}_${NPROC}gpu.json"
 export OMP_NUM_THREADS=8 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
-python -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training.run --recipe stream_r1_1.3b \
+python3 -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m training.run --recipe stream_r1_1.3b \
   --set output_dir="$OUT_DIR/run" \
   --set model.student=random --set model.critic=random --set model.teacher=random \
   --set model.teacher_arch="$TEACHER" --set model.vae=random --set model.vae_arch=wan21 \
@@ -40,7 +40,7 @@ python -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m traini
   --set checkpoint.enabled=false --set log.tensorboard=false --set log.progress=false \
   --set log.summary_json="$SUMMARY" ${EXTRA[@]+"${EXTRA[@]}"} 1>&2
 
-python - "$SUMMARY" "$TEACHER" <<'EOF'
+python3 - "$SUMMARY" "$TEACHER" <<'EOF'
 import json, sys
 import torch
 s = json.load(open(sys.argv[1]))

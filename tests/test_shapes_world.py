@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from einops import rearrange
 
 from training.config import TrainConfig
 
@@ -237,6 +238,27 @@ def test_inflated_vae_starts_as_a_per_frame_autoencoder():
     assert torch.equal(run(vae, y), base)
     moved = (run(vae, z) - base).abs().amax(dim=(0, 1, 3, 4))        # [9] change per decoded frame
     assert moved[0] == 0 and moved[5:].amax() == 0 and moved[1:5].amin() > 0
+
+
+def test_standardized_latents_are_unit_per_channel_and_decode_the_same():
+    """standardize_latents folds a per-channel affine map into the VAE: its latents get mean 0 / std 1 per channel
+    on the clips measured, and decode(encode(x)) does not change."""
+    from stream_r1.vae import VAEConfig, WanVAE
+    from training.shapes.pretrain import inflate_init, standardize_latents
+
+    torch.manual_seed(0)
+    vae = inflate_init(WanVAE(VAEConfig(dim=8))).double()
+    clips = torch.rand(6, 5, 3, 16, 16, dtype=torch.float64)                  # [N, T, 3, H, W] in [0, 1]
+    x = rearrange(clips * 2 - 1, "n t c h w -> n c t h w")
+    with torch.no_grad():
+        before_z, before = vae.encode(x).double(), vae.decode(vae.encode(x), clamp=False)   # encode gives fp32
+    stats = standardize_latents(vae, clips, batch=4)
+    with torch.no_grad():
+        z, after = vae.encode(x).double(), vae.decode(vae.encode(x), clamp=False)
+    assert torch.allclose(torch.tensor(stats["std"], dtype=torch.float64), before_z.std(dim=(0, 2, 3, 4)), atol=1e-4)
+    assert torch.allclose(z.mean(dim=(0, 2, 3, 4)), torch.zeros(16, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(16, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(after, before, atol=1e-5)                            # fp32 latents in between
 
 
 BUNDLE_PROMPTS = ("a red circle moving right on a black background", "a yellow square moving left on a dark blue "

@@ -186,6 +186,42 @@ def inflate_init(vae: nn.Module) -> nn.Module:
     return vae
 
 
+@torch.no_grad()
+def standardize_latents(vae: nn.Module, clips: Tensor, batch: int = 16) -> dict[str, list[float]]:
+    """Make the VAE's normalised latents zero-mean, unit-std per channel on `clips` ([N, T, 3, H, W] in [0, 1]),
+    by folding an exact per-channel affine map into its 1x1x1 convs (encoder `conv1` mu rows and decoder `conv2`):
+    decode(encode(x)) is unchanged and the file keeps the Wan2.1 layout and its fixed normalisation constants.
+
+    Why: normalised by Wan2.1's constants, this VAE's latents have per-channel std 0.04-0.28 (rms 0.39), so at
+    flow-matching noise level sigma the signal-to-noise ratio is ~0.15 (1 - sigma) / sigma and the shapes are gone
+    by sigma 0.4: the teacher trained on them drew backgrounds only (bench/SHAPES.md, 2026-11-22).
+    Returns the measured per-channel mean and std before the change.
+
+    With M, S the fixed constants and z = (mu - M) / S, the new latent z' = (z - a) / b needs
+    mu' = mu / b + M - (M + S a) / b; the decoder then gets mu = b (mu' - M) + M + S a, i.e.
+    conv2'(mu') = W diag(b) mu' + W (M + S a - b M) + beta.
+    """
+    from stream_r1.vae import _latent_stats
+
+    zs = []
+    for i in range(0, len(clips), batch):
+        x = rearrange(clips[i:i + batch].to(vae.device) * 2 - 1, "b t c h w -> b c t h w")
+        zs.append(vae.encode(x).double())                                                # [b, 16, F, h, w]
+    z = torch.cat(zs)
+    a = z.mean(dim=(0, 2, 3, 4))                                                          # [16]
+    b = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6)                                          # [16]
+    m, s = (t.flatten().double() for t in _latent_stats(a.device, torch.float64))       # [16] each
+    zd = vae.cfg.z_dim
+    w1, b1 = vae.conv1.weight, vae.conv1.bias                                             # [32, 32, 1, 1, 1], [32]
+    w1[:zd] = (w1[:zd].double() / b.view(-1, 1, 1, 1, 1)).to(w1.dtype)
+    b1[:zd] = (b1[:zd].double() / b + m - (m + s * a) / b).to(b1.dtype)
+    w2, b2 = vae.conv2.weight, vae.conv2.bias                                             # [16, 16, 1, 1, 1], [16]
+    w2_old = w2.double().flatten(1)                                                       # [16 out, 16 in]
+    b2.copy_((b2.double() + w2_old @ (m + s * a - b * m)).to(b2.dtype))
+    w2.copy_((w2_old * b.view(1, -1)).view_as(w2).to(w2.dtype))
+    return {"mean": [round(float(v), 4) for v in a], "std": [round(float(v), 4) for v in b]}
+
+
 def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
     from safetensors.torch import save_file
 
@@ -230,6 +266,8 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
         psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))
         loop.step(k, loss, {"l1": float(l1.detach()), "psnr": psnr, "z_rms": float(z.detach().float().pow(2).mean().sqrt())})
     vae.eval()
+    stats = standardize_latents(vae, bank.batch(list(range(min(128, n))), "cpu"))
+    log.info("latents standardised per channel (before: mean %s, std %s)", stats["mean"], stats["std"])
     with torch.no_grad():                              # whole clips: the causal caches must hold over long videos
         x = rearrange(bank.batch(list(range(min(8, n))), device) * 2 - 1, "b t c h w -> b c t h w")
         rec = vae.decode(vae.encode(x)).float()
@@ -243,7 +281,8 @@ def train_vae(cfg: TrainConfig, device: torch.device) -> Path:
     sd = {k: v.detach().float().cpu().contiguous() for k, v in vae.state_dict().items()}
     save_file(sd, str(path.with_suffix(".tmp")), metadata={"format": "pt", "stream_r1": "shapes-world Wan2.1 VAE"})
     path.with_suffix(".tmp").replace(path)
-    loop.close(out, {"whole_clip_psnr_per_frame": full_psnr, "reconstruction_check": recon})
+    loop.close(out, {"whole_clip_psnr_per_frame": full_psnr, "reconstruction_check": recon,
+                     "latent_stats_before_standardising": stats})
     log.info("VAE written to %s", path)
     return path
 
