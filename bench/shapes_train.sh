@@ -50,5 +50,10 @@ for stage in "${STAGES[@]}"; do
 print('VAE gate', r); sys.exit(0 if r['color'] >= 0.8 * r['color_original'] else 3)" \
       || { echo "VAE gate failed: reconstructions lose the shapes' colours (SKIP_VAE_GATE=1 to go on anyway)"; exit 3; }
   fi
+  if [ "$stage" = teacher ] && [ -z "${SKIP_TEACHER_GATE:-}" ]; then   # nor on distilling a teacher that fails the checker
+    python3 -c "import json,sys; r=json.load(open('runs/shapes/teacher/metrics.json'))['teacher_check']; \
+print('teacher gate', json.dumps(r)); sys.exit(0 if r['checker']['color'] >= 0.5 else 4)" \
+      || { echo "teacher gate failed: its samples do not show the colour asked for (SKIP_TEACHER_GATE=1 to go on anyway)"; exit 4; }
+  fi
 done
 

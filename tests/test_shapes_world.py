@@ -127,6 +127,9 @@ def test_tiny_chain_writes_every_stage(tiny_chain):
     assert len(m["whole_clip_psnr_per_frame"]) == 9
     assert set(m["reconstruction_check"]) == {"color", "motion", "color_original", "motion_original"}
     assert 0 < m["reconstruction_check"]["color_original"] <= 1     # the checker reads the rendered clips (32 px)
+    t = json.loads((r / "teacher" / "metrics.json").read_text())["teacher_check"]
+    assert t["samples"] == 8 and 0 <= t["checker"]["color"] <= 1
+    assert [c["sigma"] for c in t["coupling"]] == [0.3, 0.6, 0.9] and all(c["own"] > 0 for c in t["coupling"])
     steps = json.loads((tiny_chain / "summary.json").read_text())["steps"]
     gen = [s for s in steps if s["generator_step"]]
     assert gen and all(math.isfinite(s["gen_loss"]) for s in gen)
@@ -259,6 +262,24 @@ def test_standardized_latents_are_unit_per_channel_and_decode_the_same():
     assert torch.allclose(z.mean(dim=(0, 2, 3, 4)), torch.zeros(16, dtype=torch.float64), atol=1e-5)
     assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(16, dtype=torch.float64), atol=1e-5)
     assert torch.allclose(after, before, atol=1e-5)                            # fp32 latents in between
+
+
+def test_temporal_coupling_tells_frame_independent_models_from_coupled_ones():
+    """temporal_coupling: 0 for a model that treats each latent frame alone, the mixing weight for one that adds
+    its neighbours' inputs."""
+    from training.shapes.pretrain import temporal_coupling
+
+    def alone(x, t, ctx):                                             # x [B, C, F, h, w]
+        return 2 * x
+
+    def mixed(x, t, ctx):
+        return x + 0.5 * (x.roll(1, dims=2) + x.roll(-1, dims=2))
+
+    lat = torch.randn(2, 6, 16, 4, 4)                                 # [B, F, C, h, w]
+    a = temporal_coupling(alone, lat, torch.zeros(2, 3, 8), sigma=0.5)
+    m = temporal_coupling(mixed, lat, torch.zeros(2, 3, 8), sigma=0.5)
+    assert a["neighbours"] == 0 and a["own"] > 0 and a["ratio"] == 0
+    assert m["ratio"] == pytest.approx(0.5, rel=1e-3)
 
 
 BUNDLE_PROMPTS = ("a red circle moving right on a black background", "a yellow square moving left on a dark blue "

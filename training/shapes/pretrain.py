@@ -322,6 +322,52 @@ def flow_sigmas(g: torch.Generator, b: int, shift: float) -> Tensor:
     return torch.where(use, shifted, u).clamp(0.001, 0.999)
 
 
+@torch.no_grad()
+def temporal_coupling(model: nn.Module, lat: Tensor, ctx: Tensor, sigma: float, seed: int = 0) -> dict[str, float]:
+    """How much a bidirectional DiT's flow prediction for one latent frame depends on the other frames.
+
+    lat [B, F, 16, h, w] clean latents, ctx [B, L, C]: noise them to `sigma`, replace latent frame F // 2 by fresh
+    noise, and compare every frame's prediction with the unperturbed one (RMS change per frame). Returns the change
+    of the perturbed frame itself ("own"), of its two neighbours ("neighbours") and their ratio. A teacher that
+    keeps shapes in place across frames must read its neighbours; the 2026-11-22 teacher, whose samples put the
+    shape somewhere new in every frame, had a ratio of ~0.08 (bench/SHAPES.md).
+    """
+    g = torch.Generator().manual_seed(seed)
+    b, f = lat.shape[:2]
+    x = rearrange(lat.float(), "b f c h w -> b c f h w")
+    xt = (1 - sigma) * x + sigma * torch.randn(x.shape, generator=g).to(x.device)
+    t = torch.full((b, f), sigma * 1000.0, device=x.device)
+    k = f // 2
+    y = xt.clone()
+    y[:, :, k] = torch.randn(y[:, :, k].shape, generator=g).to(x.device)
+    change = (model(y, t, ctx).float() - model(xt, t, ctx).float()).pow(2).mean(dim=(0, 1, 3, 4)).sqrt()   # [F]
+    own, nb = float(change[k]), float(change[[k - 1, k + 1]].mean())
+    return {"sigma": sigma, "own": round(own, 4), "neighbours": round(nb, 4), "ratio": round(nb / max(own, 1e-12), 4)}
+
+
+def teacher_check(cfg: TrainConfig, teacher_path: Path, text_path: Path, lat: Tensor, prompts: list[str],
+                  device: torch.device, samples: int = 8) -> dict:
+    """Before anything is distilled from it: the teacher's samples through the analytic checker (the evaluation's
+    held-out prompts and sampler: 32 Euler steps, CFG 2) and its temporal coupling on clips of the bank."""
+    from stream_r1.loaders import load_student
+    from stream_r1.text_encoder import load_text_encoder
+    from stream_r1.vae import load_vae
+
+    from .bundle import eval_prompts, score_videos, teacher_sampler
+
+    enc = load_text_encoder(str(text_path), device=device)
+    vae = load_vae(cfg.model.vae, device=device)
+    w = cfg.world
+    sample = teacher_sampler(str(teacher_path), enc, vae, (w.height, w.width), device, steps=32, guidance=2.0)
+    ps = eval_prompts(samples)
+    scores = score_videos([sample(p, 900000 + i, w.frames) for i, p in enumerate(ps)], ps)
+    model, _ = load_student(str(teacher_path), device=device, dtype=torch.float32, attention="sdpa")
+    idx = list(range(min(8, len(lat))))
+    ctx = enc.encode([prompts[i] for i in idx]).to(device)
+    coupling = [temporal_coupling(model, lat[idx].to(device), ctx, s) for s in (0.3, 0.6, 0.9)]
+    return {"samples": samples, "checker": {k: round(v, 3) for k, v in scores.items()}, "coupling": coupling}
+
+
 def train_teacher(cfg: TrainConfig, device: torch.device) -> Path:
     from stream_r1.checkpoint import save_dit_export
     from stream_r1.config import StreamConfig, WanConfig
@@ -378,7 +424,9 @@ def train_teacher(cfg: TrainConfig, device: torch.device) -> Path:
                            extra={"family": "shapes-teacher", "weights": "ema", "recipe": cfg.name,
                                   "training_config": cfg.to_json()})
     save_text_encoder(out / "umt5.safetensors", text, spiece)
-    loop.close(out, {"latent_rms": float(lat.float().pow(2).mean().sqrt())})
+    check = teacher_check(cfg, path, out / "umt5.safetensors", lat, bank.prompts, device)
+    log.info("teacher check (samples through the checker; temporal coupling): %s", json.dumps(check))
+    loop.close(out, {"latent_rms": float(lat.float().pow(2).mean().sqrt()), "teacher_check": check})
     log.info("teacher written to %s, text encoder to %s", path, out / "umt5.safetensors")
     return path
 
