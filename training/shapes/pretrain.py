@@ -396,7 +396,14 @@ def train_teacher(cfg: TrainConfig, device: torch.device) -> Path:
     loop = Loop(cfg, [{"params": list(teacher.parameters()), "lr": cfg.optim.lr},
                       {"params": list(text.parameters()), "lr": pre.text_lr}], ema_model=teacher)
     n = len(bank)
+    probe = list(range(min(4, n)))                                    # fixed clips for the coupling trace
+    probe_ids, probe_mask = tok([bank.prompts[i] for i in probe])
+    coupling = float("nan")
     for k in range(s.steps):
+        if cfg.log.interval and k % cfg.log.interval == 0:             # does the teacher read its other frames yet?
+            with torch.no_grad(), _autocast(device):
+                pctx = encode_tokens(text, probe_ids.to(device), probe_mask.to(device))
+                coupling = temporal_coupling(teacher, lat[probe].to(device), pctx, 0.6, seed=k)["ratio"]
         if stop_requested():
             log.warning("SIGTERM: stopping the teacher after %d steps and writing it", k)
             break
@@ -416,7 +423,7 @@ def train_teacher(cfg: TrainConfig, device: torch.device) -> Path:
             flow = teacher(rearrange(xt, "b f c h w -> b c f h w"), t, ctx)              # [B, 16, F, h, w]
         target = rearrange(noise - x0, "b f c h w -> b c f h w")
         loss = F.mse_loss(flow.float(), target)
-        loop.step(k, loss, {"sigma": float(sig.mean())})
+        loop.step(k, loss, {"sigma": float(sig.mean()), "coupling": coupling})
     teacher.eval()
     text.eval()
     sd = loop.ema_state()
