@@ -5,7 +5,7 @@
 #   bench/shapes_train.sh vae teacher ode_init     # some stages (the later ones read runs/shapes/<stage>/)
 #   BUDGET_teacher=240 bench/shapes_train.sh teacher   # a stage stops cleanly (SIGTERM: saves) after N seconds
 #
-# Stages: vae (or vae_sweep: bench/shapes_vae_sweep.sh) teacher reward ode_init dmd stream_r1 bundle. Outputs under runs/shapes/; with $OUT set (the lent
+# Stages: vae teacher reward ode_init dmd stream_r1 bundle. Outputs under runs/shapes/; with $OUT set (the lent
 # GPU machine) the small outputs (weights, metrics, configs, eval) are copied to $OUT/shapes. Times per stage
 # are printed as `stage <name>: <seconds> s`.
 set -euo pipefail
@@ -19,7 +19,7 @@ copy_out() {     # the device returns at most 8 files of 16 MiB: weights one by 
              dmd/exports/student_latest.safetensors stream_r1/exports/student_latest.safetensors; do
       [ -f "$r/$f" ] && cp "$r/$f" "$OUT/$(echo "$f" | cut -d/ -f1)_$(basename "$f")"
     done
-    (cd "$r" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.log' -o -name 'spiece.model' \) \
+    (cd "$r" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name 'spiece.model' \) \
         -not -path '*/checkpoints/*' -not -path './reward/reward/*' -print0 | tar --null -T - -cf "$OUT/small.tar")
     [ -d stream_r1/shapes/bundle ] && tar -C stream_r1/shapes --exclude bundle/reward -cf "$OUT/bundle.tar" bundle
     ls -la "$OUT"                      # at most 8 files with the caller's log: weights 6, small.tar, bundle.tar only without the dmd and stream_r1 students
@@ -36,8 +36,6 @@ for stage in "${STAGES[@]}"; do
   budget=${!budget_var:-0}
   if [ "$stage" = bundle ]; then
     python3 -m training.shapes.bundle ${BUNDLE_ARGS:-}
-  elif [ "$stage" = vae_sweep ]; then                   # VAE variants side by side, the best -> runs/shapes/vae
-    BUDGET=$([ "$budget" -gt 0 ] && echo "$budget" || echo 240) bash bench/shapes_vae_sweep.sh
   elif [ "$budget" -gt 0 ]; then
     timeout -s TERM -k 60 "$budget" python3 -m training.run --recipe "shapes_${stage}" --set log.progress=false \
       "${EXTRA[@]}" || [ $? -eq 124 ]
@@ -45,7 +43,7 @@ for stage in "${STAGES[@]}"; do
     python3 -m training.run --recipe "shapes_${stage}" --set log.progress=false "${EXTRA[@]}"
   fi
   echo "stage ${stage}: $(( $(date +%s) - t0 )) s"
-  if [[ "$stage" == vae* ]] && [ -z "${SKIP_VAE_GATE:-}" ]; then   # do not spend GPU time on a VAE that loses the shapes
+  if [ "$stage" = vae ] && [ -z "${SKIP_VAE_GATE:-}" ]; then   # do not spend GPU time on a VAE that loses the shapes
     python3 -c "import json,sys; r=json.load(open('runs/shapes/vae/metrics.json'))['reconstruction_check']; \
 print('VAE gate', r); sys.exit(0 if r['color'] >= 0.8 * r['color_original'] else 3)" \
       || { echo "VAE gate failed: reconstructions lose the shapes' colours (SKIP_VAE_GATE=1 to go on anyway)"; exit 3; }

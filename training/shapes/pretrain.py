@@ -353,14 +353,14 @@ def teacher_check(cfg: TrainConfig, teacher_path: Path, text_path: Path, lat: Te
     from stream_r1.text_encoder import load_text_encoder
     from stream_r1.vae import load_vae
 
-    from .bundle import eval_prompts, score_videos, teacher_sampler
+    from .bundle import EVAL_SEED, eval_prompts, score_videos, teacher_sampler
 
     enc = load_text_encoder(str(text_path), device=device)
     vae = load_vae(cfg.model.vae, device=device)
     w = cfg.world
     sample = teacher_sampler(str(teacher_path), enc, vae, (w.height, w.width), device, steps=32, guidance=2.0)
     ps = eval_prompts(samples)
-    scores = score_videos([sample(p, 900000 + i, w.frames) for i, p in enumerate(ps)], ps)
+    scores = score_videos([sample(p, EVAL_SEED + i, w.frames) for i, p in enumerate(ps)], ps)
     model, _ = load_student(str(teacher_path), device=device, dtype=torch.float32, attention="sdpa")
     idx = list(range(min(8, len(lat))))
     ctx = enc.encode([prompts[i] for i in idx]).to(device)
