@@ -16,7 +16,11 @@ def test_tts_cost_bench_tiny_cpu(tmp_path, capsys):
     assert printed == json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(out))
     res = out["results"]
     assert set(res) == {"plain", "beams1_children1", "beams2_children2"} and out["device"] == "cpu"
-    assert res["plain"]["cost_multiplier"] == 1.0 and res["beams2_children2"]["cost_multiplier"] > 1.0
+    # wall-time ratios are reported, never asserted (a 2x2 search measured 0.94x plain on a busy 2-core CI box)
+    assert res["plain"]["cost_multiplier"] == 1.0
+    for r in res.values():
+        assert r["cost_multiplier"] == round(r["chunk_s"] / res["plain"]["chunk_s"], 2)
+    assert res["beams2_children2"]["estimate"]["dit_multiplier"] == 4.0
     for r in res.values():
         assert r["chunk_s"] > 0 and r["first_output_s"] > 0 and r["chunks"] == 2 and r["peak_gib"] is None
     est = res["beams2_children2"]["estimate"]
