@@ -8,8 +8,11 @@ One optimizer step k (spec-algorithm §2.1-2.2, with every interval in optimizer
     every step: for each micro-step: independent no-grad rollout -> critic flow loss -> backward
     then clip + AdamW (critic; generator on generator steps) and the student's EMA
 
-Every draw (noise, exit step, score timestep, prompt order) is derived from (seed, step, global sample
-position), so the losses do not depend on the number of processes and resume exactly. The umT5 encoder (if
+Every draw (noise, score timestep, prompt order) is derived from (seed, step, global sample position) and the
+exit step from (seed, step, micro-step index): it is shared by all ranks, since FSDP needs the same number of
+forwards everywhere. So the losses do not depend on how each micro-step's samples are spread over processes
+(N ranks x micro batch m == 1 process x micro batch N*m), and a run resumes exactly; a different accumulation
+count draws different exit steps. The umT5 encoder (if
 any) is replicated and cached per rank, not sharded: FSDP needs every rank to run the same calls, and per-rank
 caches would break that.
 """
@@ -521,4 +524,5 @@ class Trainer:
     def write_summary(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"recipe": self.cfg.name, "world_size": self.info.world_size,
-                                    "accumulation": self.accum, "steps": self.history}, indent=2))
+                                    "accumulation": self.accum, "global_batch": self.cfg.schedule.global_batch,
+                                    "steps": self.history}, indent=2))
