@@ -62,52 +62,5 @@ export CUDA_VISIBLE_DEVICES; CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((SMALL - 1)))
 launch ref --nproc "$SMALL" --global-batch "$GLOBAL_BATCH" --micro-batch $((NPROC / SMALL)) --steps "$STEPS" --tag ref "${SMOKE[@]}"
 finish ref || exit 1
 
-python3 - "$OUT" "${WALL[stop]}" "${WALL[resume]}" "${WALL[ref]}" <<'EOF'
-import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
-stop, resume, ref = (json.loads((out / f"{n}.json").read_text()) for n in ("stop", "resume", "ref"))
-walls = dict(zip(("stop", "resume", "ref"), map(float, sys.argv[2:5])))
-big = {s["step"]: s for s in stop["steps"] + resume["steps"]}
-small = {s["step"]: s for s in ref["steps"]}
-rows, worst = [], 0.0
-for k in sorted(big):
-    a, b = big[k], small.get(k, {})
-    row = {"step": k, "kind": a["kind"], f"seconds_{stop['world_size']}gpu": a["seconds"],
-           f"seconds_{ref['world_size']}gpu": b.get("seconds"), f"peak_gib_{stop['world_size']}gpu": max(a["peak_mem_gib_per_gpu"]),
-           f"peak_gib_{ref['world_size']}gpu": max(b["peak_mem_gib_per_gpu"]) if b else None,
-           "resumed": k >= resume["steps"][0]["step"]}
-    for key in ("gen_loss", "critic_loss"):
-        if key in a and key in b:
-            rel = abs(a[key] - b[key]) / max(abs(b[key]), 1e-12)
-            row[key] = [round(a[key], 5), round(b[key], 5)]
-            if row["resumed"]:
-                worst = max(worst, rel)
-    rows.append(row)
-
-def steady(steps, kind):     # the last step of a kind, past the first (warm-up) one
-    xs = [s["seconds"] for s in steps if s["kind"] == kind and s["step"] > 0]
-    return xs[-1] if xs else None
-
-g_big, c_big = steady(stop["steps"] + resume["steps"], "generator+critic"), steady(stop["steps"] + resume["steps"], "critic")
-g_small, c_small = steady(ref["steps"], "generator+critic"), steady(ref["steps"], "critic")
-summary = {"global_batch": stop["accumulation"] * stop["world_size"] * stop["micro_batch"],
-           "layouts": {n: f"{r['world_size']} GPU x micro batch {r['micro_batch']} x accumulation {r['accumulation']}"
-                       for n, r in (("big", stop), ("small", ref))}, "device": stop["device"], "torch": stop["torch"],
-           "teacher": stop["teacher"], "launch_wall_s": walls, "steps": rows,
-           "stopped_after_step": stop["steps"][-1]["step"], "resumed_at_step": resume["steps"][0]["step"],
-           "worst_rel_loss_diff_resumed_vs_reference": worst,
-           "steady_generator_step_s": {stop["world_size"]: g_big, ref["world_size"]: g_small},
-           "steady_critic_step_s": {stop["world_size"]: c_big, ref["world_size"]: c_small}}
-if None not in (g_big, c_big, g_small, c_small):
-    per_cycle = {w: (g + 4 * c) / 5 for w, g, c in ((stop["world_size"], g_big, c_big), (ref["world_size"], g_small, c_small))}
-    w_big, w_small = stop["world_size"], ref["world_size"]
-    summary["speedup"] = round(per_cycle[w_small] / per_cycle[w_big], 3)
-    summary["scaling_efficiency"] = round(per_cycle[w_small] / per_cycle[w_big] / (w_big / w_small), 3)
-    # paper schedule (spec-algorithm §2): 1000 optimizer steps of global batch 64 (8 GPUs x 1 x 8 accumulation),
-    # generator every 5th step; per-GPU micro-step time taken from the big run (1 rollout per GPU per micro-step)
-    micro_g = g_big / stop["accumulation"]
-    micro_c = c_big / stop["accumulation"]
-    summary["projected_paper_schedule_h_on_8gpu"] = round((200 * 8 * micro_g + 800 * 8 * micro_c) / 3600, 2)
-(out / "scaling.json").write_text(json.dumps(summary, indent=1))
-print(json.dumps(summary, indent=1))
-EOF
+echo "{\"stop\": ${WALL[stop]}, \"resume\": ${WALL[resume]}, \"ref\": ${WALL[ref]}}" > "$OUT/walls.json"
+python3 bench/train_scaling_summary.py "$OUT"
