@@ -395,12 +395,14 @@ class StreamSession:
         return chunk
 
     @torch.no_grad()
-    def next_chunks(self, states: list[dict], noises: list[Tensor], *, last: bool = False) -> list[Chunk]:
+    def next_chunks(self, states: list[dict], noises: list[Tensor], *, last: bool = False,
+                    decode_rows: int = 0) -> list[Chunk]:
         """The next chunk of several lineages (`branch_state()` dicts of the same cache layout, e.g. the candidates
         of a test-time search) in ONE batched DiT call per step: rows [r*B, (r+1)*B) are lineage r, with its own
         initial noise `noises[r]` [B, f, 16, h, w], its own generator for the re-noise draws, its own KV cache
         (`stream_r1.kv_pages.BatchedKV`) and its own decoder. Each state is updated in place as by `next_chunk`
-        inside `branch(state)`; a single lineage gives exactly `next_chunk`'s result."""
+        inside `branch(state)`; a single lineage gives exactly `next_chunk`'s result. `decode_rows` caps the
+        lineages of one batched VAE decode (0 = all; the decode's activations grow with its rows)."""
         from .kv_pages import BatchedKV
 
         t0 = self._clock()
@@ -420,7 +422,7 @@ class StreamSession:
                 x = self.schedule.add_noise(x0, eps, ts[k + 1])
         rows = [x0[r * self.batch:(r + 1) * self.batch] for r in range(n)]           # n x [B, f, 16, h, w]
         t1 = self._clock()
-        frames = self._decode_lineages(states, x0, rows)
+        frames = self._decode_lineages(states, x0, rows, decode_rows)
         t2 = self._clock()
         skip = last and self.cfg.skip_last_context_pass
         if not skip:
@@ -441,14 +443,22 @@ class StreamSession:
         self.stats.chunk_seconds.append(t3 - t0)
         return chunks
 
-    def _decode_lineages(self, states: list[dict], x0: Tensor, rows: list[Tensor]) -> list[Optional[Tensor]]:
+    def _decode_lineages(self, states: list[dict], x0: Tensor, rows: list[Tensor],
+                         max_rows: int = 0) -> list[Optional[Tensor]]:
         """Frames of every lineage's chunk. When all lineages hold `StreamingDecoder`s of one VAE at the same
-        point of the stream, they run as ONE batched decode (caches concatenated on the batch axis, then split
-        back, rows r*B..(r+1)*B = lineage r); otherwise one decode per lineage."""
+        point of the stream, they run as batched decodes of up to `max_rows` lineages (0 = all; caches
+        concatenated on the batch axis, then split back, rows r*B..(r+1)*B = lineage r); otherwise one decode
+        per lineage."""
         from .vae import StreamingDecoder
 
-        decs = [s["decoder"] for s in states]
         n, b = len(states), self.batch
+        if 0 < max_rows < n:
+            out: list[Optional[Tensor]] = []
+            for s in range(0, n, max_rows):
+                part = rows[s:s + max_rows]
+                out += self._decode_lineages(states[s:s + max_rows], torch.cat(part), part)
+            return out
+        decs = [s["decoder"] for s in states]
         same = (n > 1 and all(type(d) is StreamingDecoder for d in decs)
                 and len({id(d.vae) for d in decs}) == 1 and len({d.latent_frames for d in decs}) == 1
                 and all((c is None) == (decs[0].cache[i] is None) for d in decs for i, c in enumerate(d.cache)))

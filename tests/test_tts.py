@@ -232,6 +232,35 @@ def test_batched_candidates_match_one_at_a_time(tiny_model, vae, policy):
         assert any(r.get("evicted") == ["append", "append"] for r in t1.log)
 
 
+def test_decode_rows_split_the_batched_decode_without_changing_the_video(tiny_model, vae, monkeypatch):
+    """decode_rows caps the candidates of one batched VAE decode (1 = one at a time, the default; 0 = all 4 of a
+    2 x 2 search): the decodes' batch sizes follow it and the video stays the same."""
+    from stream_r1.vae import StreamingDecoder
+
+    sizes = []
+    real = StreamingDecoder.decode
+
+    def spy(self, z, *a, **k):
+        sizes.append(z.shape[0])
+        return real(self, z, *a, **k)
+
+    monkeypatch.setattr(StreamingDecoder, "decode", spy)
+    cfg = T1Config(beams=2, children=2)
+    sc = StreamConfig.for_policy("window_sink")
+    out = {}
+    for rows in (0, 1, 3):
+        sizes.clear()
+        lat, vid, t1 = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 21, cfg.replace(decode_rows=rows))
+        out[rows] = (lat, vid, [r["kept"] for r in t1.log], list(sizes))
+    assert set(out[0][3]) == {4} and set(out[1][3]) == {1} and set(out[3][3]) == {3, 1}
+    assert len(out[1][3]) == 4 * len(out[0][3]) and out[3][3].count(3) == out[3][3].count(1) == len(out[0][3])
+    for rows in (1, 3):
+        assert torch.equal(out[rows][0], out[0][0]) and out[rows][2] == out[0][2]
+        assert torch.allclose(out[rows][1], out[0][1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="decode_rows"):
+        T1Config(decode_rows=-1)
+
+
 @pytest.mark.parametrize("policy", ["window_sink", "longlive"])
 def test_cow_pages_equal_the_copying_fork(tiny_model, vae, policy):
     sc = StreamConfig.for_policy(policy)

@@ -77,6 +77,11 @@ class T1Config:
     candidates_per_call: int = 0
     """Candidates per batched DiT (and reward) call; 0 = all candidates of a chunk in one call (fastest); 1 = one
     at a time (least activation memory: activations grow with the rows of a call)."""
+    decode_rows: int = 1
+    """Candidates per batched VAE decode; 1 = one at a time (default), 0 = all of a call's candidates at once. A
+    decode's activations grow with its rows (at 832x480 the 4 rows of a 2 x 2 search in one Wan-VAE decode peaked
+    at 46 GiB, plain streaming 9.7 GiB; bench/RESULTS.md 2026-11-22), and the decode is memory-bound, so batching
+    it buys little time."""
     cow_pages: bool = True
     """Copy-on-write KV pages (forks share their parent's pages); False = every fork copies the valid window."""
 
@@ -89,6 +94,8 @@ class T1Config:
             raise ValueError("window_chunks, max_delay and short_ramp_chunks must be >= 1")
         if self.candidates_per_call < 0:
             raise ValueError(f"candidates_per_call must be >= 0 (0 = all in one call), got {self.candidates_per_call}")
+        if self.decode_rows < 0:
+            raise ValueError(f"decode_rows must be >= 0 (0 = all candidates in one decode), got {self.decode_rows}")
 
     def replace(self, **kw) -> "T1Config":
         return replace(self, **kw)
@@ -305,7 +312,8 @@ class StreamT1:
             size = self.cfg.candidates_per_call or len(rows)
             for s in range(0, len(rows), size):
                 part = rows[s:s + size]
-                done = self.session.next_chunks([states[r] for r in part], [noises[r] for r in part], last=last)
+                done = self.session.next_chunks([states[r] for r in part], [noises[r] for r in part], last=last,
+                                                decode_rows=self.cfg.decode_rows)
                 for r, chunk in zip(part, done):
                     out[r] = chunk
         return out
