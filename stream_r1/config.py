@@ -108,9 +108,16 @@ class WanConfig:
         return cls(dim=128, ffn_dim=512, num_heads=2, num_layers=6, text_dim=64)
 
     @classmethod
+    def shapes_l(cls) -> "WanConfig":
+        """A larger shapes-world model (9.1M parameters, against 1.8M; head_dim 64 as `shapes`, 4 heads, 8 layers): the
+        2026-11-22 `shapes` teacher kept its shapes in place but never learned their motion, with its
+        cross-frame coupling flat from 1,500 to 3,800 steps (bench/SHAPES.md)."""
+        return cls(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, text_dim=64)
+
+    @classmethod
     def preset(cls, name: str) -> "WanConfig":
         presets = {"1.3b": cls.wan_1_3b, "14b": cls.wan_14b, "tiny": cls.tiny, "tiny-comfy": cls.tiny_comfy,
-                   "shapes": cls.shapes}
+                   "shapes": cls.shapes, "shapes-l": cls.shapes_l}
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
