@@ -17,12 +17,18 @@ copy_out() {     # the device returns at most 8 files of 16 MiB: weights one by 
     local r=runs/shapes
     for f in vae/vae.safetensors teacher/teacher.safetensors teacher/umt5.safetensors ode_init/exports/student_latest.safetensors \
              dmd/exports/student_latest.safetensors stream_r1/exports/student_latest.safetensors; do
-      [ -f "$r/$f" ] && cp "$r/$f" "$OUT/$(echo "$f" | cut -d/ -f1)_$(basename "$f")"
+      [ -f "$r/$f" ] || continue
+      local name; name="$(echo "$f" | cut -d/ -f1)_$(basename "$f")"
+      if [ "$(stat -c %s "$r/$f")" -gt 15728640 ]; then   # over 15 MiB: in parts; rejoin with cat NAME.part* > NAME
+        split -b 15M -d "$r/$f" "$OUT/$name.part"
+      else
+        cp "$r/$f" "$OUT/$name"
+      fi
     done
     (cd "$r" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name 'spiece.model' \) \
         -not -path '*/checkpoints/*' -not -path './reward/reward/*' -print0 | tar --null -T - -cf "$OUT/small.tar")
     [ -d stream_r1/shapes/bundle ] && tar -C stream_r1/shapes --exclude bundle/reward -cf "$OUT/bundle.tar" bundle
-    ls -la "$OUT"                      # at most 8 files with the caller's log: weights 6, small.tar, bundle.tar only without the dmd and stream_r1 students
+    ls -la "$OUT"     # at most 8 files come back with the caller's log: pass only the stages a call needs (a larger model's weights come in parts)
   fi
 }
 trap copy_out EXIT

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import comfy_stubs as stubs
+from stream_r1.config import WanConfig
+from training.recipes import get_recipe
 from test_nodes import imported_pack, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +93,8 @@ def test_loader_returns_usable_objects(demo, bundle_root, pack):
 
     model, clip, vae, reward, info = demo
     assert type(model).__name__ == "StreamR1Model" and model.patcher is None and model.dtype == torch.float32
-    assert model.module.cfg.dim == 128 and model.text_dim == 64
+    assert model.module.cfg.to_dict() == WanConfig.preset(get_recipe("shapes_teacher").model.teacher_arch).to_dict()
+    assert model.text_dim == 64
     assert "32x32" in info and "reward yes" in info
     # the text: CLIP Text Encode's calls give the core encoder's embedding (what the CLI feeds the student)
     cond = encode(clip, PROMPT)

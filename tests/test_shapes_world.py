@@ -10,6 +10,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from stream_r1.config import WanConfig
 from training.config import TrainConfig
 
 from helpers import TINY_ROLLOUT, TINY_WORLD
@@ -144,7 +145,9 @@ def test_bundle_loads_and_cli_uses_it_by_default(tiny_chain, tmp_path, monkeypat
     assert bundle.available(root)
     b = bundle.load_bundle(root=root)
     assert (b.height, b.width, b.fps) == (32, 32, 16)
-    assert b.model.cfg.dim == 128 and b.text_encoder.dim == 64
+    from training.recipes import get_recipe
+    assert b.model.cfg == WanConfig.preset(get_recipe("shapes_teacher").model.teacher_arch)   # the student starts as the teacher
+    assert b.text_encoder.dim == 64
     man = bundle.manifest(root)
     assert man["recipes"][0] == "python -m training.run --recipe shapes_vae"
     monkeypatch.setenv("STREAM_R1_SHAPES_BUNDLE", str(root))
