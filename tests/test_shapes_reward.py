@@ -99,12 +99,26 @@ def test_trained_folder_loads_scores_and_is_calibrated(run, bank):
     report = json.loads((path / "eval.json").read_text())
     assert set(report["accuracy"]) == {"VQ", "MQ", "TA"} and report["heldout_clips"] == held.shape[1]
     assert all(0.0 <= v <= 1.0 for v in report["accuracy"].values())
+    assert set(report["ties"]) == {"VQ", "MQ", "TA"} and all(0.0 <= v <= 1.0 for v in report["ties"].values())
 
     # the training-side loader reads the frame pixel bounds from the checkpoint
     rm = build_reward(RewardConfig(path=str(path)), device=torch.device("cpu"), dtype=torch.float32)
     assert (rm.video.min_pixels, rm.video.max_pixels, rm.video.odd_frames) == (28 * 28, 112 * 112, "drop")
     assert torch.allclose(rm.score(x, bank.prompts[:3]), raw, atol=1e-5)
     assert load_video_reward(path, dtype=torch.float32).video.min_pixels == 28 * 28
+
+
+def test_pairwise_accuracy_counts_ties_half():
+    """A bf16 reward ties often on the TA pairs (same clip, two prompts): ties count 0.5, not as errors."""
+    from training.shapes.reward import pair_diffs, pair_losses, pairwise_accuracy
+
+    s = torch.zeros(4, 4, 3)
+    s[0, :, 0] = torch.tensor([1.0, 1.0, -1.0, 0.0])          # VQ: 2 right, 1 wrong, 1 tie against s[1] = 0
+    s[0, :, 1] = 1.0                                           # MQ: all right
+    s[3, :, 2] = torch.tensor([0.5, 0.0, 0.0, 0.0])           # TA: positive 0 against TA-: 1 wrong, 3 ties
+    acc, ties = pairwise_accuracy(pair_diffs(s))
+    assert acc.tolist() == [0.625, 1.0, 0.375] and ties.tolist() == [0.25, 0.0, 0.75]
+    assert torch.equal(pair_losses(s)[1], acc)
 
 
 def test_too_small_bank_is_refused():

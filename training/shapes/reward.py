@@ -113,24 +113,37 @@ def split_variants(scores: Tensor) -> Tensor:
     return scores.view(4, -1, scores.shape[-1])
 
 
+def pair_diffs(s: Tensor) -> Tensor:
+    """s [4, B, 3] -> [B, 3]: axis a's positive minus the negative made for it, s[0, :, a] - s[1 + a, :, a]."""
+    neg = torch.stack([s[1 + a, :, a] for a in range(3)], dim=-1)           # [B, 3]: VQ-, MQ-, TA- on their axes
+    return s[0] - neg
+
+
+def pairwise_accuracy(diff: Tensor) -> tuple[Tensor, Tensor]:
+    """diff [B, 3] -> (accuracy per axis [3], tie rate per axis [3]); a tie counts half. Scores from a bf16 model
+    tie whenever the two inputs move the score by less than bf16's resolution: the TA pairs (one clip, two prompts)
+    of the 2026-11-22 GPU run did so often enough that counting ties as errors reported 0.36, below chance."""
+    ties = (diff == 0).float()
+    return ((diff > 0).float() + 0.5 * ties).mean(0), ties.mean(0)
+
+
 def pair_losses(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """s [4, B, 3] -> (Bradley-Terry loss per axis [3], pairwise accuracy per axis [3], untargeted-shift term []).
 
     Axis a compares the positive with the negative made for it: s[0, :, a] vs s[1 + a, :, a].
     """
-    pos = s[0]                                                              # [B, 3]
-    neg = torch.stack([s[1 + a, :, a] for a in range(3)], dim=-1)           # [B, 3]: VQ-, MQ-, TA- on their axes
-    diff = pos - neg
+    diff = pair_diffs(s)                                                    # [B, 3]
     bt = F.softplus(-diff).mean(0)                                          # [3]
-    acc = (diff > 0).float().mean(0)                                        # [3]
+    acc, _ = pairwise_accuracy(diff)                                        # [3]
     shift = (s[0, :, :2] - s[3, :, :2]).pow(2).mean()                       # VQ, MQ of the prompt-mismatch twin
     return bt, acc, shift
 
 
 @torch.no_grad()
 def heldout_scores(model: VideoRewardModel, bank: ClipBank, cfg: TrainConfig, device: torch.device) -> Tensor:
-    """Raw scores of the held-out set: [4 (pos, VQ-, MQ-, TA-), K, 3]. Deterministic from cfg.schedule.seed, the
-    bank and `cfg.schedule.global_batch` (the chunking of the negatives' draws)."""
+    """Raw scores of the held-out set: [4 (pos, VQ-, MQ-, TA-), K, 3], in fp32 (the normalisation constants and
+    the accuracies should not carry bf16 rounding). Deterministic from cfg.schedule.seed, the bank and
+    `cfg.schedule.global_batch` (the chunking of the negatives' draws)."""
     n, k = len(bank), heldout_count(len(bank))
     idx = list(range(n - k, n))
     chunk = max(1, cfg.schedule.global_batch)
@@ -139,8 +152,7 @@ def heldout_scores(model: VideoRewardModel, bank: ClipBank, cfg: TrainConfig, de
         part = idx[start:start + chunk]
         g = torch.Generator().manual_seed(derive_seed(cfg.schedule.seed, "reward-heldout", c))
         frames, prompts = make_pairs(bank.batch(part, device), [bank.prompts[i] for i in part], g)
-        with _autocast(device):
-            out.append(split_variants(model.score(frames, prompts).float()))
+        out.append(split_variants(model.score(frames, prompts).float()))
     return torch.cat(out, dim=1)                                            # [4, K, 3]
 
 
@@ -289,9 +301,10 @@ def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = 
     held = heldout_scores(model, bank, cfg, device).cpu()                   # [4, K, 3]
     mean, std = normalisation(held)
     _, acc, shift = pair_losses(held)
+    _, ties = pairwise_accuracy(pair_diffs(held))
     report = {
         "steps": s.steps, "heldout_clips": n_eval, "train_clips": n_train,
-        "accuracy": dict(zip(AXES, acc.tolist())),
+        "accuracy": dict(zip(AXES, acc.tolist())), "ties": dict(zip(AXES, ties.tolist())),
         "untargeted_shift_rms": math.sqrt(float(shift)),
         "norm": {a: {"mean": m, "std": sd} for a, m, sd in zip(AXES, mean, std)},
     }
