@@ -6,34 +6,48 @@
 #   BUDGET_teacher=240 bench/shapes_train.sh teacher   # a stage stops cleanly (SIGTERM: saves) after N seconds
 #
 # Stages: vae teacher reward ode_init dmd stream_r1 bundle. Outputs under runs/shapes/; with $OUT set (the lent
-# GPU machine) the small outputs (weights, metrics, configs, eval) are copied to $OUT/shapes. Times per stage
-# are printed as `stage <name>: <seconds> s`.
+# GPU machine) the weights of the stages run here are copied to $OUT as <stage>_<file> (fp16 when over 15 MiB, and
+# then in parts if still over: rejoin with `cat NAME.part* > NAME`; the reward model stays), plus metrics, configs
+# and evaluation as small_<first stage>.tar. Times per stage are printed as `stage <name>: <seconds> s`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f bench/gpu_env.sh ] && [ -n "${OUT:-}" ] && source bench/gpu_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-copy_out() {     # the device returns at most 8 files of 16 MiB: weights one by one, the small files as one tar
+copy_out() {     # the device returns at most 8 files of 16 MiB: the weights of the stages run here, then the small files
   if [ -n "${OUT:-}" ] && [ -d runs/shapes ]; then
-    local r=runs/shapes
-    for f in vae/vae.safetensors teacher/teacher.safetensors teacher/umt5.safetensors ode_init/exports/student_latest.safetensors \
-             dmd/exports/student_latest.safetensors stream_r1/exports/student_latest.safetensors; do
-      [ -f "$r/$f" ] || continue
-      local name; name="$(echo "$f" | cut -d/ -f1)_$(basename "$f")"
-      if [ "$(stat -c %s "$r/$f")" -gt 15728640 ]; then   # over 15 MiB: in parts; rejoin with cat NAME.part* > NAME
-        split -b 15M -d "$r/$f" "$OUT/$name.part"
-      else
-        cp "$r/$f" "$OUT/$name"
-      fi
+    local r=runs/shapes stage f name dest=${COPY_TO:-$OUT}          # COPY_TO: a staging folder (shapes_chain_x2.sh)
+    mkdir -p "$dest"
+    for stage in "${STAGES[@]}"; do
+      case "$stage" in
+        vae) files=(vae/vae.safetensors) ;;
+        teacher) files=(teacher/teacher.safetensors teacher/umt5.safetensors) ;;
+        ode_init|dmd|stream_r1) files=("$stage/exports/student_latest.safetensors") ;;
+        *) files=() ;;                         # reward: ~80 MB, it stays on the machine (use it in the same call)
+      esac
+      for f in "${files[@]}"; do
+        [ -f "$r/$f" ] || continue
+        name="$dest/${stage}_$(basename "$f")"
+        if [ "$(stat -c %s "$r/$f")" -gt 15728640 ]; then    # over 15 MiB: fp16, and in parts if still too big
+          python3 bench/half_weights.py "$r/$f" "$name.fp16" && mv "$name.fp16" "$name"
+          if [ "$(stat -c %s "$name")" -gt 15728640 ]; then  # rejoin with: cat NAME.part* > NAME
+            split -b 15M -d "$name" "$name.part" && rm "$name"
+          fi
+        else
+          cp "$r/$f" "$name"
+        fi
+      done
     done
     (cd "$r" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name 'spiece.model' \) \
-        -not -path '*/checkpoints/*' -not -path './reward/reward/*' -print0 | tar --null -T - -cf "$OUT/small.tar")
-    [ -d stream_r1/shapes/bundle ] && tar -C stream_r1/shapes --exclude bundle/reward -cf "$OUT/bundle.tar" bundle
-    ls -la "$OUT"     # at most 8 files come back with the caller's log: pass only the stages a call needs (a larger model's weights come in parts)
+        -not -path '*/checkpoints/*' -not -path './reward/reward/*' -print0 | tar --null -T - -cf "$dest/small_${STAGES[0]}.tar")
+    if [[ " ${STAGES[*]} " == *" bundle "* ]] && [ -d stream_r1/shapes/bundle ]; then
+      tar -C stream_r1/shapes --exclude bundle/reward -cf "$dest/bundle.tar" bundle
+    fi
+    ls -la "$dest"
   fi
 }
-trap copy_out EXIT
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(vae teacher reward ode_init dmd stream_r1 bundle)
+trap copy_out EXIT
 EXTRA=(${SHAPES_EXTRA:-})                     # e.g. SHAPES_EXTRA="--set log.interval=100"
 
 for stage in "${STAGES[@]}"; do
