@@ -19,7 +19,8 @@ def test_tts_cost_bench_tiny_cpu(tmp_path, capsys):
     # wall-time ratios are reported, never asserted (a 2x2 search measured 0.94x plain on a busy 2-core CI box)
     assert res["plain"]["cost_multiplier"] == 1.0
     for r in res.values():
-        assert r["cost_multiplier"] == round(r["chunk_s"] / res["plain"]["chunk_s"], 2)
+        # the multiplier comes from unrounded times, chunk_s is printed to 4 decimals: equal within rounding
+        assert abs(r["cost_multiplier"] - r["chunk_s"] / res["plain"]["chunk_s"]) <= 0.011
     assert res["beams2_children2"]["estimate"]["dit_multiplier"] == 4.0
     for r in res.values():
         assert r["chunk_s"] > 0 and r["first_output_s"] > 0 and r["chunks"] == 2 and r["peak_gib"] is None
