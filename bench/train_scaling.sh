@@ -25,10 +25,9 @@ declare -A WALL
 
 launch() {   # name, then bench/train_gpu_smoke.sh arguments; JSON to $OUT/name.json, log to $OUT/name.log
   local name=$1; shift
-  local t0; t0=$(now)
+  LAUNCH_T0=$(now)
   bash bench/train_gpu_smoke.sh "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" &
   LAUNCH_PID=$!
-  LAUNCH_T0=$t0
 }
 finish() {   # name: wait for the launch, record its wall time and return code
   local name=$1 rc
