@@ -455,8 +455,8 @@ class StreamSession:
         if 0 < max_rows < n:
             out: list[Optional[Tensor]] = []
             for s in range(0, n, max_rows):
-                part = rows[s:s + max_rows]
-                out += self._decode_lineages(states[s:s + max_rows], torch.cat(part), part)
+                e = min(n, s + max_rows)                # rows are consecutive slices of x0: lineages s..e-1
+                out += self._decode_lineages(states[s:e], x0[s * b:e * b], rows[s:e])
             return out
         decs = [s["decoder"] for s in states]
         same = (n > 1 and all(type(d) is StreamingDecoder for d in decs)

@@ -2,6 +2,21 @@
 import torch
 
 
+def record_batch_sizes(monkeypatch, owner, name: str) -> list[int]:
+    """Wrap `owner.name` (a function or method whose second positional argument is a batched tensor, e.g.
+    `StreamingDecoder.decode(self, z)` or `teacher_ode_trajectory(teacher, noise)`): every call appends that
+    tensor's batch size to the returned list, then runs the real thing."""
+    sizes: list[int] = []
+    real = getattr(owner, name)
+
+    def spy(first, batched, *a, **k):
+        sizes.append(batched.shape[0])
+        return real(first, batched, *a, **k)
+
+    monkeypatch.setattr(owner, name, spy)
+    return sizes
+
+
 def tiny_context(seed: int = 0, n: int = 9, width: int = 32) -> torch.Tensor:
     """A seeded [1, n, width] text context for the tiny model (text_dim 32)."""
     return torch.randn(1, n, width, generator=torch.Generator().manual_seed(seed))

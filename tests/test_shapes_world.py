@@ -13,7 +13,7 @@ from einops import rearrange
 from stream_r1.config import WanConfig
 from training.config import TrainConfig
 
-from helpers import TINY_ROLLOUT, TINY_WORLD
+from helpers import TINY_ROLLOUT, TINY_WORLD, record_batch_sizes
 from helpers import run_training as _run
 
 
@@ -169,14 +169,7 @@ def test_ode_pairs_are_computed_once(tiny_chain, monkeypatch):
     from training.recipes import get_recipe
     from training.config import apply_overrides
 
-    calls = []
-    real = tr.teacher_ode_trajectory
-
-    def counting(teacher, noise, *a, **k):
-        calls.append(noise.shape[0])
-        return real(teacher, noise, *a, **k)
-
-    monkeypatch.setattr(tr, "teacher_ode_trajectory", counting)
+    calls = record_batch_sizes(monkeypatch, tr, "teacher_ode_trajectory")
     cwd = os.getcwd()
     os.chdir(tiny_chain)
     try:

@@ -9,6 +9,7 @@ from stream_r1.config import StreamConfig
 from stream_r1.stream import StreamSession
 from stream_r1.tts import BrightnessReward, StreamT1, T1Config, fork_decoder, generate_t1, mix_noise
 from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
+from helpers import record_batch_sizes
 from helpers import tiny_context as _ctx
 
 H, W = 32, 48
@@ -235,16 +236,7 @@ def test_batched_candidates_match_one_at_a_time(tiny_model, vae, policy):
 def test_decode_rows_split_the_batched_decode_without_changing_the_video(tiny_model, vae, monkeypatch):
     """decode_rows caps the candidates of one batched VAE decode (1 = one at a time, the default; 0 = all 4 of a
     2 x 2 search): the decodes' batch sizes follow it and the video stays the same."""
-    from stream_r1.vae import StreamingDecoder
-
-    sizes = []
-    real = StreamingDecoder.decode
-
-    def spy(self, z, *a, **k):
-        sizes.append(z.shape[0])
-        return real(self, z, *a, **k)
-
-    monkeypatch.setattr(StreamingDecoder, "decode", spy)
+    sizes = record_batch_sizes(monkeypatch, StreamingDecoder, "decode")
     cfg = T1Config(beams=2, children=2)
     sc = StreamConfig.for_policy("window_sink")
     out = {}

@@ -135,8 +135,12 @@ def pair_losses(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     diff = pair_diffs(s)                                                    # [B, 3]
     bt = F.softplus(-diff).mean(0)                                          # [3]
     acc, _ = pairwise_accuracy(diff)                                        # [3]
-    shift = (s[0, :, :2] - s[3, :, :2]).pow(2).mean()                       # VQ, MQ of the prompt-mismatch twin
-    return bt, acc, shift
+    return bt, acc, untargeted_shift(s)
+
+
+def untargeted_shift(s: Tensor) -> Tensor:
+    """s [4, B, 3] -> []: mean square change of VQ and MQ between a positive and its prompt-mismatch twin."""
+    return (s[0, :, :2] - s[3, :, :2]).pow(2).mean()
 
 
 @torch.no_grad()
@@ -300,8 +304,8 @@ def train_reward(cfg: TrainConfig, device: torch.device, *, arch: Qwen2VLArch = 
     rows.fold()                                                             # the trained rows into the table
     held = heldout_scores(model, bank, cfg, device).cpu()                   # [4, K, 3]
     mean, std = normalisation(held)
-    _, acc, shift = pair_losses(held)
-    _, ties = pairwise_accuracy(pair_diffs(held))
+    acc, ties = pairwise_accuracy(pair_diffs(held))
+    shift = untargeted_shift(held)
     report = {
         "steps": s.steps, "heldout_clips": n_eval, "train_clips": n_train,
         "accuracy": dict(zip(AXES, acc.tolist())), "ties": dict(zip(AXES, ties.tolist())),
