@@ -22,7 +22,7 @@ copy_out() {     # the device returns at most 8 files of 16 MiB: the weights of 
         vae) files=(vae/vae.safetensors) ;;
         teacher) files=(teacher/teacher.safetensors teacher/umt5.safetensors) ;;
         ode_init|dmd|stream_r1) files=("$stage/exports/student_latest.safetensors") ;;
-        *) files=() ;;                         # reward: ~80 MB, it stays on the machine (use it in the same call)
+        *) files=() ;;                         # reward: returned row-packed as reward_packed.tar (below)
       esac
       for f in "${files[@]}"; do
         [ -f "$r/$f" ] || continue
@@ -37,10 +37,15 @@ copy_out() {     # the device returns at most 8 files of 16 MiB: the weights of 
         fi
       done
     done
+    if [[ " ${STAGES[*]} " == *" reward "* ]] && [ -d "$r/reward/reward" ]; then   # 80 MB -> ~3 MB, loads the same
+      python3 -c "from pathlib import Path; from training.shapes.bundle import pack_reward; \
+pack_reward(Path('$r/reward/reward'), Path('/tmp/reward_packed/reward'))" \
+        && tar -C /tmp/reward_packed -cf "$dest/reward_packed.tar" reward && rm -rf /tmp/reward_packed
+    fi
     (cd "$r" && find . -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name 'spiece.model' \) \
         -not -path '*/checkpoints/*' -not -path './reward/reward/*' -print0 | tar --null -T - -cf "$dest/small_${STAGES[0]}.tar")
     if [[ " ${STAGES[*]} " == *" bundle "* ]] && [ -d stream_r1/shapes/bundle ]; then
-      tar -C stream_r1/shapes --exclude bundle/reward -cf "$dest/bundle.tar" bundle
+      tar -C stream_r1/shapes --exclude bundle/student.safetensors -cf "$dest/bundle.tar" bundle   # student: as <stage>_…
     fi
     ls -la "$dest"
   fi

@@ -54,3 +54,29 @@ def build_shapes_chain(root) -> None:
         assert bundle_main(["--no-eval", "--out", str(root / "bundle")]) == 0
     finally:
         os.chdir(cwd)
+
+
+def train_tiny_reward(root) -> "Path":
+    """A 2-step shapes reward model (tiny Qwen2-VL, 8 clips of 9 frames at 32 px) under `root`; returns its
+    VideoReward folder (`<root>/reward_run/reward`)."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from stream_r1.reward.qwen2vl_config import Qwen2VLArch
+    from training.config import TrainConfig
+    from training.shapes.reward import train_reward
+
+    root = Path(root)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = TrainConfig(method="reward", output_dir=str(root / "reward_run"))
+        w = cfg.world
+        w.clips, w.frames, w.height, w.width, w.cache_dir = 8, 9, 32, 32, str(root / "reward_cache")
+        cfg.schedule.steps, cfg.schedule.global_batch, cfg.pretrain.warmup_steps = 2, 2, 1
+        cfg.log.progress = False
+        return train_reward(cfg, torch.device("cpu"), arch=Qwen2VLArch.tiny())
+    finally:
+        os.chdir(cwd)

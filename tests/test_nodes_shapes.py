@@ -16,6 +16,7 @@ import torch
 import comfy_stubs as stubs
 from stream_r1.config import WanConfig
 from training.recipes import get_recipe
+from helpers import train_tiny_reward
 from test_nodes import imported_pack, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,24 +28,11 @@ PROMPT = "a red circle moving right on a black background"
 def bundle_root(tiny_chain, tmp_path_factory):
     """A complete tiny bundle (student, VAE, umT5, reward/) in a temp dir: the session's recipe-built bundle
     (tests/helpers.py `build_shapes_chain`) copied, plus a tiny shapes reward model."""
-    from stream_r1.reward.qwen2vl_config import Qwen2VLArch
-    from training.config import TrainConfig
-    from training.shapes.reward import train_reward
+    from training.shapes.bundle import pack_reward
 
     root = tmp_path_factory.mktemp("shapes_nodes")
     shutil.copytree(tiny_chain / "bundle", root / "bundle")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cfg = TrainConfig(method="reward", output_dir=str(root / "reward_run"))
-        w = cfg.world
-        w.clips, w.frames, w.height, w.width, w.cache_dir = 8, 9, 32, 32, str(root / "reward_cache")
-        cfg.schedule.steps, cfg.schedule.global_batch, cfg.pretrain.warmup_steps = 2, 2, 1
-        cfg.log.progress = False
-        reward = train_reward(cfg, torch.device("cpu"), arch=Qwen2VLArch.tiny())
-        shutil.copytree(reward, root / "bundle" / "reward")
-    finally:
-        os.chdir(cwd)
+    pack_reward(train_tiny_reward(root), root / "bundle" / "reward")          # as training.shapes.bundle ships it
     return root / "bundle"
 
 

@@ -124,3 +124,40 @@ def test_pairwise_accuracy_counts_ties_half():
 def test_too_small_bank_is_refused():
     with pytest.raises(ValueError, match="world.clips"):
         heldout_count(3)
+
+
+def test_packed_reward_scores_exactly_like_the_original(run, bank, tmp_path):
+    """The bundle stores the reward with its embedding and tied lm_head row-packed to the ids the tokenizer can
+    emit: a fraction of the bytes, the same scores and saliency inputs (the unstored rows are unreachable)."""
+    from stream_r1.reward.checkpoint import resolve_reward_files
+    from stream_r1.weights_io import ROW_PACKED, read_tensors
+    from training.shapes.bundle import pack_reward
+
+    _, path = run
+    packed = pack_reward(path, tmp_path / "reward")
+    orig_files = resolve_reward_files(path)
+    assert resolve_reward_files(tmp_path / "reward").weights == packed          # found as model.safetensors
+    assert packed.stat().st_size < orig_files.weights.stat().st_size / 10
+
+    full, small = read_tensors(orig_files.weights), read_tensors(packed)
+    assert set(full) == set(small)
+    tables = [k for k in full if k.endswith(("embed_tokens.weight", "lm_head.weight"))]
+    assert len(tables) == 2
+    for k in full:
+        if k not in tables:
+            assert torch.equal(full[k], small[k]), k
+    stored = (small[tables[0]] != 0).any(-1)                                   # [vocab] rows kept
+    assert 50 < int(stored.sum()) < 1000
+    for k in tables:
+        assert torch.equal(small[k][stored], full[k][stored]) and not small[k][~stored].any()
+
+    a = load_video_reward(path, dtype=torch.float32, video=REWARD_VIDEO)
+    b = load_video_reward(tmp_path / "reward", dtype=torch.float32, video=REWARD_VIDEO)
+    x = bank.batch([0, 1, 2, 3], torch.device("cpu"))
+    prompts = bank.prompts[:3] + ["a purple star rotating on a white background"]
+    assert torch.equal(a.score(x, prompts), b.score(x, prompts))
+    ids = b.prompts.tokenizer(prompts[-1])["input_ids"]
+    assert bool(stored[torch.tensor(ids)].all())                               # every emitted id was kept
+    from safetensors import safe_open
+    with safe_open(str(packed), "pt") as f:
+        assert set(json.loads(f.metadata()[ROW_PACKED])) == set(tables)

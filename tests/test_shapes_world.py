@@ -161,6 +161,47 @@ def test_bundle_loads_and_cli_uses_it_by_default(tiny_chain, tmp_path, monkeypat
     assert list(z.shape) == [1, 4, 16, 4, 4]                                       # 32x32 -> 4x4 latents
 
 
+def test_evaluation_pairs_models_and_ships_a_packed_reward(tiny_chain, tmp_path):
+    """`training.shapes.bundle` end to end on the tiny chain: the DMD slot holds a copy of the Stream-R1 student,
+    so every paired difference is exactly 0 (same prompts, same seeds); Stream-T1 (1 beam x 2 children) under the
+    reward gets its own row; the bundle carries the reward row-packed, and it loads."""
+    import shutil
+
+    from stream_r1.shapes import bundle
+    from training.shapes.bundle import main as bundle_main
+
+    from helpers import train_tiny_reward
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_chain / "runs" / "shapes", runs)
+    shutil.copytree(runs / "stream_r1", runs / "dmd")
+    shutil.copytree(train_tiny_reward(tmp_path), runs / "reward" / "reward")
+    out = tmp_path / "bundle"
+    assert bundle_main(["--runs", str(runs), "--out", str(out), "--prompts", "2", "--long-count", "1",
+                        "--long-seconds", "1", "--models", "dmd,stream_r1", "--t1", "1x2"]) == 0
+    ev = json.loads((runs / "eval.json").read_text())["table"]
+    assert set(ev) == {"dmd", "stream_r1", "stream_r1+t1"}
+    for part in ("short", "long"):
+        a, b = ev["stream_r1"][part], ev["dmd"][part]
+        assert len(a["videos"]) == (2 if part == "short" else 1) and a["videos"] == b["videos"]
+        assert {"reward_VQ", "reward_MQ", "reward_TA", "color", "motion"} <= set(a)
+    md = (runs / "eval.md").read_text()
+    assert "| stream_r1 − dmd (short) | +0.000 ± 0.000" in md and "stream_r1+t1 − stream_r1 (short)" in md
+    assert "videos" not in json.dumps(bundle.manifest(out)["evaluation"])           # bundle.json keeps the means
+    b = bundle.load_bundle(root=out)
+    assert b.reward() is not None and (out / "reward" / "model_config.json").is_file()
+    assert sum(f.stat().st_size for f in (out / "reward").rglob("*.safetensors")) < 2e6
+
+
+def test_paired_difference_is_mean_and_standard_error():
+    from training.shapes.bundle import paired_difference
+    a = {"videos": [{"color": 1.0}, {"color": 0.5}, {"color": 0.0}]}
+    b = {"videos": [{"color": 0.0}, {"color": 0.5}, {"color": 0.5}]}
+    d = paired_difference(a, b, ("color", "motion"))                                # diffs 1, 0, -0.5
+    assert set(d) == {"color"}
+    assert d["color"][0] == pytest.approx(1 / 6) and d["color"][1] == pytest.approx(math.sqrt(7 / 12) / math.sqrt(3))
+
+
 def test_ode_pairs_are_computed_once(tiny_chain, monkeypatch):
     """With ode.pairs, a trajectory is computed on first use and reused bit-exactly afterwards."""
     import os

@@ -34,3 +34,30 @@ def test_refusals_say_what_to_do(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="not a state dict"):
         read_tensors(tmp_path / "list.pt")
+
+
+def test_row_packed_tables_round_trip(tmp_path):
+    """pack_rows keeps the named rows of each table (others read back as zeros) and leaves other tensors alone."""
+    from stream_r1.weights_io import pack_rows
+
+    g = torch.Generator().manual_seed(0)
+    sd = {"emb": torch.randn(50, 4, generator=g), "head": torch.randn(50, 4, generator=g), "b": torch.ones(3)}
+    ids = [7, 3, 3, 49, 0]
+    packed, meta = pack_rows(sd, {"emb": ids, "head": ids})
+    assert packed["emb.rows"].shape == (4, 4) and packed["emb.row_ids"].tolist() == [0, 3, 7, 49]
+    save_file(packed, tmp_path / "p.safetensors", metadata=meta)
+    out = read_tensors(tmp_path / "p.safetensors")
+    assert set(out) == {"emb", "head", "b"} and torch.equal(out["b"], sd["b"])
+    keep = torch.zeros(50, dtype=torch.bool)
+    keep[[0, 3, 7, 49]] = True
+    for k in ("emb", "head"):
+        assert out[k].shape == (50, 4) and torch.equal(out[k][keep], sd[k][keep]) and not out[k][~keep].any()
+
+    with pytest.raises(ValueError, match=r"must lie in \[0, 50\)"):
+        pack_rows(sd, {"emb": [50]})
+    with pytest.raises(ValueError, match="2-D table"):
+        pack_rows(sd, {"b": [0]})
+    del packed["head.rows"]
+    save_file(packed, tmp_path / "cut.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match="row-packed table 'head'"):
+        read_tensors(tmp_path / "cut.safetensors")

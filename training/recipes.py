@@ -185,7 +185,9 @@ def shapes_dmd() -> TrainConfig:
     cfg.optim.lr, cfg.optim.critic_lr = 2e-5, 1e-4
     cfg.optim.betas = (0.0, 0.999)
     s = cfg.schedule
-    s.steps, s.global_batch, s.micro_batch, s.generator_every = 300, 16, 16, 5
+    # 500 steps = 100 generator updates; on one H200 (2026-11-22) DMD ran 0.38 s/step and Stream-R1 0.63 s/step
+    # (reward + saliency), so both fit one device call side by side (bench/shapes_chain_x2.sh with GPUS="0 0")
+    s.steps, s.global_batch, s.micro_batch, s.generator_every = 500, 16, 16, 5
     s.ema_decay, s.ema_start_step = 0.99, 50
     return cfg
 

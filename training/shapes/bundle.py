@@ -57,6 +57,24 @@ def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, 
     return sample
 
 
+def t1_sampler(student_path: str, enc, vae, size: tuple[int, int], device, reward, cfg) -> Callable:
+    """The student searched with Stream-T1 (`stream_r1.tts`, config `cfg`) under `reward` (issue #10)."""
+    from stream_r1.loaders import load_student
+    from stream_r1.stream import StreamSession
+    from stream_r1.tts.search import generate_t1
+    from stream_r1.vae import StreamingDecoder
+
+    model, info = load_student(student_path, device=device, dtype=torch.float32, attention="sdpa")
+
+    def sample(prompt: str, seed: int, frames: int) -> Tensor:
+        ctx = enc.encode([prompt]).to(device)
+        sess = StreamSession(model, info.stream_config, ctx, height=size[0], width=size[1], seed=seed,
+                             decoder=StreamingDecoder(vae), device=device, dtype=torch.float32)
+        _, video, _ = generate_t1(sess, reward, (frames - 1) // 4 + 1, cfg)                # [1, T, 3, H, W]
+        return video[0].float().cpu()[:frames]
+    return sample
+
+
 def teacher_sampler(teacher_path: str, enc, vae, size: tuple[int, int], device, steps: int, guidance: float,
                     shift: float = 5.0) -> Callable:
     from stream_r1.loaders import load_student
@@ -92,16 +110,28 @@ def score_videos(videos: list[Tensor], prompts: list[str], reward=None) -> dict[
                      "motion": r["motion_score"], "background": r["background_score"],
                      "temporal": r["temporal_consistency"], "color_drift": np.nan_to_num(r["color_drift"], nan=1.0),
                      "late_color": late["color_score"], "score": r["score"]})
-    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     if reward is not None:
         from stream_r1.reward.model import compute_scores
-        zs = []
         with torch.no_grad():
-            for v, p in zip(videos, prompts):
-                s = compute_scores(reward, v[None].to(reward.device), [p])
-                zs.append(s.normalized[0].float().cpu())
-        z = torch.stack(zs).mean(0)
-        out.update({f"reward_{a}": float(z[i]) for i, a in enumerate(reward.axes)})
+            for r, v, p in zip(rows, videos, prompts):
+                z = compute_scores(reward, v[None].to(reward.device), [p]).normalized[0].float().cpu()
+                r.update({f"reward_{a}": float(z[i]) for i, a in enumerate(reward.axes)})
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["videos"] = [{k: float(v) for k, v in r.items()} for r in rows]           # per video, for paired tests
+    return out
+
+
+PAIRED_KEYS = ("pass", "color", "shape", "motion", "temporal", "score", "reward_VQ", "reward_MQ", "reward_TA")
+
+
+def paired_difference(a: dict, b: dict, keys=PAIRED_KEYS) -> dict[str, tuple[float, float]]:
+    """Per metric, mean of (a - b) over the same prompts and seeds and its standard error (std / sqrt(n)):
+    a paired comparison, so prompt difficulty cancels. a, b: `score_videos` outputs."""
+    out = {}
+    for k in keys:
+        if k in a["videos"][0] and k in b["videos"][0]:
+            d = np.array([x[k] - y[k] for x, y in zip(a["videos"], b["videos"])])
+            out[k] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"))
     return out
 
 
@@ -137,6 +167,17 @@ def markdown_table(table: dict, prompts: int, frames: int, long_frames: int, lon
         lg = row.get("long")
         tail = [f"{lg['pass']:.2f}", f"{lg['late_color']:.2f}", f"{lg['color_drift']:.3f}"] if lg else ["–"] * 3
         lines.append(f"| {name} | " + " | ".join(cells + tail) + " |")
+    pairs = [(a, b) for a, b in (("stream_r1", "dmd"), ("stream_r1+t1", "stream_r1")) if a in table and b in table]
+    if pairs:
+        keys = [k for k in PAIRED_KEYS if k in table[pairs[0][0]]["short"]]
+        lines += ["", "| paired difference (same prompts and seeds), mean ± s.e. | " + " | ".join(keys) + " |",
+                  "|" + "---|" * (len(keys) + 1)]
+        for a, b in pairs:
+            for part in ("short", "long"):
+                if part in table[a] and part in table[b]:
+                    d = paired_difference(table[a][part], table[b][part], keys)
+                    lines.append(f"| {a} − {b} ({part}) | " + " | ".join(f"{d[k][0]:+.3f} ± {d[k][1]:.3f}" for k in keys)
+                                 + " |")
     lines.append("")
     lines.append(f"{prompts} held-out prompts (scene seeds {EVAL_SEED}+), {frames} frames each; long = the first "
                  f"{long_count} prompts streamed for {long_frames} frames. Checker scores are fractions in [0, 1]; "
@@ -161,9 +202,38 @@ def strip_image(keep: dict[str, list[Tensor]], path: Path, prompts: list[str], p
 
 
 # ---- the bundle -----------------------------------------------------------------------------------------------------
-def assemble(runs: Path, out: Path, student: Path, extra: dict, with_reward: bool = False) -> Path:
-    """Copy the chosen student (as fp16), VAE and text encoder (and with `with_reward` the reward model, whose
-    151,660-row embedding makes it ~80 MB) into `out` with bundle.json."""
+def pack_reward(src: Path, dst: Path) -> Path:
+    """The shapes reward model (VideoReward layout) -> `dst` in the same layout, with its two [151660, 128] tables
+    (token embedding and tied lm_head) row-packed (`stream_r1.weights_io.pack_rows`) to the ~300 ids its tokenizer
+    can emit: 2.6 MB instead of 80 MB, and every loader reads it as before (the other rows read as zeros, and no
+    input can reach them). Returns the new checkpoint's weights file."""
+    from safetensors.torch import save_file
+
+    from stream_r1.reward.checkpoint import resolve_reward_files
+    from stream_r1.reward.model import load_tokenizer
+    from stream_r1.reward.prompt import PAD_TOKEN_ID
+    from stream_r1.weights_io import pack_rows, read_tensors
+
+    files = resolve_reward_files(src)
+    raw = read_tensors(files.weights)
+    ids = set(load_tokenizer(files.tokenizer).get_vocab().values()) | {PAD_TOKEN_ID}
+    emb = next(v for k, v in raw.items() if k.endswith("embed_tokens.weight"))
+    tables = {k: ids for k, v in raw.items()
+              if k.endswith(("embed_tokens.weight", "lm_head.weight")) and v.shape == emb.shape}
+    sd, meta = pack_rows(raw, tables)
+    if dst.exists():
+        shutil.rmtree(dst)
+    ckpt = dst / files.weights.parent.name                                # checkpoint-<step>/
+    ckpt.mkdir(parents=True)
+    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(ckpt / "model.safetensors"), metadata=meta)
+    shutil.copytree(files.tokenizer, ckpt / "tokenizer")
+    shutil.copyfile(files.model_config, dst / "model_config.json")
+    return ckpt / "model.safetensors"
+
+
+def assemble(runs: Path, out: Path, student: Path, extra: dict, with_reward: bool = True) -> Path:
+    """Copy the chosen student (as fp16), VAE and text encoder, and the reward model row-packed (`pack_reward`),
+    into `out` with bundle.json."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -177,10 +247,8 @@ def assemble(runs: Path, out: Path, student: Path, extra: dict, with_reward: boo
         save_file({k: f.get_tensor(k).half() for k in f.keys()}, str(out / "vae.safetensors"), metadata=f.metadata())
     shutil.copyfile(runs / "teacher" / "umt5.safetensors", out / "umt5.safetensors")
     reward = runs / "reward" / "reward"
-    if with_reward and reward.is_dir():                 # 80 MB (the released vocabulary): not by default
-        if (out / "reward").exists():
-            shutil.rmtree(out / "reward")
-        shutil.copytree(reward, out / "reward")
+    if with_reward and reward.is_dir():
+        pack_reward(reward, out / "reward")
     (out / "bundle.json").write_text(json.dumps(extra, indent=1))
     return out
 
@@ -202,9 +270,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=32)
     p.add_argument("--teacher-guidance", type=float, default=2.0)
     p.add_argument("--models", default="teacher,ode_init,dmd,stream_r1", help="models to evaluate")
-    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--t1", default="", metavar="BxC", help="also evaluate the bundle's student searched with "
+                   "Stream-T1, B beams x C children under the reward model (e.g. 2x2; needs runs/shapes/reward)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation; the bundle records <runs>/eval.json "
+                   "when one exists (e.g. an evaluation run on a GPU)")
     p.add_argument("--no-bundle", action="store_true")
-    p.add_argument("--with-reward", action="store_true", help="also copy the reward model (~80 MB) into the bundle")
+    p.add_argument("--no-reward", action="store_true", help="leave the reward model out of the bundle (saliency "
+                   "and test-time scaling then need --reward-model)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bundle] %(message)s", datefmt="%H:%M:%S")
     runs = Path(args.runs)
@@ -217,6 +289,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     vae = load_vae(str(runs / "vae" / "vae.safetensors"), device=device)
     students = {n: runs / n / "exports" / "student_latest.safetensors" for n in ("ode_init", "dmd", "stream_r1")}
     evaluation = None
+    if args.no_eval and (runs / "eval.json").is_file():        # a saved evaluation (e.g. from the GPU) is recorded
+        evaluation = json.loads((runs / "eval.json").read_text())["table"]
     if not args.no_eval:
         reward = None
         if (runs / "reward" / "reward").is_dir():
@@ -228,6 +302,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         for n, path in students.items():
             if path.is_file() and n in wanted:
                 samplers[n] = student_sampler(str(path), enc, vae, size, device)
+        if args.t1:
+            if reward is None:
+                raise SystemExit(f"error: --t1 needs the reward model at {runs / 'reward' / 'reward'}")
+            from stream_r1.tts import T1Config
+            b, c = (int(x) for x in args.t1.lower().split("x"))
+            samplers[f"{args.student}+t1"] = t1_sampler(str(students[args.student]), enc, vae, size, device, reward,
+                                                         T1Config(beams=b, children=c))
         prompts = eval_prompts(args.prompts)
         table, keep = evaluate(samplers, prompts, frames, long_frames, args.long_count, reward)
         md = markdown_table(table, len(prompts), frames, long_frames, args.long_count)
@@ -245,8 +326,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                  + ["python -m training.shapes.bundle"],
                  "seeds": {"clip_seed": world.clip_seed, "eval_seed": EVAL_SEED,
                            "schedule_seed": TrainConfig.from_dict(tcfg).schedule.seed},
-                 "evaluation": evaluation}
-        assemble(runs, Path(args.out), students[args.student], extra, with_reward=args.with_reward)
+                 "evaluation": evaluation and {m: {part: ({k: v for k, v in r.items() if k != "videos"}
+                                                         if isinstance(r, dict) else r) for part, r in row.items()}
+                                               for m, row in evaluation.items()}}                # means only
+        assemble(runs, Path(args.out), students[args.student], extra, with_reward=not args.no_reward)
         log.info("bundle written to %s", args.out)
     return 0
 

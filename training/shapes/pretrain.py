@@ -365,7 +365,8 @@ def teacher_check(cfg: TrainConfig, teacher_path: Path, text_path: Path, lat: Te
     idx = list(range(min(8, len(lat))))
     ctx = enc.encode([prompts[i] for i in idx]).to(device)
     coupling = [temporal_coupling(model, lat[idx].to(device), ctx, s) for s in (0.3, 0.6, 0.9)]
-    return {"samples": samples, "checker": {k: round(v, 3) for k, v in scores.items()}, "coupling": coupling}
+    return {"samples": samples, "checker": {k: round(v, 3) for k, v in scores.items() if k != "videos"},
+            "coupling": coupling}
 
 
 def train_teacher(cfg: TrainConfig, device: torch.device) -> Path:
