@@ -1,8 +1,11 @@
 """The pack imports the way ComfyUI imports it, cheaply, and the core stays free of ComfyUI."""
+import os
 import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +39,21 @@ def test_core_never_imports_comfyui():
         text = path.read_text()
         for mod in ("import comfy", "from comfy", "import folder_paths", "import server"):
             assert mod not in text, f"{path} imports {mod.split()[-1]}"
+
+
+@pytest.mark.skipif(not __import__("stream_r1.shapes.bundle", fromlist=["available"]).available(),
+                    reason="no shapes-world bundle: the README's main job would run the random demo model")
+def test_the_readme_main_job_runs_as_written(tmp_path):
+    """Set-up command 1 of the README (after its pip install) on this CPU, in a fresh folder: the embedded model."""
+    import shlex
+
+
+    text = (ROOT / "README.md").read_text()
+    line = text[text.index("# 1. install and run the main job"):].splitlines()[1]
+    cmd = shlex.split(line.split("&&", 1)[1])
+    assert cmd[:3] == ["python", "-m", "stream_r1"], line
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, *cmd[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / cmd[cmd.index("--out") + 1]
+    assert out.stat().st_size > 10_000 and "shapes" in r.stderr.lower()

@@ -314,3 +314,18 @@ def test_text_embedder_with_a_tiny_umt5_file(tmp_path, wan_sd, spiece_bytes):
         TextEmbedder(cfg, text_dim=64, device=torch.device("cpu"), dtype=torch.float32)
     hashed = TextEmbedder(TextConfig(hash_tokens=4), text_dim=32, device=torch.device("cpu"), dtype=torch.float32)
     assert hashed(["x", "y"]).shape == (2, 4, 32) and torch.equal(hashed(["x"]), hashed(["x"]))
+
+
+def test_log_line_of_a_critic_step_carries_the_latest_generator_metrics():
+    """With log.interval 50 and generator_every 5 the logged steps (50, 100, ...) are never generator steps
+    (0-based 0, 5, 10, ...): the line shows the latest generator step's loss and reward weights, marked."""
+    from training.observe import format_line
+
+    gen = {"step": 45, "generator_step": 1.0, "gen_loss": 0.5, "w_inter": 1.0, "w_inter_min": 0.4,
+           "w_inter_max": 1.7, "critic_loss": 0.3, "seconds": 0.5, "peak_mem_gib": [1.0]}
+    critic = {"step": 49, "generator_step": 0.0, "critic_loss": 0.2, "seconds": 0.2, "peak_mem_gib": [1.1]}
+    line = format_line("run", critic, 500, gen)
+    assert line.startswith("run step 50/500 | (gen @ 46) | gen 0.5 | critic 0.2 | W_inter 1 [0.4, 1.7] |"), line
+    assert "0.20 s/step" in line and "peak 1.10 GiB" in line
+    assert "gen @" not in format_line("run", gen, 500, gen)
+    assert "gen @" not in format_line("run", critic, 500, None) and "gen " not in format_line("run", critic, 500)

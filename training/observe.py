@@ -15,8 +15,16 @@ _SHORT = (("gen_loss", "gen"), ("critic_loss", "critic"), ("ode_loss", "ode"), (
           ("balance_penalty", "bal"), ("grad_norm_gen", "gnorm_g"), ("grad_norm_critic", "gnorm_c"))
 
 
-def format_line(name: str, m: dict[str, Any], total: int) -> str:
+def format_line(name: str, m: dict[str, Any], total: int, last_gen: dict[str, Any] | None = None) -> str:
+    """One log line for step m. When m is a critic-only step, the generator's metrics (loss, reward weights) come
+    from `last_gen`, the latest generator step, marked `(gen @ step)`: an interval that is a multiple of
+    generator_every never lands on a generator step, and its metrics would otherwise never be logged."""
     parts = [f"{name} step {int(m['step']) + 1}/{total}"]
+    if last_gen is not None and not m.get("generator_step"):
+        gen_keys = {k for k in last_gen if k not in m}
+        if gen_keys & {key for key, _ in _SHORT}:
+            parts.append(f"(gen @ {int(last_gen['step']) + 1})")
+            m = {**{k: last_gen[k] for k in gen_keys}, **m}
     for key, short in _SHORT:
         if key in m:
             v = f"{m[key]:.4g}"
@@ -36,6 +44,7 @@ class Observer:
     def __init__(self, cfg: TrainConfig, out: Path, *, enabled: bool, start: int):
         self.cfg, self.out, self.enabled = cfg, out, enabled
         self.bar = self.tb = None
+        self.last_gen: dict[str, Any] | None = None      # the latest generator step's metrics (for the log line)
         if not enabled:
             return
         if cfg.log.progress:
@@ -58,8 +67,10 @@ class Observer:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({s: f"{m[key]:.3g}" for key, s in _SHORT[:3] if key in m})
+        if m.get("generator_step"):
+            self.last_gen = m
         if k % max(1, self.cfg.log.interval) == 0 or k == self.cfg.schedule.steps:
-            log.info(format_line(self.cfg.name, m, self.cfg.schedule.steps))
+            log.info(format_line(self.cfg.name, m, self.cfg.schedule.steps, self.last_gen))
         if self.tb is not None:
             for key, v in m.items():
                 if isinstance(v, (int, float)) and key != "step":

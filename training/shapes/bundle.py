@@ -179,9 +179,9 @@ def markdown_table(table: dict, prompts: int, frames: int, long_frames: int, lon
                     lines.append(f"| {a} − {b} ({part}) | " + " | ".join(f"{d[k][0]:+.3f} ± {d[k][1]:.3f}" for k in keys)
                                  + " |")
     lines.append("")
-    lines.append(f"{prompts} held-out prompts (scene seeds {EVAL_SEED}+), {frames} frames each; long = the first "
-                 f"{long_count} prompts streamed for {long_frames} frames. Checker scores are fractions in [0, 1]; "
-                 "reward columns are the shapes reward model's z-scores.")
+    long = f"; long = the first {long_count} prompts streamed for {long_frames} frames" if long_count else ""
+    lines.append(f"{prompts} held-out prompts (scene seeds {EVAL_SEED}+), {frames} frames each{long}. Checker scores "
+                 "are fractions in [0, 1]; reward columns are the shapes reward model's z-scores.")
     return "\n".join(lines)
 
 
