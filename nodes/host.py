@@ -178,10 +178,25 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+class Held(torch.nn.Module):
+    """What the ModelPatcher holds for a module with a read-only `device` property (the core's WanVAE): ComfyUI
+    writes `model.device` after moving the weights, which such a module refuses. `held` moves with it."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.held = module
+        self.device = next(module.parameters()).device
+
+
 def wrap_model(module: torch.nn.Module, load_device: torch.device, offload: torch.device) -> Any:
     """A ComfyUI ModelPatcher around `module` (so ComfyUI's offloading sees it), or None headless."""
     mp = _service("comfy.model_patcher", "ModelPatcher")
-    return mp.ModelPatcher(module, load_device=load_device, offload_device=offload) if mp is not None else None
+    if mp is None:
+        return None
+    prop = getattr(type(module), "device", None)
+    if isinstance(prop, property) and prop.fset is None:
+        module = Held(module)
+    return mp.ModelPatcher(module, load_device=load_device, offload_device=offload)
 
 
 def load_models(patchers: Sequence[Any], memory_required: int = 0) -> None:

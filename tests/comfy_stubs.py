@@ -72,6 +72,9 @@ def build(models_dir: Path, output_dir: Path, rec: Recorder) -> dict[str, types.
     def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
                         force_full_load=False):
         rec.loads.append((list(models), dict(memory_required=memory_required, force_full_load=force_full_load)))
+        for m in models:                   # as ComfyUI's ModelPatcher.patch_model / unpatch_model: plain bookkeeping
+            if hasattr(m, "model") and hasattr(m, "load_device"):
+                m.model.device = m.load_device
 
     def soft_empty_cache(force=False):
         rec.empty_cache += 1

@@ -427,6 +427,31 @@ def test_shipped_api_workflow_runs(server, name):
         assert any(t == "progress" and d["max"] == n for t, d in messages)
 
 
+@pytest.mark.skipif(not __import__("stream_r1.shapes.bundle", fromlist=["available"]).available(),
+                    reason="no shapes-world bundle in stream_r1/shapes/bundle/")
+def test_the_shapes_world_workflow_runs_on_the_shipped_bundle(server):
+    """The shipped shapes-world API workflow, unchanged, in real ComfyUI on the CPU: the bundle's model through a
+    three-prompt timeline for 20 s, saved as a video, plus the bundle reward's saliency view. Every prompt of its
+    timeline asks for a black background, and the checker reads one in every segment."""
+    import torch
+
+    from stream_r1.shapes import check
+
+    api = json.loads((WORKFLOWS / "api" / "stream_r1_shapes_world.api.json").read_text())
+    entry, _ = server.run(api)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
+    video = frames_of(output_file(server, entry, "7"))
+    assert video.shape == (321, 96, 96, 3)
+    prompts = [ln.split(":", 1)[1].strip() for ln in api["2"]["inputs"]["timeline"].splitlines()
+               if ln and not ln.startswith("#")]
+    for seg, prompt in zip(np.array_split(np.arange(video.shape[0]), 3), prompts):
+        clip = torch.from_numpy(video[seg]).permute(0, 3, 1, 2).float() / 255      # [T, 3, H, W]
+        assert check(clip, prompt)["background_score"] == 1.0, prompt
+    saliency = frames_of(output_file(server, entry, "11"))
+    assert saliency.shape[0] > 0 and saliency.std() > 1.0
+    assert entry["outputs"]["12"]["images"], "the saliency preview images"
+
+
 def test_a_bad_request_fails_with_a_clear_message(server):
     api = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 1.0)
     api["5"]["inputs"]["height"] = 40                          # allowed by the widget step? no: 40 is not 16k

@@ -168,11 +168,13 @@ def test_inside_comfyui_the_model_and_vae_are_managed(bundle_root, nodes, tmp_pa
     monkeypatch.setenv("STREAM_R1_SHAPES_BUNDLE", str(bundle_root))
     cls = nodes["StreamR1ShapesDemoLoader"]
     model, clip, vae, _, _ = run(cls, dtype="auto")
-    assert model.patcher is not None and vae.patcher is not None and vae.patcher.model is vae.core
+    assert model.patcher is not None and vae.patcher is not None and vae.patcher.model.held is vae.core
+    # ComfyUI writes `model.device` on load and unload (the stub does too); the WanVAE's is a read-only property
     rec.loads.clear()
     frames, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
                        seconds=0.75, frames=0, seed=0, keep_state=False, vae=vae, unique_id="9")
     assert frames.shape == (9, 32, 32, 3)
+    assert vae.patcher.model.device == vae.patcher.load_device
     assert rec.loads and rec.loads[0][0] == [model.patcher, vae.patcher] and rec.loads[0][1]["memory_required"] > 0
     assert [e for e, _ in rec.events] == ["stream_r1.chunk"] * 1 and rec.progress[-1][2][0] == "JPEG"
     key = cls.IS_CHANGED(dtype="auto")
