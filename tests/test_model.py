@@ -165,3 +165,17 @@ def test_rerun_of_same_chunk_overwrites(tiny_model):
         o2 = tiny_model(nxt, t, ctx, cache=c2, start_frame=3)
     assert torch.equal(o1, o2)
     assert c1.frames_cached == 6 and c1.frames_seen == 6
+
+
+def test_cuda_graph_compile_modes_copy_stage_outputs_out():
+    """Under a CUDA-graph mode a compiled stage's outputs are copies (the graph's buffers are reused by the next
+    replay); other modes return the compiled function itself."""
+    from stream_r1.wan.model import _compiled
+
+    def stage(x, y):
+        return x, {"sum": x + y}
+
+    x, y = torch.randn(3), torch.randn(3)
+    a, d = _compiled(stage, "reduce-overhead")(x, y)
+    assert torch.equal(a, x) and a.data_ptr() != x.data_ptr() and torch.allclose(d["sum"], x + y)
+    assert _compiled(stage, "max-autotune-no-cudagraphs").__name__ != "run" and _compiled(stage, None).__name__ != "run"

@@ -110,6 +110,18 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
 
 
+def _compiled(fn, mode: Optional[str]):
+    """torch.compile(fn); under a CUDA-graph mode, its outputs are cloned out of the graph's static buffers."""
+    f = torch.compile(fn, mode=mode, dynamic=False)
+    if mode not in ("reduce-overhead", "max-autotune"):
+        return f
+    from torch.utils._pytree import tree_map
+
+    def run(*args, **kwargs):
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, f(*args, **kwargs))
+    return run
+
+
 class WanModel(nn.Module):
     """Wan2.1 text-to-video DiT. Output: flow prediction v = noise - x0, same shape as the input latents."""
 
@@ -283,8 +295,9 @@ class WanModel(nn.Module):
 
     def compile_blocks(self, mode: Optional[str] = None) -> "WanModel":
         """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):
-        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager."""
-        self._pre = torch.compile(WanModel._pre, mode=mode, dynamic=False)
-        self._post = torch.compile(WanModel._post, mode=mode, dynamic=False)
-        self._rope = torch.compile(apply_rope, mode=mode, dynamic=False)
+        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager. Modes that capture
+        CUDA graphs ("reduce-overhead", "max-autotune") replay each stage as a graph; their outputs are copied out
+        of the graph's buffers (block i's output x is block i+1's residual input, and the replay of the same
+        stage for block i+1 would overwrite it)."""
+        self._pre, self._post, self._rope = (_compiled(f, mode) for f in (WanModel._pre, WanModel._post, apply_rope))
         return self
