@@ -349,3 +349,20 @@ def test_the_shipped_bundle_draws_what_held_out_prompts_ask_for(tmp_path):
     prompt = "a red circle moving right on a black background"
     assert main(["generate", "--prompt", prompt, "--frames", "13", "--out", str(tmp_path / "x.mp4"), "--quiet",
                  "--device", "cpu"]) == 0
+
+
+def test_rebuilding_a_bundle_leaves_identical_weight_files_untouched(tmp_path):
+    """safetensors writes metadata in no fixed order: an unchanged file is kept byte for byte, a changed one
+    rewritten."""
+    import os
+
+    from training.shapes.bundle import save_unless_same
+
+    path = tmp_path / "w.safetensors"
+    sd, meta = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}, {"x": "1", "y": "2", "z": "3"}
+    assert save_unless_same(sd, path, meta)
+    os.utime(path, ns=(1, 1))
+    assert not save_unless_same({k: v.clone() for k, v in sd.items()}, path, dict(reversed(meta.items())))
+    assert path.stat().st_mtime_ns == 1
+    assert save_unless_same({**sd, "a": torch.zeros(4)}, path, meta)
+    assert save_unless_same(sd, path, {**meta, "x": "9"})

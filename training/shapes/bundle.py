@@ -202,13 +202,27 @@ def strip_image(keep: dict[str, list[Tensor]], path: Path, prompts: list[str], p
 
 
 # ---- the bundle -----------------------------------------------------------------------------------------------------
+def save_unless_same(sd: dict[str, Tensor], path: Path, meta: Optional[dict]) -> bool:
+    """save_file, unless `path` already holds the same tensors and metadata: safetensors writes metadata in no
+    fixed order, so a rebuilt bundle would otherwise change 20 MB of committed bytes for nothing. True if written."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            same = (f.metadata() or {}) == (meta or {}) and set(f.keys()) == set(sd) and all(
+                torch.equal(f.get_tensor(k), v) for k, v in sd.items())
+        if same:
+            return False
+    save_file(sd, str(path), metadata=meta)
+    return True
+
+
 def pack_reward(src: Path, dst: Path) -> Path:
     """The shapes reward model (VideoReward layout) -> `dst` in the same layout, with its two [151660, 128] tables
     (token embedding and tied lm_head) row-packed (`stream_r1.weights_io.pack_rows`) to the ~300 ids its tokenizer
     can emit: 2.6 MB instead of 80 MB, and every loader reads it as before (the other rows read as zeros, and no
     input can reach them). Returns the new checkpoint's weights file."""
-    from safetensors.torch import save_file
-
     from stream_r1.reward.checkpoint import resolve_reward_files
     from stream_r1.reward.model import load_tokenizer
     from stream_r1.reward.prompt import PAD_TOKEN_ID
@@ -225,7 +239,7 @@ def pack_reward(src: Path, dst: Path) -> Path:
         shutil.rmtree(dst)
     ckpt = dst / files.weights.parent.name                                # checkpoint-<step>/
     ckpt.mkdir(parents=True)
-    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(ckpt / "model.safetensors"), metadata=meta)
+    save_unless_same({k: v.clone().contiguous() for k, v in sd.items()}, ckpt / "model.safetensors", meta)
     shutil.copytree(files.tokenizer, ckpt / "tokenizer")
     shutil.copyfile(files.model_config, dst / "model_config.json")
     return ckpt / "model.safetensors"
@@ -235,16 +249,15 @@ def assemble(runs: Path, out: Path, student: Path, extra: dict, with_reward: boo
     """Copy the chosen student (as fp16), VAE and text encoder, and the reward model row-packed (`pack_reward`),
     into `out` with bundle.json."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     with safe_open(str(student), "pt") as f:
         meta = f.metadata()
         sd = {k: f.get_tensor(k).half() for k in f.keys()}
     meta.pop("training_config", None)
-    save_file(sd, str(out / "student.safetensors"), metadata=meta)
+    save_unless_same(sd, out / "student.safetensors", meta)
     with safe_open(str(runs / "vae" / "vae.safetensors"), "pt") as f:
-        save_file({k: f.get_tensor(k).half() for k in f.keys()}, str(out / "vae.safetensors"), metadata=f.metadata())
+        save_unless_same({k: f.get_tensor(k).half() for k in f.keys()}, out / "vae.safetensors", f.metadata())
     shutil.copyfile(runs / "teacher" / "umt5.safetensors", out / "umt5.safetensors")
     reward = runs / "reward" / "reward"
     if with_reward and reward.is_dir():
@@ -288,9 +301,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     enc = load_text_encoder(str(runs / "teacher" / "umt5.safetensors"), device=device)
     vae = load_vae(str(runs / "vae" / "vae.safetensors"), device=device)
     students = {n: runs / n / "exports" / "student_latest.safetensors" for n in ("ode_init", "dmd", "stream_r1")}
-    evaluation = None
+    evaluation, sources = None, None
     if args.no_eval and (runs / "eval.json").is_file():        # a saved evaluation (e.g. from the GPU) is recorded
-        evaluation = json.loads((runs / "eval.json").read_text())["table"]
+        saved = json.loads((runs / "eval.json").read_text())
+        evaluation, sources = saved["table"], saved.get("sources")
     if not args.no_eval:
         reward = None
         if (runs / "reward" / "reward").is_dir():
@@ -329,6 +343,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "evaluation": evaluation and {m: {part: ({k: v for k, v in r.items() if k != "videos"}
                                                          if isinstance(r, dict) else r) for part, r in row.items()}
                                                for m, row in evaluation.items()}}                # means only
+        if sources:
+            extra["evaluation_sources"] = sources         # device and prompt count per row, when rows were merged
         assemble(runs, Path(args.out), students[args.student], extra, with_reward=not args.no_reward)
         log.info("bundle written to %s", args.out)
     return 0
