@@ -51,11 +51,10 @@ def read_tensors(path: "str | Path") -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix in (".safetensors", ".sft"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
         try:
-            sd = load_file(str(path))
-            meta = _safetensors_metadata(path)
+            with safe_open(str(path), "pt") as f:
+                sd, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
         except (SafetensorError, OSError) as e:
             raise incomplete_error(path, str(e).splitlines()[0][:200]) from None
         return unpack_rows(sd, meta, path)
@@ -70,12 +69,6 @@ def read_tensors(path: "str | Path") -> dict[str, Tensor]:
 # ---- row-packed tables ----------------------------------------------------------------------------------------------
 ROW_PACKED = "stream_r1_row_packed"
 """safetensors metadata key: JSON {name: total rows} of the tables stored as `<name>.rows` + `<name>.row_ids`."""
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
 
 
 def pack_rows(sd: Mapping[str, Tensor], tables: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, str]]:

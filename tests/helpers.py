@@ -1,4 +1,6 @@
 """Small shared test inputs (fixtures live in conftest.py)."""
+from pathlib import Path
+
 import torch
 
 
@@ -56,27 +58,24 @@ def build_shapes_chain(root) -> None:
         os.chdir(cwd)
 
 
-def train_tiny_reward(root) -> "Path":
-    """A 2-step shapes reward model (tiny Qwen2-VL, 8 clips of 9 frames at 32 px) under `root`; returns its
-    VideoReward folder (`<root>/reward_run/reward`)."""
-    import os
-    from pathlib import Path
-
-    import torch
-
-    from stream_r1.reward.qwen2vl_config import Qwen2VLArch
+def tiny_reward_cfg(tmp):
+    """The shapes reward recipe at test size: 8 clips of 9 frames at 32 px, 2 steps of batch 2, output under `tmp`."""
     from training.config import TrainConfig
+
+    tmp = Path(tmp)
+    cfg = TrainConfig(method="reward", output_dir=str(tmp / "run"))
+    w = cfg.world
+    w.clips, w.frames, w.height, w.width, w.cache_dir = 8, 9, 32, 32, str(tmp / "cache")
+    cfg.schedule.steps, cfg.schedule.global_batch = 2, 2
+    cfg.optim.lr, cfg.optim.betas, cfg.pretrain.warmup_steps = 1e-3, (0.9, 0.999), 1
+    cfg.log.progress = False
+    return cfg
+
+
+def train_tiny_reward(root) -> Path:
+    """A 2-step shapes reward model (`tiny_reward_cfg`, tiny Qwen2-VL) under `root`; returns its VideoReward
+    folder (`<root>/run/reward`)."""
+    from stream_r1.reward.qwen2vl_config import Qwen2VLArch
     from training.shapes.reward import train_reward
 
-    root = Path(root)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        cfg = TrainConfig(method="reward", output_dir=str(root / "reward_run"))
-        w = cfg.world
-        w.clips, w.frames, w.height, w.width, w.cache_dir = 8, 9, 32, 32, str(root / "reward_cache")
-        cfg.schedule.steps, cfg.schedule.global_batch, cfg.pretrain.warmup_steps = 2, 2, 1
-        cfg.log.progress = False
-        return train_reward(cfg, torch.device("cpu"), arch=Qwen2VLArch.tiny())
-    finally:
-        os.chdir(cwd)
+    return train_reward(tiny_reward_cfg(root), torch.device("cpu"), arch=Qwen2VLArch.tiny())

@@ -8,27 +8,19 @@ from stream_r1.reward.checkpoint import PEFT_PREFIX, read_model_config
 from stream_r1.reward.model import load_video_reward
 from stream_r1.reward.qwen2vl_config import Qwen2VLArch
 from stream_r1.shapes import parse_prompt
-from training.config import RewardConfig, TrainConfig
+from training.config import RewardConfig
 from training.models import build_reward
 from training.shapes.reward import (REWARD_VIDEO, heldout_count, heldout_scores, make_pairs, normalisation,
                                     split_variants, train_reward)
 from training.shapes.world import ClipBank, degrade_motion, degrade_quality, mismatched_prompt, shapes_prompts
 
-
-def tiny_cfg(tmp) -> TrainConfig:
-    cfg = TrainConfig(method="reward", output_dir=str(tmp / "run"))
-    w = cfg.world
-    w.clips, w.frames, w.height, w.width, w.cache_dir = 8, 9, 32, 32, str(tmp / "cache")
-    cfg.schedule.steps, cfg.schedule.global_batch = 2, 2
-    cfg.optim.lr, cfg.optim.betas, cfg.pretrain.warmup_steps = 1e-3, (0.9, 0.999), 1
-    cfg.log.progress = False
-    return cfg
+from helpers import tiny_reward_cfg
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shapes_reward")
-    cfg = tiny_cfg(tmp)
+    cfg = tiny_reward_cfg(tmp)
     return cfg, train_reward(cfg, torch.device("cpu"), arch=Qwen2VLArch.tiny())  # default arch: same code, 2x bytes
 
 

@@ -80,8 +80,8 @@ class T1Config:
     decode_rows: int = 1
     """Candidates per batched VAE decode; 1 = one at a time (default), 0 = all of a call's candidates at once. A
     decode's activations grow with its rows (at 832x480 the 4 rows of a 2 x 2 search in one Wan-VAE decode peaked
-    at 46 GiB, plain streaming 9.7 GiB; bench/RESULTS.md 2026-11-22), and the decode is memory-bound, so batching
-    it buys little time."""
+    at 46 GiB, plain streaming 9.7 GiB; bench/RESULTS.md 2026-11-22), and one row already fills the GPU, so
+    batching it bought no time (2.511 s against 2.517 s per chunk)."""
     cow_pages: bool = True
     """Copy-on-write KV pages (forks share their parent's pages); False = every fork copies the valid window."""
 

@@ -39,9 +39,13 @@ def eval_prompts(count: int, seed: int = EVAL_SEED) -> list[str]:
 
 
 # ---- samplers: prompt, seed -> frames [T, 3, H, W] in [0, 1] --------------------------------------------------------
-def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, dtype=torch.float32) -> Callable:
+def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, dtype=torch.float32,
+                    search: Optional[tuple] = None) -> Callable:
+    """Plain streaming of the student, or with `search` = (reward, T1Config) its Stream-T1 search under that
+    reward (issue #10)."""
     from stream_r1.loaders import load_student
     from stream_r1.stream import StreamSession, chunks_for_frames
+    from stream_r1.tts.search import generate_t1
     from stream_r1.vae import StreamingDecoder
 
     model, info = load_student(student_path, device=device, dtype=dtype, attention="sdpa")
@@ -52,26 +56,11 @@ def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, 
         ctx = enc.encode([prompt]).to(device, dtype)
         sess = StreamSession(model, sc, ctx, height=size[0], width=size[1], seed=seed, decoder=StreamingDecoder(vae),
                              device=device, dtype=dtype)
+        if search is not None:
+            _, video, _ = generate_t1(sess, search[0], latent, search[1])                 # [1, T, 3, H, W]
+            return video[0].float().cpu()[:frames]
         out = [c.frames[0].float().cpu() for c in sess.run(chunks_for_frames(latent, sc.frames_per_block))]
         return torch.cat(out)[:frames]                                                   # [T, 3, H, W]
-    return sample
-
-
-def t1_sampler(student_path: str, enc, vae, size: tuple[int, int], device, reward, cfg) -> Callable:
-    """The student searched with Stream-T1 (`stream_r1.tts`, config `cfg`) under `reward` (issue #10)."""
-    from stream_r1.loaders import load_student
-    from stream_r1.stream import StreamSession
-    from stream_r1.tts.search import generate_t1
-    from stream_r1.vae import StreamingDecoder
-
-    model, info = load_student(student_path, device=device, dtype=torch.float32, attention="sdpa")
-
-    def sample(prompt: str, seed: int, frames: int) -> Tensor:
-        ctx = enc.encode([prompt]).to(device)
-        sess = StreamSession(model, info.stream_config, ctx, height=size[0], width=size[1], seed=seed,
-                             decoder=StreamingDecoder(vae), device=device, dtype=torch.float32)
-        _, video, _ = generate_t1(sess, reward, (frames - 1) // 4 + 1, cfg)                # [1, T, 3, H, W]
-        return video[0].float().cpu()[:frames]
     return sample
 
 
@@ -119,6 +108,12 @@ def score_videos(videos: list[Tensor], prompts: list[str], reward=None) -> dict[
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     out["videos"] = [{k: float(v) for k, v in r.items()} for r in rows]           # per video, for paired tests
     return out
+
+
+def means_only(table: dict) -> dict:
+    """An `evaluate` table without the per-video rows (what bundle.json keeps)."""
+    return {m: {part: ({k: v for k, v in r.items() if k != "videos"} if isinstance(r, dict) else r)
+                for part, r in row.items()} for m, row in table.items()}
 
 
 PAIRED_KEYS = ("pass", "color", "shape", "motion", "temporal", "score", "reward_VQ", "reward_MQ", "reward_TA")
@@ -223,6 +218,8 @@ def pack_reward(src: Path, dst: Path) -> Path:
     (token embedding and tied lm_head) row-packed (`stream_r1.weights_io.pack_rows`) to the ~300 ids its tokenizer
     can emit: 2.6 MB instead of 80 MB, and every loader reads it as before (the other rows read as zeros, and no
     input can reach them). Returns the new checkpoint's weights file."""
+    from safetensors.torch import save_file
+
     from stream_r1.reward.checkpoint import resolve_reward_files
     from stream_r1.reward.model import load_tokenizer
     from stream_r1.reward.prompt import PAD_TOKEN_ID
@@ -239,7 +236,7 @@ def pack_reward(src: Path, dst: Path) -> Path:
         shutil.rmtree(dst)
     ckpt = dst / files.weights.parent.name                                # checkpoint-<step>/
     ckpt.mkdir(parents=True)
-    save_unless_same({k: v.clone().contiguous() for k, v in sd.items()}, ckpt / "model.safetensors", meta)
+    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(ckpt / "model.safetensors"), metadata=meta)
     shutil.copytree(files.tokenizer, ckpt / "tokenizer")
     shutil.copyfile(files.model_config, dst / "model_config.json")
     return ckpt / "model.safetensors"
@@ -321,8 +318,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 raise SystemExit(f"error: --t1 needs the reward model at {runs / 'reward' / 'reward'}")
             from stream_r1.tts import T1Config
             b, c = (int(x) for x in args.t1.lower().split("x"))
-            samplers[f"{args.student}+t1"] = t1_sampler(str(students[args.student]), enc, vae, size, device, reward,
-                                                         T1Config(beams=b, children=c))
+            samplers[f"{args.student}+t1"] = student_sampler(str(students[args.student]), enc, vae, size, device,
+                                                              search=(reward, T1Config(beams=b, children=c)))
         prompts = eval_prompts(args.prompts)
         table, keep = evaluate(samplers, prompts, frames, long_frames, args.long_count, reward)
         md = markdown_table(table, len(prompts), frames, long_frames, args.long_count)
@@ -340,9 +337,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  + ["python -m training.shapes.bundle"],
                  "seeds": {"clip_seed": world.clip_seed, "eval_seed": EVAL_SEED,
                            "schedule_seed": TrainConfig.from_dict(tcfg).schedule.seed},
-                 "evaluation": evaluation and {m: {part: ({k: v for k, v in r.items() if k != "videos"}
-                                                         if isinstance(r, dict) else r) for part, r in row.items()}
-                                               for m, row in evaluation.items()}}                # means only
+                 "evaluation": evaluation and means_only(evaluation)}
         if sources:
             extra["evaluation_sources"] = sources         # device and prompt count per row, when rows were merged
         assemble(runs, Path(args.out), students[args.student], extra, with_reward=not args.no_reward)
