@@ -5,3 +5,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: CPU run"
+# bench_run NAME ARGS...: `python -m stream_r1 bench --label NAME ARGS --json $OUT/NAME.json`, log in $OUT/log_NAME.txt
+# (at most $BENCH_TIMEOUT seconds, default 300); prints the log's tail if it fails.
+bench_run() {
+  local name=$1; shift
+  timeout "${BENCH_TIMEOUT:-300}" python3 -m stream_r1 bench --label "$name" "$@" --json "$OUT/$name.json" \
+    > "$OUT/log_$name.txt" 2>&1 || { echo "FAILED $name"; tail -15 "$OUT/log_$name.txt"; }
+}

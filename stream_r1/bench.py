@@ -25,16 +25,19 @@ VAE_DECODE_TFLOP_PER_FRAME = 3.39          # Wan VAE at 832x480 (spec-models §8
 
 
 def dit_tflop(cfg: WanConfig, sc: StreamConfig, fs: int, latent_frames: int) -> float:
-    """FLOPs (2*MAC) of all DiT passes of a stream: per chunk len(steps) denoise + 1 context pass."""
+    """FLOPs (2*MAC) of all DiT passes of a stream: per chunk len(steps) denoise + 1 context pass (none after the
+    final chunk with `skip_last_context_pass`)."""
     d, L, f = cfg.dim, cfg.num_layers, sc.frames_per_block
     nq = f * fs
     total = 0.0
-    for b in range(chunks_for_frames(latent_frames, f)):
+    chunks = chunks_for_frames(latent_frames, f)
+    for b in range(chunks):
         seen = min((b + 1) * f, sc.cache_frames)
         nkv = seen * fs
         per_pass = 2 * nq * L * (6 * d * d + 2 * d * cfg.ffn_dim)        # q,k,v,o + cross q,o + ffn
         per_pass += 4 * nq * cfg.text_len * d * L + 4 * nq * nkv * d * L  # cross core + self core
-        total += per_pass * (len(sc.denoising_steps) + 1)
+        context = not (b == chunks - 1 and sc.skip_last_context_pass)
+        total += per_pass * (len(sc.denoising_steps) + int(context))
     return total / 1e12
 
 
@@ -69,6 +72,57 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
                 decode_s=sess.stats.decode_seconds)
 
 
+KERNEL_CLASSES = (  # (class, name fragments), first match wins; lower-case
+    ("fused elementwise", ("triton",)),  # inductor's kernels (their names may mention "convolution")
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
+    ("conv", ("fprop", "conv", "nchwtonhwc", "nhwctonchw")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "scaled_mm")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((cls for cls, frags in KERNEL_CLASSES if any(f in low for f in frags)), "other")
+
+
+def idle_gaps(events, top: int = 8) -> dict:
+    """GPU span (first kernel start -> last kernel end), time with no kernel running, and the longest gaps with the
+    kernels around them: where the GPU waits on the host."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                   if e.device_type.name in ("CUDA", "PrivateUse1") and e.time_range.end > e.time_range.start)
+    if not spans:
+        return dict(span_ms=0.0, idle_ms=0.0, gaps=[])
+    gaps, end, before = [], spans[0][1], spans[0][2]
+    for start, stop, name in spans[1:]:
+        if start > end:
+            gaps.append((start - end, before, name))
+        if stop > end:
+            end, before = stop, name
+    span = end - spans[0][0]
+    gaps.sort(key=lambda g: -g[0])
+    return dict(span_ms=round(span / 1e3, 3), idle_ms=round(sum(g[0] for g in gaps) / 1e3, 3),
+                gaps=[dict(us=round(g, 1), after=a[:70], before=b[:70]) for g, a, b in gaps[:top]])
+
+
+def profile_run(fn, top: int) -> dict:
+    """One run under torch.profiler: the `top` costliest GPU kernels and the GPU time per kernel class."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.self_device_time_total > 0]
+    total = sum(ms for _, ms, _ in rows) or 1.0
+    classes: dict[str, float] = {}
+    for name, ms, _ in rows:
+        classes[kernel_class(name)] = classes.get(kernel_class(name), 0.0) + ms
+    rows.sort(key=lambda r: -r[1])
+    return dict(gpu_ms=round(total, 2), **idle_gaps(prof.events()),
+                classes={k: dict(ms=round(v, 2), share=round(v / total, 3)) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+                kernels=[dict(name=n[:120], cls=kernel_class(n), ms=round(ms, 3), calls=c, share=round(ms / total, 4))
+                         for n, ms, c in rows[:top]])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m stream_r1 bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +138,8 @@ def main(argv=None) -> None:
                     help="torch.compile the DiT's per-block stages (optional mode, e.g. max-autotune-no-cudagraphs)")
     ap.add_argument("--compile-vae", nargs="?", const="default", default=None,
                     help="torch.compile the VAE decoder (optional mode)")
-    ap.add_argument("--vae-channels-last", action="store_true", help="VAE weights in channels_last_3d")
+    ap.add_argument("--vae-layout", choices=("auto", "ndhwc", "ncdhw"), default="auto",
+                    help="memory layout of the Wan VAE's 3-D convs (auto: channels-last NDHWC on CUDA)")
     ap.add_argument("--fp8", action="store_true", help="fp8 (e4m3) block linears")
     ap.add_argument("--taehv", default=None, metavar="PATH|random",
                     help="decode with the TAEHV preview decoder instead of the Wan VAE: a taew2_1 file, or 'random' "
@@ -96,14 +151,23 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup-frames", type=int, default=None,
                     help="video frames of the warm-up run (default: the timed length)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--skip-last-context-pass", action="store_true",
+                    help="skip the clean cache pass after the final chunk (same frames; the reference runs it)")
+    ap.add_argument("--unfused-gelu", action="store_true",
+                    help="run the FFN's GELU as its own kernel (the default fuses it into the GEMM epilogue on CUDA)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed runs, profile one more with torch.profiler and report the N costliest "
+                         "GPU kernels and the time per kernel class (attention, GEMM, conv, fused elementwise)")
     args = ap.parse_args(argv)
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
+    from .wan import model as wan_model
+    wan_model.FUSED_GELU = not args.unfused_gelu
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     cfg = WanConfig.preset(args.model)
-    sc = StreamConfig.for_policy(args.policy)
+    sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass)
     lat = latent_frames_for(args.frames)
     if sc.cache_policy == "full":
         sc = sc.replace(full_cache_frames=max(sc.full_cache_frames, chunks_for_frames(lat, 3) * 3))
@@ -115,7 +179,7 @@ def main(argv=None) -> None:
     if args.compile:
         model.compile_blocks(None if args.compile == "default" else args.compile)
     context = torch.randn(1, cfg.text_len, cfg.text_dim, device=dev, dtype=dtype)
-    decoder = taehv = None
+    decoder = taehv = vae = None
     if args.taehv:
         from .taehv import TAEHVStreamingDecoder, load_taehv, random_taehv
         taehv = (random_taehv(0, dev, dtype) if args.taehv == "random" else load_taehv(args.taehv, dev, dtype))
@@ -125,10 +189,8 @@ def main(argv=None) -> None:
     elif not args.no_vae:
         from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
         vae = WanVAE(VAEConfig.wan21()).to(dev, dtype).eval()
-        if args.vae_channels_last:                 # NDHWC weights for the 3-D convs (tensor-core layout)
-            for m in vae.modules():
-                if isinstance(m, torch.nn.Conv3d):
-                    m.to(memory_format=torch.channels_last_3d)
+        if args.vae_layout == "ndhwc" or (args.vae_layout == "auto" and dev.type == "cuda"):
+            vae.to_channels_last()
         if args.compile_vae:
             vae.decoder.compile(**({} if args.compile_vae == "default" else {"mode": args.compile_vae}))
         decoder = StreamingDecoder(vae)
@@ -146,6 +208,12 @@ def main(argv=None) -> None:
         if r > 0:
             results.append(res)
     best = min(results, key=lambda x: x["total_s"])
+    profile = None
+    if args.profile and dev.type == "cuda":
+        if decoder is not None:
+            decoder.reset()
+        profile = profile_run(lambda: run_once(model, sc, context, args.height, args.width, lat, decoder,
+                                               overlap=args.overlap), args.profile)
     video_frames = 1 + 4 * (lat - 1)
     fs = cfg.tokens_per_frame(args.height, args.width)
     tflop = dit_tflop(cfg, sc, fs, lat)
@@ -160,7 +228,8 @@ def main(argv=None) -> None:
         size=f"{args.width}x{args.height}", dtype=args.dtype, attention=args.attention,
         attention_fn=model.attn_fn.__name__, vae=not args.no_vae,
         decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
-        compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=args.vae_channels_last, cudnn_benchmark=args.cudnn_benchmark,
+        compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
+        fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
         ttff_s=round(best["ttff_s"], 4), first_chunk_s=round(best["first_chunk_s"], 4), total_s=round(best["total_s"], 4),
         dit_s=round(best["dit_s"], 4), decode_s=round(best["decode_s"], 4),
         fps_end_to_end=round(video_frames / best["total_s"], 2),
@@ -173,6 +242,8 @@ def main(argv=None) -> None:
         peak_after_chunk_gib=[round(m, 3) for m in best["peak_after_chunk_gib"]],
         all_totals=[round(r["total_s"], 4) for r in results],
     )
+    if profile is not None:
+        out["profile"] = profile
     if args.overlap:            # stages run concurrently: their split is not measurable
         for k in ("dit_s", "decode_s", "fps_dit_only", "vae_share", "mfu_dit_at_800"):
             out[k] = None

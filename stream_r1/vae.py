@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .ops import own_tail
+
 LATENT_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
@@ -139,6 +141,12 @@ def denormalize(z: Tensor) -> Tensor:
 
 
 # ---- building blocks -----------------------------------------------------------------------------------------------
+def _layout(weight: Tensor) -> torch.memory_format:
+    """torch.channels_last_3d for a 5-D weight stored NDHWC (`WanVAE.to_channels_last`), else contiguous_format."""
+    cl = weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    return torch.channels_last_3d if cl else torch.contiguous_format
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d that is causal in time: each output frame sees its kt - 1 predecessors (zeros before the start).
 
@@ -158,7 +166,8 @@ class CausalConv3d(nn.Conv3d):
             x = F.pad(x, (0, 0, 0, 0, self.history, 0))  # zero history: [B, C, T + 2, H, W]
         else:
             x = torch.cat([past, x], dim=2)  # [B, C, 2 + T, H, W]
-        cache[self.slot] = x[:, :, -self.history:].clone()  # own storage: does not pin x
+        x = x.contiguous(memory_format=_layout(self.weight))  # a 1-frame input's layout is ambiguous: pin it
+        cache[self.slot] = own_tail(x, 2, self.history)  # [B, C, 2, H, W] in own storage: does not pin x
         return super().forward(x)
 
 
@@ -246,7 +255,7 @@ class Resample(nn.Module):
         x = rearrange(x, "(b t) c h w -> b c t h w", t=t)  # [B, C', T, 2H, 2W] or [B, C, T, H/2, W/2]
         if self.mode == "downsample3d":
             past = cache[self.slot]
-            cache[self.slot] = x[:, :, -1:].clone()
+            cache[self.slot] = own_tail(x, 2, 1)
             if past is not None:
                 x = self.time_conv(torch.cat([past, x], dim=2))  # [B, C, T/2, H/2, W/2]
         return x
@@ -373,6 +382,24 @@ class WanVAE(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv2.weight.dtype
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """torch.channels_last_3d after `to_channels_last()`, else torch.contiguous_format."""
+        return _layout(self.decoder.conv1.weight)
+
+    def to_channels_last(self) -> WanVAE:
+        """Put the conv weights in channels-last layout (NDHWC / NHWC); activations follow. Same results.
+
+        On Hopper this lets cuDNN run its NDHWC implicit-GEMM kernels without converting every conv's input and output
+        (18 % of the decode's GPU time in NCDHW): the decode takes 25 % less time (H200, 832x480, bench/RESULTS.md).
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                m.to(memory_format=torch.channels_last_3d)
+            elif isinstance(m, nn.Conv2d):  # the per-frame resample and attention convs: NHWC, so nothing converts
+                m.to(memory_format=torch.channels_last)
+        return self
+
     normalize = staticmethod(normalize)
     denormalize = staticmethod(denormalize)
 
@@ -432,6 +459,7 @@ class StreamingDecoder:
         check_stream_chunk(latents, self.cache[self.vae.decoder.conv1.slot])  # [B, 16, 2, h, w] once started
         vae = self.vae
         x = denormalize(latents.to(vae.device, torch.float32)).to(vae.dtype)  # raw mu [B, 16, f, h, w]
+        x = x.contiguous(memory_format=vae.memory_format)  # activations follow the weights' layout on every device
         frames = []
         for i in range(x.shape[2]):  # one latent frame per call: same shapes however the stream is chunked
             y = vae.conv2(x[:, :, i : i + 1])  # [B, 16, 1, h, w]
@@ -462,7 +490,8 @@ class StreamingDecoder:
         self.cache = [None] * slots
         for i in range(slots):
             if f"cache.{i}" in state:
-                self.cache[i] = state[f"cache.{i}"].to(self.vae.device, self.vae.dtype)
+                self.cache[i] = state[f"cache.{i}"].to(self.vae.device, self.vae.dtype).contiguous(
+                    memory_format=self.vae.memory_format)
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------

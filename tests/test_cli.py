@@ -43,6 +43,25 @@ def test_exact_comparison_flags_reproduce_the_api(tiny_files, tiny_model, policy
     assert torch.allclose(lat, ref, atol=1e-6)
 
 
+def test_final_clean_pass_runs_only_when_the_stream_can_continue(tiny_files, monkeypatch):
+    """Without a state file nothing reads the final chunk's cache pass, so generate skips it (same latents: the
+    test above); with --save-state it runs, so the saved stream continues exactly."""
+    from stream_r1.wan.model import WanModel
+    calls = []
+    forward = WanModel.forward
+    monkeypatch.setattr(WanModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    common = ["generate", "--checkpoint", str(tiny_files / "tiny.safetensors"), "--noise",
+              str(tiny_files / "noise.safetensors"), "--context", str(tiny_files / "ctx.safetensors"),
+              "--denoising-steps", "1000", "--no-decode", "--device", "cpu", "--dtype", "float32", "--width", "48",
+              "--height", "32", "--quiet", "--attention", "sdpa", "--latents-out", str(tiny_files / "l.safetensors")]
+    counts = []
+    for extra in ([], ["--save-state", str(tiny_files / "s.safetensors")]):
+        calls.clear()
+        assert main([*common, *extra]) == 0
+        counts.append(len(calls))
+    assert counts == [5 * 2 - 1, 5 * 2]                 # 15 latent frames = 5 chunks of (1 step + 1 clean pass)
+
+
 def test_demo_run_writes_a_playable_video(tmp_path):
     from stream_r1.video_io import probe
     out = tmp_path / "demo.mp4"

@@ -264,3 +264,46 @@ def test_normalize_denormalize_inverse() -> None:
     assert WanVAE.normalize is normalize
     with pytest.raises(ValueError, match="16"):
         normalize(torch.zeros(1, 48, 1, 2, 2))
+
+
+# ---- channels-last layout and the compact stream state -------------------------------------------------------------
+def test_channels_last_decode_equals_the_default_layout(vae: WanVAE) -> None:
+    """NDHWC weights give the same frames, the stream state comes out NDHWC, and a saved NCDHW state resumes in it."""
+    import copy
+    z = _latents(7)
+    ref = StreamingDecoder(vae)
+    ref_frames = [ref.decode(z[:, :, :3]), ref.decode(z[:, :, 3:])]
+    cl = copy.deepcopy(vae).to_channels_last()
+    assert vae.memory_format == torch.contiguous_format and cl.memory_format == torch.channels_last_3d
+    dec = StreamingDecoder(cl)
+    first = dec.decode(z[:, :, :3])
+    _assert_close(first, ref_frames[0], atol=1e-5)
+    resumed = StreamingDecoder(cl)
+    resumed.load_state_dict({k: v.contiguous() for k, v in dec.state_dict().items()})   # as a state file holds it
+    assert all(t.is_contiguous(memory_format=torch.channels_last_3d) for t in resumed.cache if t.shape[1] > 1)
+    _assert_close(resumed.decode(z[:, :, 3:]), ref_frames[1], atol=1e-5)
+    half = copy.deepcopy(cl).to(torch.bfloat16)       # bf16 convs honour NDHWC on the CPU too (fp32 ones do not)
+    dec = StreamingDecoder(half)
+    dec.decode(z[:, :, :3])
+    assert all(t.is_contiguous(memory_format=torch.channels_last_3d) for t in dec.cache)
+
+
+def test_own_tail_is_a_compact_copy_in_eager_compiled_and_autograd() -> None:
+    from stream_r1.ops import own_tail
+    x = torch.randn(1, 4, 6, 3, 5).to(memory_format=torch.channels_last_3d)     # [B, C, T, H, W] NDHWC
+    tail = own_tail(x, 2, 2)
+    assert torch.equal(tail, x[:, :, -2:])
+    assert tail.untyped_storage().nbytes() == tail.numel() * tail.element_size()   # not a view of x
+    assert tail.stride() == x[:, :, -2:].stride()                                  # the layout is kept
+
+    def step(h: torch.Tensor):                                 # a causal conv's state update, as inductor sees it
+        h = torch.nn.functional.silu(h)
+        return h * 2, own_tail(h, 2, 2)
+    out, state = torch.compile(step, fullgraph=True)(x)
+    assert torch.allclose(state, torch.nn.functional.silu(x)[:, :, -2:])
+    assert state.untyped_storage().nbytes() == state.numel() * state.element_size()
+    x.requires_grad_(True)
+    (own_tail(x, 2, 2) * 3).sum().backward()
+    want = torch.zeros_like(x)
+    want[:, :, -2:] = 3
+    assert torch.equal(x.grad, want)

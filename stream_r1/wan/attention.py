@@ -55,7 +55,7 @@ def _flash_attention() -> Optional[AttentionFn]:
 
 def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
     """'auto' (flash-attn when installed, else SDPA), 'sdpa', 'cudnn' (SDPA preferring cuDNN's fused
-    attention, fastest on Hopper), 'flash', or a callable."""
+    attention), 'flash' (FlashAttention-2), or a callable."""
     if callable(backend):
         return backend
     if backend == "sdpa":

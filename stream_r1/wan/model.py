@@ -110,6 +110,24 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
 
 
+FUSED_GELU = True
+"""Inference on CUDA: run the FFN's bias + GELU in the first GEMM's cuBLASLt epilogue (`ffn`)."""
+
+
+def ffn(mlp: nn.Sequential, h: Tensor) -> Tensor:
+    """The block FFN, Linear -> GELU(tanh) -> Linear: [B, L, C] -> [B, L, C].
+
+    Without autograd on CUDA (and plain nn.Linear layers: not fp8 or LoRA-wrapped) the bias and GELU are applied in
+    the up-projection's cuBLASLt epilogue, which saves one write and one read of the [L, ffn_dim] hidden state: the
+    separate GELU kernel was 3.4 % of the compiled DiT's GPU time at 832x480 (H200, bench/RESULTS.md session 6).
+    """
+    up, _, down = mlp
+    if FUSED_GELU and h.is_cuda and type(up) is nn.Linear and not torch.is_grad_enabled():
+        hidden = torch._addmm_activation(up.bias, h.flatten(0, 1), up.weight.t(), use_gelu=True)  # [B*L, ffn_dim]
+        return down(hidden.unflatten(0, h.shape[:2]))                                            # [B, L, C]
+    return mlp(h)
+
+
 def _compiled(fn, mode: Optional[str]):
     """torch.compile(fn); under a CUDA-graph mode, its outputs are cloned out of the graph's static buffers."""
     f = torch.compile(fn, mode=mode, dynamic=False)
@@ -291,7 +309,7 @@ class WanModel(nn.Module):
         x = x + (per_frame(blk.self_attn.o(att.flatten(2))) * g1).flatten(1, 2)
         x = x + blk.cross_attn(blk.norm3(x), ck, cv, attn)
         h = (per_frame(blk.norm2(x)) * (1 + sc2) + sh2).flatten(1, 2)
-        return x + (per_frame(blk.ffn(h)) * g2).flatten(1, 2)
+        return x + (per_frame(ffn(blk.ffn, h)) * g2).flatten(1, 2)
 
     def compile_blocks(self, mode: Optional[str] = None) -> "WanModel":
         """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):

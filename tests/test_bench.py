@@ -1,0 +1,41 @@
+"""`python -m stream_r1 bench` helpers that run without a GPU."""
+
+
+def test_bench_profile_classes_the_kernels_seen_on_the_h200():
+    """Kernel names from a real H200 profile (bench/RESULTS.md, 2026-11-22) land in the right class."""
+    from stream_r1.bench import kernel_class
+    seen = {
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x128x64_warpgroupsize2x1x1": "conv",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float>": "conv",
+        "triton_red_fused_clamp_min_convolution_div_expand_linalg_vector_norm_mul_silu_45": "fused elementwise",
+        "fmha_cutlassF_bf16_aligned_32x128_gmem_sm80(PyTorchMemEffAttention::AttentionKernel)": "attention",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>": "attention",
+        "nvjet_tst_256x128_64x4_1x2_h_bz_coopA_TNT": "gemm",
+        "Memcpy DtoD (Device -> Device)": "other",
+    }
+    assert {n: kernel_class(n) for n in seen} == seen
+
+
+def test_dit_flops_drop_one_pass_when_the_last_context_pass_is_skipped():
+    from stream_r1.bench import dit_tflop
+    from stream_r1.config import StreamConfig, WanConfig
+    cfg, sc = WanConfig.preset("1.3b"), StreamConfig.for_policy("window_sink")
+    full = dit_tflop(cfg, sc, 1560, 21)                                   # 81 frames at 832x480: 7 chunks
+    skipped = dit_tflop(cfg, sc.replace(skip_last_context_pass=True), 1560, 21)
+    last_pass = dit_tflop(cfg, sc, 1560, 21) - dit_tflop(cfg, sc, 1560, 18)   # the 7th chunk's 5 passes
+    assert abs((full - skipped) - last_pass / 5) < 1e-9
+    assert 780 < full < 800                                               # 786 TFLOP (bench/RESULTS.md)
+
+
+def test_idle_gaps_measures_time_without_a_kernel():
+    """Kernels [0,10], [5,20] (overlapping), [50,60], [61,70] µs: span 70, idle 30 + 1 = 31, longest gap 30."""
+    from types import SimpleNamespace as NS
+
+    from stream_r1.bench import idle_gaps
+    cuda, cpu = NS(name="CUDA"), NS(name="CPU")
+    ev = [NS(device_type=cuda, time_range=NS(start=a, end=b), name=n)
+          for a, b, n in ((0, 10, "a"), (5, 20, "b"), (50, 60, "c"), (61, 70, "d"))]
+    ev.append(NS(device_type=cpu, time_range=NS(start=20, end=50), name="host op"))
+    got = idle_gaps(ev)
+    assert got["span_ms"] == 0.07 and got["idle_ms"] == 0.031
+    assert got["gaps"][0] == dict(us=30.0, after="b", before="c")
