@@ -136,3 +136,17 @@ def test_fused_gelu_ffn_matches_the_module():
         fused, ref = ffn(mlp, h), mlp(h)
         exact = mlp.float()(h.float())
     assert _rel(fused, exact) < 1e-2 and abs(_rel(fused, exact) - _rel(ref, exact)) < 5e-3
+
+
+def test_split_kv_attention_matches_cudnn_at_stream_shapes():
+    from stream_r1.wan.attention import attention_with_lse, resolve_attention, sdpa_attention
+    q = torch.randn(1, 4680, 12, 128, device="cuda", dtype=torch.bfloat16)
+    kk, vv = (torch.randn(1, 14040, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ref = sdpa_attention(q, kk, vv)
+    out, lse = attention_with_lse(q, kk, vv)
+    assert _rel(out, ref) < 1e-2 and lse.shape == (1, 12, 4680) and torch.isfinite(lse).all()
+    split = resolve_attention("split")
+    assert _rel(split(q, kk, vv), ref) < 1e-2
+    from stream_r1.wan.attention import split_kv_attention
+    for s in (2, 3):
+        assert _rel(split_kv_attention(q, kk, vv, splits=s), ref) < 1e-2

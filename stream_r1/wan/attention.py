@@ -36,6 +36,15 @@ def _sdpa_with(backends) -> AttentionFn:
     return attn
 
 
+def _cudnn_first() -> AttentionFn:
+    from torch.nn.attention import SDPBackend
+    return _sdpa_with([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                       SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+_CUDNN = _cudnn_first()
+
+
 def _flash_attention() -> Optional[AttentionFn]:
     if importlib.util.find_spec("flash_attn") is None:
         return None
@@ -53,17 +62,106 @@ def _flash_attention() -> Optional[AttentionFn]:
     return flash
 
 
+# ---- split-KV attention (wave quantization on many-SM GPUs) ------------------------------------------
+# A fused attention kernel runs one CTA per (128-query tile, head, batch). At 832x480 a chunk has
+# Lq = 3 x 1560 = 4680 queries -> 37 tiles x 12 heads = 444 CTAs, i.e. 3.36 waves on 132 SMs: the 4th wave
+# runs a third full. Splitting the keys into S parts gives S x 444 shorter CTAs that fill the waves better;
+# the parts are merged exactly with their log-sum-exp (o = sum_i exp(lse_i - lse) o_i).
+
+Q_TILE = 128
+"""Query rows per CTA of the Hopper fused kernels (cuDNN / FA3 forward at d = 128)."""
+
+
+def attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """q [B, Lq, n, d], k/v [B, Lk, n, d] -> out [B, Lq, n, d], lse fp32 [B, n, Lq] (natural log).
+
+    cuDNN's fused kernel on CUDA (bf16/fp16); a plain fp32 computation elsewhere (tests, CPU).
+    """
+    b, lq, n, _ = q.shape
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True)[:2]   # [B, n, Lq, d]
+        return out.transpose(1, 2), lse.reshape(b, n, lq).float()
+    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))                     # [B, n, L, d]
+    s = qf @ kf.transpose(-1, -2) * q.shape[-1] ** -0.5                              # [B, n, Lq, Lk]
+    lse = torch.logsumexp(s, dim=-1)                                                 # [B, n, Lq]
+    out = torch.exp(s - lse[..., None]) @ vf                                         # [B, n, Lq, d]
+    return out.transpose(1, 2).to(q.dtype), lse
+
+
+def merge_partials(outs: list[Tensor], lses: list[Tensor]) -> Tensor:
+    """Exact merge of attention over disjoint key sets: outs [B, Lq, n, d], lses fp32 [B, n, Lq]."""
+    lse = torch.logsumexp(torch.stack(lses), dim=0)                                  # [B, n, Lq]
+    acc = sum(o.float() * torch.exp(l - lse).transpose(1, 2)[..., None]              # [B, Lq, n, 1]
+              for o, l in zip(outs, lses))
+    return acc.to(outs[0].dtype)
+
+
+def kv_splits(lq: int, lk: int, heads: int, batch: int, sms: int, max_splits: int = 4,
+              min_keys: int = 1024) -> int:
+    """Key splits S minimising waves x keys per CTA: ceil(tiles * S / sms) * Lk / S (1 when no gain).
+
+    A split must keep >= `min_keys` keys, and a split is taken only when it saves >= 5 % (the merge and the
+    extra launches cost a few per cent of the smallest calls)."""
+    tiles = -(-lq // Q_TILE) * heads * batch
+
+    def cost(s: int) -> float:
+        return -(-tiles * s // sms) * lk / s
+
+    best = 1
+    for s in range(2, max_splits + 1):
+        if lk // s >= min_keys and cost(s) < 0.95 * cost(best):
+            best = s
+    return best
+
+
+def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, *,
+                       splits: Optional[int] = None, merge: Optional[Callable[..., Tensor]] = None) -> Tensor:
+    """Attention over k/v computed in `splits` key ranges and merged exactly (None: `kv_splits` for the GPU).
+
+    q [B, Lq, n, d], k/v [B, Lk, n, d] -> [B, Lq, n, d]. Falls back to SDPA with a mask or off CUDA
+    unless `splits` is given (the CPU tests give it)."""
+    if mask is not None or (splits is None and not q.is_cuda):
+        return sdpa_attention(q, k, v, mask)
+    b, lq, n, _ = q.shape
+    lk = k.shape[1]
+    if splits is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        splits = kv_splits(lq, lk, n, b, sms)
+    if splits <= 1:
+        if q.is_cuda:
+            return _CUDNN(q, k, v)
+        return sdpa_attention(q, k, v)
+    bounds = [lk * i // splits for i in range(splits + 1)]
+    parts = [attention_with_lse(q, k[:, lo:hi], v[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+    return (merge or _merge_fn(q))([o for o, _ in parts], [l for _, l in parts])
+
+
+_MERGE_COMPILED: Optional[Callable[..., Tensor]] = None
+
+
+def _merge_fn(q: Tensor) -> Callable[..., Tensor]:
+    """The merge compiled into one kernel on CUDA (eager it is ~6 passes over the output)."""
+    global _MERGE_COMPILED
+    if not q.is_cuda:
+        return merge_partials
+    if _MERGE_COMPILED is None:
+        _MERGE_COMPILED = torch.compile(merge_partials, dynamic=False, fullgraph=True)
+    return _MERGE_COMPILED
+
+
 def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
     """'auto' (flash-attn when installed, else SDPA), 'sdpa', 'cudnn' (SDPA preferring cuDNN's fused
-    attention), 'flash' (FlashAttention-2), or a callable."""
+    attention), 'split' (cuDNN over key ranges merged by log-sum-exp, `split_kv_attention`), 'flash'
+    (FlashAttention-2), or a callable."""
     if callable(backend):
         return backend
     if backend == "sdpa":
         return sdpa_attention
     if backend == "cudnn":
-        from torch.nn.attention import SDPBackend
-        return _sdpa_with([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-                           SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        return _CUDNN
+    if backend == "split":
+        return split_kv_attention
     if backend in ("auto", "flash"):
         flash = _flash_attention()
         if flash is not None:
@@ -72,7 +170,7 @@ def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
             raise ValueError("attention backend 'flash' needs the flash-attn package: pip install flash-attn, "
                              "or choose 'sdpa'")
         return sdpa_attention
-    raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'sdpa', 'cudnn', 'flash' "
+    raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'sdpa', 'cudnn', 'split', 'flash' "
                      "or pass a callable")
 
 
