@@ -151,6 +151,9 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup-frames", type=int, default=None,
                     help="video frames of the warm-up run (default: the timed length)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--rerotate-window", action="store_true",
+                    help="window_sink: re-rotate the whole window's keys every call (before session 7) instead of "
+                         "storing them rotated")
     ap.add_argument("--skip-last-context-pass", action="store_true",
                     help="skip the clean cache pass after the final chunk (same frames; the reference runs it)")
     ap.add_argument("--unfused-gelu", action="store_true",
@@ -167,7 +170,8 @@ def main(argv=None) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     cfg = WanConfig.preset(args.model)
-    sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass)
+    sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass,
+                                                      rotate_keys_once=not args.rerotate_window)
     lat = latent_frames_for(args.frames)
     if sc.cache_policy == "full":
         sc = sc.replace(full_cache_frames=max(sc.full_cache_frames, chunks_for_frames(lat, 3) * 3))
@@ -230,6 +234,7 @@ def main(argv=None) -> None:
         decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
         compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
         fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
+        rotate_keys_once=sc.rotate_keys_once,
         ttff_s=round(best["ttff_s"], 4), first_chunk_s=round(best["first_chunk_s"], 4), total_s=round(best["total_s"], 4),
         dit_s=round(best["dit_s"], 4), decode_s=round(best["decode_s"], 4),
         fps_end_to_end=round(video_frames / best["total_s"], 2),

@@ -65,9 +65,13 @@ class WanConfig:
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:  # 480x832 -> (60, 104)
         return height // self.vae_stride[1], width // self.vae_stride[2]
 
-    def tokens_per_frame(self, height: int, width: int) -> int:  # 480x832 -> 30*52 = 1560
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:  # 480x832 -> (30, 52)
         lh, lw = self.latent_hw(height, width)
-        return (lh // self.patch_size[1]) * (lw // self.patch_size[2])
+        return lh // self.patch_size[1], lw // self.patch_size[2]
+
+    def tokens_per_frame(self, height: int, width: int) -> int:  # 480x832 -> 30*52 = 1560
+        gh, gw = self.token_grid(height, width)
+        return gh * gw
 
     @property
     def pixel_multiple(self) -> int:  # 8 * 2 = 16
@@ -169,6 +173,9 @@ class StreamConfig:
     """Timestep of the clean pass that writes a finished chunk's K/V into the cache."""
     skip_last_context_pass: bool = False
     """Skip the clean cache pass after the final chunk (saves one DiT pass; output unchanged)."""
+    rotate_keys_once: bool = True
+    """window_sink: store the window's keys rotated (each key rotated once when written, turned back as it slides)
+    instead of re-rotating the whole window every call; same attention up to the cache dtype's rounding."""
 
     def __post_init__(self) -> None:
         if self.cache_policy not in CACHE_POLICIES:

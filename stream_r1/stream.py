@@ -101,6 +101,8 @@ class StreamSession:
         self.timesteps = self.schedule.sampling_timesteps(cfg.denoising_steps, cfg.warp_denoising_step)
         self.cache = KVCache.for_model(model, cfg, batch=self.batch, height=height, width=width,
                                        device=self.device, dtype=self.dtype)
+        if cfg.rotate_keys_once:
+            self.cache.use_rotated_keys(mc.rope_split(), mc.token_grid(height, width))   # rotated once, not per call
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.noise = None
         if noise is not None:

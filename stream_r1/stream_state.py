@@ -1,6 +1,6 @@
 """Stream state files: save a running stream, resume it bit-identically, branch it.
 
-One safetensors file (format ``stream_r1.stream_state``, version 1) holds everything a `StreamSession` needs to
+One safetensors file (format ``stream_r1.stream_state``, version 2; version 1 files are read too) holds everything a `StreamSession` needs to
 continue: the KV cache (valid part, incl. the EMA sink), its indices (so RoPE positions continue), the text K/V,
 the prompt embedding, the random generator's state, the clean latents the session keeps for re-cache / sink
 refresh, the given noise (if any), the streaming decoder's causal cache, and the chunk index. Resuming it in a
@@ -16,6 +16,8 @@ Tensors (all on CPU, contiguous):
 | cache.index                 | int64 [5]                                   | global_end, local_end, frame_seqlen,     |
 |                             |                                             | capacity, sink_tokens (in tokens)        |
 | cache.cross_k, cache.cross_v| [layers, B, text_len, heads, head_dim]      | text K/V (when computed)                 |
+| cache.rotated               | int64 [3] (optional, version 2)             | RoPE split (t, h, w) when window_sink    |
+|                             |                                             | keys are stored rotated at their slots   |
 | context                     | [B, L, text_dim]                            | current prompt embedding                 |
 | rng                         | uint8 [n]                                   | `torch.Generator.get_state()`            |
 | recent_latents              | [B, <= cache_frames, 16, h, w]              | clean latents of the last frames         |
@@ -59,7 +61,10 @@ from .config import StreamConfig, WanConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "stream_r1.stream_state"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added cache.rotated (version 1 caches hold un-rotated window_sink keys, which is what its absence
+means)."""
 LAYOUT_FIELDS = ("cache_policy", "frames_per_block", "window_frames", "sink_frames", "num_train_timesteps")
 """StreamConfig fields a saved cache depends on: they must match to resume."""
 
@@ -189,8 +194,9 @@ def load_stream_state(path: "str | os.PathLike") -> SavedStream:
     except Exception as e:                          # SafetensorError, OSError, ...: a damaged file
         raise ValueError(f"{path} is not a readable stream state (truncated or damaged file?): {e}") from None
     version = int(meta.get("version", "0"))
-    if version != VERSION:
-        raise ValueError(f"{path} is stream state version {version}; this code reads version {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path} is stream state version {version}; this code reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}: update the node pack to resume it")
     need = {"cache.k", "cache.v", "cache.index", "context", "rng"}
     if not need <= set(tensors):
         raise ValueError(f"{path} is incomplete: missing {sorted(need - set(tensors))}")

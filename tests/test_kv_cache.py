@@ -70,10 +70,10 @@ def test_window_sink_first_eviction_and_ema_value():
     # chunks 0-2 fill the 9-frame window; chunk 3 is the first to evict, and chunk 1 leaves the window
     assert [s[0].shape[1] // FS for s in seen] == [3, 6, 9, 9]
     expected_sink = 0.999 * clean[0][0] + 0.001 * clean[1][0]
-    assert torch.allclose(seen[3][0][:, :3 * FS], expected_sink, atol=1e-12)
+    assert torch.allclose(seen[3][0][:, :3 * FS], expected_sink, atol=1e-5)
     _, seen_old, clean_old = _simulate(cfg.replace(sink_ema_source="newest"), 4)
     old_sink = 0.999 * clean_old[0][0] + 0.001 * clean_old[2][0]
-    assert torch.allclose(seen_old[3][0][:, :3 * FS], old_sink, atol=1e-12)
+    assert torch.allclose(seen_old[3][0][:, :3 * FS], old_sink, atol=1e-5)
 
 
 def test_longlive_keeps_exact_frame_sink():
@@ -97,3 +97,71 @@ def test_cache_memory_is_flat_for_long_streams():
     cache, seen, _ = _simulate(cfg, 60, denoise_calls=0)
     assert cache.k.shape[2] == 9 * FS
     assert cache.frames_cached == 9 and cache.frames_seen == 180
+
+
+SPLIT, GRID = (2, 2, 0), (2, 1)    # RoPE split of the D=4 head dim (one temporal, one row pair); 2x1 tokens a frame
+
+
+def _rope(k, first_frame):
+    """k [B, F*FS, n, d] rotated with the full 3-D RoPE at frames first_frame.. (what the model does)."""
+    from stream_r1.wan.rope import apply_rope, rope_angles
+    ang = rope_angles(SPLIT, range(first_frame, first_frame + k.shape[1] // FS), *GRID, positions=64)
+    return apply_rope(k, ang.cos().float()[:, None], ang.sin().float()[:, None])
+
+
+def _pair(cfg):
+    mk = lambda: KVCache(num_layers=1, batch=1, num_heads=N, head_dim=D, frame_seqlen=FS, cfg=cfg,
+                         text_len=4, dtype=torch.float64)
+    return mk, mk(), mk().use_rotated_keys(SPLIT, GRID)
+
+
+@pytest.mark.parametrize("window,sink,source", [(9, 3, "evicted"), (9, 3, "newest"), (12, 3, "evicted"),
+                                                (6, 0, "evicted")])
+def test_rotated_keys_equal_rotating_the_window_every_call(window, sink, source):
+    """Keys stored rotated (rotated once at their slot, turned back as they slide, EMA-blended at the sink's
+    position) attend exactly as un-rotated keys re-rotated with window positions 0..n-1 at every call."""
+    cfg = StreamConfig.stream_r1().replace(window_frames=window, sink_frames=sink, sink_ema_source=source)
+    _, plain, rot = _pair(cfg)
+    assert rot.rotated_keys and not plain.rotated_keys
+    g = torch.Generator().manual_seed(1)
+    for b in range(10):
+        for call in range(3):
+            k, v = _rand(g, CH), _rand(g, CH)
+            for c in (plain, rot):
+                c.plan(b * CH * FS, CH * FS)
+            kp, vp = plain.update(0, k, v)
+            kr, vr = rot.update(0, _rope(k, rot.query_start_frame()), v)     # new keys rotated as q
+            assert torch.allclose(kr, _rope(kp, 0), atol=1e-5) and torch.equal(vr, vp), (b, call)
+            for c in (plain, rot):
+                c.commit()
+    assert b * CH + CH > window                                         # the loop evicted (and blended the sink)
+
+
+def test_rotated_state_dict_loads_into_either_kind_of_cache():
+    """The state carries the RoPE layout of rotated keys; loading converts when the target stores keys the other
+    way, and use_plain_keys turns a rotated cache back."""
+    mk, plain, rot = _pair(StreamConfig.stream_r1())
+    g = torch.Generator().manual_seed(2)
+    for b in range(5):
+        k, v = _rand(g, CH), _rand(g, CH)
+        for c in (plain, rot):
+            c.plan(b * CH * FS, CH * FS)
+        plain.update(0, k, v)
+        rot.update(0, _rope(k, rot.query_start_frame()), v)
+        for c in (plain, rot):
+            c.commit()
+    sp, sr = plain.state_dict(), rot.state_dict()
+    assert "rotated" not in sp and sr["rotated"].tolist() == [*SPLIT, *GRID]
+    a, b2 = mk(), mk().use_rotated_keys(SPLIT, GRID)
+    a.load_state_dict(sr)                                              # rotated file -> plain cache
+    b2.load_state_dict(sp)                                             # plain file -> rotated cache
+    n = plain.local_end
+    assert torch.allclose(a.k[:, :, :n], plain.k[:, :, :n], atol=1e-5)
+    assert torch.allclose(b2.k[:, :, :n], rot.k[:, :, :n], atol=1e-5)
+    c = mk().use_rotated_keys(SPLIT, GRID)
+    c.load_state_dict(sr)                                              # same kind: bit-identical
+    assert torch.equal(c.k[:, :, :n], rot.k[:, :, :n])
+    rot.use_plain_keys()
+    assert not rot.rotated_keys and torch.allclose(rot.k[:, :, :n], plain.k[:, :, :n], atol=1e-5)
+    with pytest.raises(ValueError, match="token grid"):
+        mk().use_rotated_keys(SPLIT, (3, 1))

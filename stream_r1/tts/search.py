@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..kv_pages import PagedKVCache, PagePool, layout_key
 from ..stream import Chunk, StreamSession
-from ..wan.rope import _axis_angles, apply_rope
+from ..wan.rope import rotate_frames
 
 ROUTES = ("discard", "ema", "append")
 
@@ -172,6 +172,8 @@ class StreamT1:
         if self.sinking and policy != "longlive":
             raise ValueError(f"memory sinking needs the longlive cache policy (absolute positions), not {policy!r}")
         c = session.cache
+        if getattr(c, "rotated_keys", False):
+            c.use_plain_keys()          # the search's pages are shared by beams: keys stay put as the window slides
         self.chunk_tokens = session.cfg.frames_per_block * c.frame_seqlen
         if self.sinking:
             extra = max(0, cfg.max_sink_frames - c.sink_tokens // c.frame_seqlen)
@@ -247,15 +249,7 @@ class StreamT1:
 
     def _rotate_frames(self, k: Tensor, delta: int) -> Tensor:
         """k [L, B, N, n, d] rotated by `delta` frames on the temporal RoPE channels only."""
-        split = self.session.model.cfg.rope_split()
-        dt = split[0]
-        ang_t = _axis_angles(dt, abs(delta) + 1)[abs(delta)] * (1 if delta >= 0 else -1)   # [dt/2]
-        ang = torch.cat([ang_t, torch.zeros((sum(split) - dt) // 2, dtype=torch.float64)])
-        cos = ang.cos().float()[None, None].to(k.device)
-        sin = ang.sin().float()[None, None].to(k.device)
-        shp = k.shape
-        out = apply_rope(k.reshape(shp[0] * shp[1], shp[2], shp[3], shp[4]), cos, sin)
-        return out.reshape(shp)
+        return rotate_frames(k, delta, self.session.model.cfg.rope_split())
 
     # ---- search -----------------------------------------------------------------------------------------------
     def _fork_state(self, state: dict, seed: Optional[int]) -> dict:

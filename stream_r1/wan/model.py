@@ -11,7 +11,7 @@ blocks by e0 + modulation; cross-attention sees all `text_len` context rows (zer
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -20,9 +20,11 @@ from einops import rearrange
 from torch import Tensor
 
 from ..config import WanConfig
-from ..kv_cache import KVCache
 from .attention import AttentionFn, resolve_attention
 from .rope import RopeTable, apply_rope
+
+if TYPE_CHECKING:                           # the cache imports the rope helpers of this package
+    from ..kv_cache import KVCache
 
 
 def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
@@ -265,13 +267,15 @@ class WanModel(nn.Module):
                cache: Optional[KVCache], grid: tuple[int, int, int], cos_q: Tensor, sin_q: Tensor,
                mask: Optional[Tensor]) -> Tensor:
         fs = grid[1] * grid[2]                                               # tokens per latent frame
-        rotate_k = cache is None or not cache.relative_rope
-        q, k, v = self._pre(blk, x, e0, cos_q, sin_q, rotate_k)               # 1. self-attention
+        # window-relative keys are rotated here over the whole window every call, unless the cache stores
+        # them rotated (then, like absolute positions, only the new keys are rotated, at q's positions)
+        rerotate = cache is not None and cache.relative_rope and not getattr(cache, "rotated_keys", False)
+        q, k, v = self._pre(blk, x, e0, cos_q, sin_q, not rerotate)          # 1. self-attention
         if cache is None:
             att = self.attn_fn(q, k, v, mask) if mask is not None else self.attn_fn(q, k, v)
         else:
             k_all, v_all = cache.update(i, k, v)                              # [B, S, n, d]
-            if cache.relative_rope:                                           # window-relative positions 0..n-1
+            if rerotate:                                                      # window-relative positions 0..n-1
                 cos_k, sin_k = self.rope.get(0, k_all.shape[1] // fs, grid[1], grid[2], x.device)
                 k_all = self._rope(k_all, cos_k, sin_k)
             att = self.attn_fn(q, k_all, v_all)

@@ -69,3 +69,32 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     re, im = xf[..., 0], xf[..., 1]
     out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)  # [B, L, n, d/2, 2]
     return out.flatten(-2).to(x.dtype)
+
+
+def rotate_frames(k: Tensor, delta: "int | Tensor", split: tuple[int, int, int]) -> Tensor:
+    """k [..., N, n, d] rotated by `delta` frames on the temporal RoPE channels only (the spatial channels keep
+    their angle): R(p) then R(delta) = R(p + delta), so a key cached at frame p moves to frame p + delta.
+
+    `delta`: one int for every token, or an int tensor [N] per token. Math in fp32, result in k's dtype."""
+    dt = split[0]
+    n_tok = k.shape[-3]
+    d_idx = torch.as_tensor(delta, dtype=torch.float64).reshape(-1, 1)                 # [1 or N, 1]
+    omega = 1.0 / THETA ** (torch.arange(0, dt, 2, dtype=torch.float64) / dt)           # [dt/2]
+    ang_t = d_idx * omega                                                                # [1 or N, dt/2]
+    ang = torch.cat([ang_t, ang_t.new_zeros(ang_t.shape[0], (sum(split) - dt) // 2)], dim=-1)
+    cos = ang.cos().float()[:, None].to(k.device)                                        # [1 or N, 1, d/2]
+    sin = ang.sin().float()[:, None].to(k.device)
+    lead = k.shape[:-3]
+    flat = k.reshape(-1, n_tok, *k.shape[-2:])                                           # [prod(lead), N, n, d]
+    return apply_rope(flat, cos, sin).reshape(*lead, n_tok, *k.shape[-2:])
+
+
+def rotate_slots(k: Tensor, sign: int, split: tuple[int, int, int], grid: tuple[int, int]) -> Tensor:
+    """k [..., F*h*w, n, d] (tokens in (frame, row, column) order) rotated by sign x the full 3-D RoPE of frames
+    0..F-1 on a grid of h x w tokens: +1 turns un-rotated window keys into keys rotated at their slots, -1 back."""
+    h, w = grid
+    n_tok = k.shape[-3]
+    ang = rope_angles(split, range(0, n_tok // (h * w)), h, w, positions=max(1, n_tok // (h * w))) * sign
+    cos, sin = ang.cos().float()[:, None].to(k.device), ang.sin().float()[:, None].to(k.device)   # [N, 1, d/2]
+    flat = k.reshape(-1, n_tok, *k.shape[-2:])                                           # [prod(lead), N, n, d]
+    return apply_rope(flat, cos, sin).reshape(k.shape)
