@@ -231,7 +231,7 @@ def _check_compatible(session, saved: SavedStream, strict_config: bool) -> None:
         raise ValueError(f"{where} was saved with another cache layout {layout} (saved, this session): resume "
                          "with the stream settings it was saved with")
     others = {k: (saved.stream_config.get(k), v) for k, v in cfg.items()
-              if k not in LAYOUT_FIELDS and k not in ("skip_last_context_pass", "full_cache_frames")
+              if k not in LAYOUT_FIELDS and k not in ("skip_last_context_pass", "full_cache_frames", "rotate_keys_once")
               and saved.stream_config.get(k) != v}
     if others:
         if strict_config:
