@@ -181,26 +181,38 @@ class KVCache:
         """Write this layer's new K/V [B, N, n, d] per the current plan; return the attended K/V views.
 
         For absolute policies `k` must already be rotated; for window_sink it is un-rotated and the
-        caller rotates the returned keys with positions 0..n-1.
+        caller rotates the returned keys with positions 0..n-1 (or, with `rotated_keys`, rotated at q's positions).
         """
+        k_slot, v_slot = self.prepare_write(layer)
+        k_slot.copy_(k)
+        v_slot.copy_(v)
+        return self.attended(layer)
+
+    def prepare_write(self, layer: int) -> tuple[Tensor, Tensor]:
+        """`update` in two steps, for a caller that writes the new K/V in place: apply this layer's eviction (roll
+        the window, blend the sink) and return the views [B, N, n, d] the new K/V go into; then `attended`."""
         p = self._plan
         assert p is not None, "call plan() before update()"
         kb, vb = self.k[layer], self.v[layer]                   # [B, S, n, d]
         if p.evict:
             sink, ev, ro = self.sink_tokens, p.evict, p.rolled
             fs, rot = self.frame_seqlen, self.rope_split
-            if self.cfg.cache_policy == "window_sink" and sink > 0:
+            blend = self.cfg.cache_policy == "window_sink" and sink > 0
+            if blend:
                 lo = sink if self.cfg.sink_ema_source == "evicted" else sink + ro     # pre-roll slice
                 e_k = kb[:, lo: lo + ev].clone() if rot is None else rotate_frames(kb[:, lo: lo + ev], -(lo // fs), rot)
                 e_v = vb[:, lo: lo + ev].clone()
             moved = kb[:, sink + ev: sink + ev + ro]                           # slides left by ev tokens
             kb[:, sink: sink + ro] = moved.clone() if rot is None else rotate_frames(moved, -(ev // fs), rot)
             vb[:, sink: sink + ro] = vb[:, sink + ev: sink + ev + ro].clone()
-        kb[:, p.write_slice] = k
-        vb[:, p.write_slice] = v
-        if p.evict and self.cfg.cache_policy == "window_sink" and self.sink_tokens > 0:
-            self._blend_sink(kb, vb, e_k, e_v)
-        return kb[:, :p.local_end], vb[:, :p.local_end]
+            if blend:                                           # the sink [0, sink) lies before the write slice
+                self._blend_sink(kb, vb, e_k, e_v)
+        return kb[:, p.write_slice], vb[:, p.write_slice]
+
+    def attended(self, layer: int) -> tuple[Tensor, Tensor]:
+        """K/V views [B, local_end, n, d] this call attends to (after `prepare_write` and the write)."""
+        end = self._plan.local_end
+        return self.k[layer][:, :end], self.v[layer][:, :end]
 
     def _blend_sink(self, kb: Tensor, vb: Tensor, e_k: Tensor, e_v: Tensor) -> None:
         sink, a = self.sink_tokens, self.cfg.sink_ema_alpha

@@ -270,10 +270,17 @@ class WanModel(nn.Module):
         # window-relative keys are rotated here over the whole window every call, unless the cache stores
         # them rotated (then, like absolute positions, only the new keys are rotated, at q's positions)
         rerotate = cache is not None and cache.relative_rope and not getattr(cache, "rotated_keys", False)
-        q, k, v = self._pre(blk, x, e0, cos_q, sin_q, not rerotate)          # 1. self-attention
-        if cache is None:
+        prepare = getattr(cache, "prepare_write", None) if not rerotate and self._write_in_place else None
+        if prepare is not None:                                               # 1. self-attention: new K/V go
+            k_slot, v_slot = prepare(i)                                       #    straight into the cache slots
+            q = self._pre_into(blk, x, e0, cos_q, sin_q, k_slot, v_slot)
+            k_all, v_all = cache.attended(i)                                  # [B, S, n, d]
+            att = self.attn_fn(q, k_all, v_all)
+        elif cache is None:
+            q, k, v = self._pre(blk, x, e0, cos_q, sin_q, True)
             att = self.attn_fn(q, k, v, mask) if mask is not None else self.attn_fn(q, k, v)
         else:
+            q, k, v = self._pre(blk, x, e0, cos_q, sin_q, not rerotate)
             k_all, v_all = cache.update(i, k, v)                              # [B, S, n, d]
             if rerotate:                                                      # window-relative positions 0..n-1
                 cos_k, sin_k = self.rope.get(0, k_all.shape[1] // fs, grid[1], grid[2], x.device)
@@ -288,6 +295,8 @@ class WanModel(nn.Module):
 
     # ---- the pure stages of a block (what `compile_blocks` compiles) ------------------------------
     _rope = staticmethod(apply_rope)
+    _write_in_place = True
+    """Cached passes write the new K/V into the cache inside `_pre_into` (off under CUDA-graph compile modes)."""
 
     @staticmethod
     def _pre(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor,
@@ -300,6 +309,16 @@ class WanModel(nn.Module):
         q, k, v = blk.self_attn.qkv(h)
         q = apply_rope(q, cos, sin)
         return q, (apply_rope(k, cos, sin) if rotate_k else k), v
+
+    @staticmethod
+    def _pre_into(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor, k_slot: Tensor,
+                  v_slot: Tensor) -> Tensor:
+        """`_pre` with rotated keys, writing k and v into the cache's slots [B, L, n, d]; returns q. Compiled, the
+        RoPE and the value projection store straight into the cache (no separate copy kernels)."""
+        q, k, v = WanModel._pre(blk, x, e0, cos, sin, True)
+        k_slot.copy_(k)
+        v_slot.copy_(v)
+        return q
 
     @staticmethod
     def _post(blk: Block, x: Tensor, att: Tensor, e0: Tensor, ck: Tensor, cv: Tensor,
@@ -321,5 +340,8 @@ class WanModel(nn.Module):
         CUDA graphs ("reduce-overhead", "max-autotune") replay each stage as a graph; their outputs are copied out
         of the graph's buffers (block i's output x is block i+1's residual input, and the replay of the same
         stage for block i+1 would overwrite it)."""
-        self._pre, self._post, self._rope = (_compiled(f, mode) for f in (WanModel._pre, WanModel._post, apply_rope))
+        self._pre, self._post, self._rope, self._pre_into = (
+            _compiled(f, mode) for f in (WanModel._pre, WanModel._post, apply_rope, WanModel._pre_into))
+        # CUDA-graph modes replay static buffers: a stage that writes into the cache is not one of theirs
+        self._write_in_place = mode not in ("reduce-overhead", "max-autotune")
         return self
