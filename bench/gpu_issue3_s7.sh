@@ -24,7 +24,7 @@ for step in ${@:-micro tests ab81 ab477}; do
            BENCH_TIMEOUT=200 bench_run split81_prof $BEST --attention split --profile 30 --repeats 1 ;;
     ab477) for v in "rerot477 --rerotate-window" "once477" "split477 --attention split"; do
              BENCH_TIMEOUT=200 bench_run $v $BEST --frames 477 --repeats 1; done ;;
-    ref)   timeout 240 python3 bench/reference_side_by_side.py --refs reward_forcing --rf-frames 81,477 \
+    ref)   timeout 240 python3 bench/reference_side_by_side.py --refs reward_forcing --rf-frames ${RF_FRAMES:-81,477} \
              --json "$OUT/reference.json" > "$OUT/reference.log" 2>&1 || echo "reference run failed or timed out"
            grep -v -i warn "$OUT/reference.log" | tail -6 ;;
     r81)   for v in "once81" "rerot81 --rerotate-window" "split81 --attention split"; do
