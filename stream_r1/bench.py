@@ -151,9 +151,9 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup-frames", type=int, default=None,
                     help="video frames of the warm-up run (default: the timed length)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--rerotate-window", action="store_true",
-                    help="window_sink: re-rotate the whole window's keys every call (before session 7) instead of "
-                         "storing them rotated")
+    ap.add_argument("--rotate-keys-once", action="store_true",
+                    help="window_sink: store the window's keys rotated and write new K/V in place "
+                         "(StreamConfig.rotate_keys_once) instead of re-rotating the whole window every call")
     ap.add_argument("--skip-last-context-pass", action="store_true",
                     help="skip the clean cache pass after the final chunk (same frames; the reference runs it)")
     ap.add_argument("--unfused-gelu", action="store_true",
@@ -171,7 +171,7 @@ def main(argv=None) -> None:
     dtype = getattr(torch, args.dtype)
     cfg = WanConfig.preset(args.model)
     sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass,
-                                                      rotate_keys_once=not args.rerotate_window)
+                                                      rotate_keys_once=args.rotate_keys_once)
     lat = latent_frames_for(args.frames)
     if sc.cache_policy == "full":
         sc = sc.replace(full_cache_frames=max(sc.full_cache_frames, chunks_for_frames(lat, 3) * 3))

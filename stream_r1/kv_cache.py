@@ -17,7 +17,7 @@ Policies (see `StreamConfig.cache_policy`), each reproducing the public code its
   commit (4317f5a, 2025-12-15). `sink_ema_source="newest"` reproduces the code before that fix, which
   blended the slice ``[sink + n_rolled, sink + n_rolled + n_evicted)`` of the buffer before it slides
   (in steady state the most recent finished chunk, which also stays in the window).
-  With `use_rotated_keys` (what `StreamSession` does) the same window-relative keys are stored already
+  With `use_rotated_keys` (`StreamConfig.rotate_keys_once`) the same window-relative keys are stored already
   rotated: each new key once, at its slot's position, and the keys that slide left by e frames are turned
   back by e frames as they move (once per chunk, not every call over the whole window). Attention is the
   same up to the rounding of the cache's dtype; `state_dict` still writes un-rotated keys.

@@ -23,9 +23,10 @@ def test_attention_with_lse_matches_sdpa_and_logsumexp():
     torch.testing.assert_close(lse, torch.logsumexp(s, -1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lk", [97, 96])                  # 96: equal ranges in one batched call; 97: one call each
 @pytest.mark.parametrize("splits", [1, 2, 3, 4, 7])
-def test_split_kv_equals_whole_attention(splits):
-    q, k, v = _qkv()
+def test_split_kv_equals_whole_attention(splits, lk):
+    q, k, v = _qkv(lk=lk)
     torch.testing.assert_close(split_kv_attention(q, k, v, splits=splits), sdpa_attention(q, k, v),
                                atol=2e-5, rtol=2e-5)
 
@@ -63,3 +64,23 @@ def test_kv_splits_fills_waves():
         tiles = -(-lq // 128) * 12
         if s > 1:
             assert -(-tiles * s // sms) * lk / s <= 0.95 * -(-tiles // sms) * lk
+
+
+def test_equal_ranges_run_as_one_batched_call(monkeypatch):
+    """Equal key ranges are the batch of ONE fused call (separate launches keep the partial wave), with q repeated
+    and each range's keys in its own batch row."""
+    import stream_r1.wan.attention as A
+    calls = []
+    real = A.attention_with_lse
+
+    def spy(q, k, v):
+        calls.append((q.shape, k.shape))
+        return real(q, k, v)
+    monkeypatch.setattr(A, "attention_with_lse", spy)
+    q, k, v = _qkv(lk=96)
+    out = A.split_kv_attention(q, k, v, splits=3)
+    assert calls == [((6, 40, 3, 16), (6, 32, 3, 16))]         # [S*B, Lq, n, d], [S*B, Lk/S, n, d]
+    torch.testing.assert_close(out, sdpa_attention(q, k, v), atol=2e-5, rtol=2e-5)
+    calls.clear()
+    A.split_kv_attention(q, k[:, :95], v[:, :95], splits=3)
+    assert len(calls) == 3

@@ -433,16 +433,15 @@ def test_tts_without_reward_or_vae_says_what_to_connect(comfy, nodes, model):
 
 
 def test_continue_takes_test_time_scaling(comfy, nodes, model, vae):
-    """Continue with a greedy 1 x 1 search (rho 0) = plain Continue (up to float rounding: the search keeps the
-    window's keys un-rotated, plain streaming stores them rotated; bit for bit in tests/test_tts.py); a 2 x 2 search
-    gives the requested frames and a state that continues again."""
+    """Continue with a greedy 1 x 1 search (rho 0) = plain Continue; a 2 x 2 search gives the requested frames and
+    a state that continues again."""
     from stream_r1.tts import BrightnessReward
     _, _, state = generate(nodes, model, vae, frames=21, keep_state=True)
     more = dict(state=state, positive=cond(), seconds=0.75, keep_state=False)
     plain, lat, _ = run(nodes["StreamR1Continue"], **more)
     greedy, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **{**TTS, "rho": 0.0})
     same, lat_t, _ = run(nodes["StreamR1Continue"], **more, tts=greedy)
-    assert torch.allclose(plain, same, atol=1e-4) and torch.allclose(lat["samples"], lat_t["samples"], atol=1e-4)
+    assert torch.equal(plain, same) and torch.equal(lat["samples"], lat_t["samples"])
     wide, = run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, reward_model=BrightnessReward(), **TTS)
     images, _, kept = run(nodes["StreamR1Continue"], **{**more, "keep_state": True}, tts=wide)
     assert images.shape == (12, 32, 32, 3)

@@ -324,9 +324,9 @@ def test_candidates_decode_as_one_batch_like_one_at_a_time(tiny_model, vae):
 
 
 def test_search_from_a_default_session_keeps_plain_keys_and_matches_up_to_rounding(tiny_model, vae):
-    """A default session stores window keys rotated; the search turns them back (pages are shared) and its width-1
+    """A session that stores window keys rotated: the search turns them back (pages are shared) and its width-1
     result is the rotated stream up to float rounding."""
-    sc = StreamConfig.stream_r1()
+    sc = StreamConfig.stream_r1().replace(rotate_keys_once=True)
     lat0, _ = _plain(tiny_model, vae, sc, 5)
     sess = _session(tiny_model, vae, sc)
     assert sess.cache.rotated_keys

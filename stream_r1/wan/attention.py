@@ -63,14 +63,16 @@ def _flash_attention() -> Optional[AttentionFn]:
 
 
 # ---- split-KV attention (wave quantization on many-SM GPUs) ------------------------------------------
-# A fused attention kernel runs one CTA per (128-query tile, head, batch). At 832x480 a chunk has
-# Lq = 3 x 1560 = 4680 queries -> 37 tiles x 12 heads = 444 CTAs, i.e. 3.36 waves on 132 SMs: the 4th wave
-# runs a third full. Splitting the keys into S parts gives S x 444 shorter CTAs that fill the waves better;
-# the parts are merged exactly with their log-sum-exp (o = sum_i exp(lse_i - lse) o_i).
+# cuDNN's Hopper kernel runs one CTA per (128-query tile, head, batch), one CTA per SM. At 832x480 a chunk has
+# Lq = 3 x 1560 = 4680 queries -> 37 tiles x 12 heads = 444 CTAs = 3.36 waves on 132 SMs: the 4th wave runs a
+# third full. Measured on an H100 (bench/RESULTS.md, session 7): 540 TFLOP/s at Lq = 4680 against 655 at
+# Lq = 4224 (exactly 3 waves) and 653 at 5632 (4 waves). Splitting the keys into S ranges that run as the batch
+# of ONE launch gives S x 444 shorter CTAs (S = 2: 6.73 waves, 96 % full); the ranges are merged exactly with
+# their log-sum-exp (o = sum_i exp(lse_i - lse) o_i). Separate launches per range do not help (each launch has
+# the same 3.36 waves): measured 0.78 ms against 0.75 ms for one unsplit call.
 
 Q_TILE = 128
-"""Query rows per CTA of the Hopper fused kernels (cuDNN / FA3 forward at d = 128)."""
-
+"""Query rows per CTA of cuDNN's Hopper forward kernel at d = 128 (the measured wave staircase fits 128)."""
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """q [B, Lq, n, d], k/v [B, Lk, n, d] -> out [B, Lq, n, d], lse fp32 [B, n, Lq] (natural log).
@@ -119,8 +121,9 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] =
                        splits: Optional[int] = None, merge: Optional[Callable[..., Tensor]] = None) -> Tensor:
     """Attention over k/v computed in `splits` key ranges and merged exactly (None: `kv_splits` for the GPU).
 
-    q [B, Lq, n, d], k/v [B, Lk, n, d] -> [B, Lq, n, d]. Falls back to SDPA with a mask or off CUDA
-    unless `splits` is given (the CPU tests give it)."""
+    q [B, Lq, n, d], k/v [B, Lk, n, d] -> [B, Lq, n, d]. Equal ranges run as the batch of one fused-attention call
+    (q repeated per range); ranges of unequal length run one call each. Falls back to SDPA with a mask or off
+    CUDA unless `splits` is given (the CPU tests give it)."""
     if mask is not None or (splits is None and not q.is_cuda):
         return sdpa_attention(q, k, v, mask)
     b, lq, n, _ = q.shape
@@ -129,12 +132,16 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] =
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         splits = kv_splits(lq, lk, n, b, sms)
     if splits <= 1:
-        if q.is_cuda:
-            return _CUDNN(q, k, v)
-        return sdpa_attention(q, k, v)
+        return _CUDNN(q, k, v) if q.is_cuda else sdpa_attention(q, k, v)
+    merge = merge or _merge_fn(q)
+    if lk % splits == 0:                                       # one launch: ranges as the batch (split-major)
+        as_batch = lambda t: t.unflatten(1, (splits, lk // splits)).transpose(0, 1).flatten(0, 1)  # noqa: E731
+        out, lse = attention_with_lse(q.repeat(splits, 1, 1, 1), as_batch(k), as_batch(v))
+        # out [S*B, Lq, n, d], lse [S*B, n, Lq] -> S parts of B rows each
+        return merge(list(out.unflatten(0, (splits, b)).unbind(0)), list(lse.unflatten(0, (splits, b)).unbind(0)))
     bounds = [lk * i // splits for i in range(splits + 1)]
     parts = [attention_with_lse(q, k[:, lo:hi], v[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-    return (merge or _merge_fn(q))([o for o, _ in parts], [l for _, l in parts])
+    return merge([o for o, _ in parts], [l for _, l in parts])
 
 
 _MERGE_COMPILED: Optional[Callable[..., Tensor]] = None
@@ -146,7 +153,7 @@ def _merge_fn(q: Tensor) -> Callable[..., Tensor]:
     if not q.is_cuda:
         return merge_partials
     if _MERGE_COMPILED is None:
-        _MERGE_COMPILED = torch.compile(merge_partials, dynamic=False, fullgraph=True)
+        _MERGE_COMPILED = torch.compile(merge_partials)      # shapes change rarely (window fill, size)
     return _MERGE_COMPILED
 
 

@@ -270,7 +270,8 @@ class WanModel(nn.Module):
         # window-relative keys are rotated here over the whole window every call, unless the cache stores
         # them rotated (then, like absolute positions, only the new keys are rotated, at q's positions)
         rerotate = cache is not None and cache.relative_rope and not getattr(cache, "rotated_keys", False)
-        prepare = getattr(cache, "prepare_write", None) if not rerotate and self._write_in_place else None
+        rotated = cache is not None and cache.relative_rope and not rerotate   # keys stored rotated
+        prepare = getattr(cache, "prepare_write", None) if rotated and self._write_in_place else None
         if prepare is not None:                                               # 1. self-attention: new K/V go
             k_slot, v_slot = prepare(i)                                       #    straight into the cache slots
             q = self._pre_into(blk, x, e0, cos_q, sin_q, k_slot, v_slot)
@@ -296,7 +297,8 @@ class WanModel(nn.Module):
     # ---- the pure stages of a block (what `compile_blocks` compiles) ------------------------------
     _rope = staticmethod(apply_rope)
     _write_in_place = True
-    """Cached passes write the new K/V into the cache inside `_pre_into` (off under CUDA-graph compile modes)."""
+    """With rotated window keys, cached passes write the new K/V into the cache inside `_pre_into` (off under
+    CUDA-graph compile modes)."""
 
     @staticmethod
     def _pre(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor,

@@ -76,17 +76,30 @@ def rotate_frames(k: Tensor, delta: "int | Tensor", split: tuple[int, int, int])
     their angle): R(p) then R(delta) = R(p + delta), so a key cached at frame p moves to frame p + delta.
 
     `delta`: one int for every token, or an int tensor [N] per token. Math in fp32, result in k's dtype."""
-    dt = split[0]
+    if isinstance(delta, int):
+        cos, sin = _temporal_rotation(delta, tuple(split), str(k.device))                  # [1, 1, d/2]
+    else:
+        cos, sin = (t.to(k.device) for t in _temporal_angles(delta, split))               # [N, 1, d/2]
     n_tok = k.shape[-3]
+    flat = k.reshape(-1, n_tok, *k.shape[-2:])                                           # [prod(lead), N, n, d]
+    return apply_rope(flat, cos, sin).reshape(k.shape)
+
+
+def _temporal_angles(delta: "int | Tensor", split: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """cos, sin [1 or N, 1, d/2] (CPU, fp32) of a rotation by `delta` frames on the temporal channels only."""
+    dt = split[0]
     d_idx = torch.as_tensor(delta, dtype=torch.float64).reshape(-1, 1)                 # [1 or N, 1]
     omega = 1.0 / THETA ** (torch.arange(0, dt, 2, dtype=torch.float64) / dt)           # [dt/2]
     ang_t = d_idx * omega                                                                # [1 or N, dt/2]
     ang = torch.cat([ang_t, ang_t.new_zeros(ang_t.shape[0], (sum(split) - dt) // 2)], dim=-1)
-    cos = ang.cos().float()[:, None].to(k.device)                                        # [1 or N, 1, d/2]
-    sin = ang.sin().float()[:, None].to(k.device)
-    lead = k.shape[:-3]
-    flat = k.reshape(-1, n_tok, *k.shape[-2:])                                           # [prod(lead), N, n, d]
-    return apply_rope(flat, cos, sin).reshape(*lead, n_tok, *k.shape[-2:])
+    return ang.cos().float()[:, None], ang.sin().float()[:, None]
+
+
+@functools.lru_cache(maxsize=64)
+def _temporal_rotation(delta: int, split: tuple[int, int, int], device: str) -> tuple[Tensor, Tensor]:
+    """`_temporal_angles` of one delta, kept on `device`: the rolls of a stream reuse a few deltas, and a fresh
+    copy from pageable host memory on every roll would wait for the GPU each time."""
+    return tuple(t.to(device) for t in _temporal_angles(delta, split))
 
 
 def rotate_slots(k: Tensor, sign: int, split: tuple[int, int, int], grid: tuple[int, int]) -> Tensor:
