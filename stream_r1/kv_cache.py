@@ -20,7 +20,7 @@ Policies (see `StreamConfig.cache_policy`), each reproducing the public code its
   With `use_rotated_keys` (`StreamConfig.rotate_keys_once`) the same window-relative keys are stored already
   rotated: each new key once, at its slot's position, and the keys that slide left by e frames are turned
   back by e frames as they move (once per chunk, not every call over the whole window). Attention is the
-  same up to the rounding of the cache's dtype; `state_dict` still writes un-rotated keys.
+  same up to the rounding of the cache's dtype; `state_dict` records the RoPE layout with the keys.
 
 In every policy the current chunk attends to ``buffer[0 : local_end]`` (sink + window incl. itself).
 """

@@ -16,8 +16,9 @@ Tensors (all on CPU, contiguous):
 | cache.index                 | int64 [5]                                   | global_end, local_end, frame_seqlen,     |
 |                             |                                             | capacity, sink_tokens (in tokens)        |
 | cache.cross_k, cache.cross_v| [layers, B, text_len, heads, head_dim]      | text K/V (when computed)                 |
-| cache.rotated               | int64 [3] (optional, version 2)             | RoPE split (t, h, w) when window_sink    |
-|                             |                                             | keys are stored rotated at their slots   |
+| cache.rotated               | int64 [5] (optional, version 2)             | RoPE split (t, h, w) + token grid (rows, |
+|                             |                                             | columns) when window_sink keys are       |
+|                             |                                             | stored rotated at their slots            |
 | context                     | [B, L, text_dim]                            | current prompt embedding                 |
 | rng                         | uint8 [n]                                   | `torch.Generator.get_state()`            |
 | recent_latents              | [B, <= cache_frames, 16, h, w]              | clean latents of the last frames         |

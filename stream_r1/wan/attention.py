@@ -132,7 +132,7 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] =
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         splits = kv_splits(lq, lk, n, b, sms)
     if splits <= 1:
-        return _CUDNN(q, k, v) if q.is_cuda else sdpa_attention(q, k, v)
+        return _CUDNN(q, k, v)                                 # (plain SDPA off CUDA)
     merge = merge or _merge_fn(q)
     if lk % splits == 0:                                       # one launch: ranges as the batch (split-major)
         as_batch = lambda t: t.unflatten(1, (splits, lk // splits)).transpose(0, 1).flatten(0, 1)  # noqa: E731

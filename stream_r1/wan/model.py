@@ -269,8 +269,9 @@ class WanModel(nn.Module):
         fs = grid[1] * grid[2]                                               # tokens per latent frame
         # window-relative keys are rotated here over the whole window every call, unless the cache stores
         # them rotated (then, like absolute positions, only the new keys are rotated, at q's positions)
-        rerotate = cache is not None and cache.relative_rope and not getattr(cache, "rotated_keys", False)
-        rotated = cache is not None and cache.relative_rope and not rerotate   # keys stored rotated
+        relative = cache is not None and cache.relative_rope
+        rotated = relative and getattr(cache, "rotated_keys", False)           # window keys stored rotated
+        rerotate = relative and not rotated
         prepare = getattr(cache, "prepare_write", None) if rotated and self._write_in_place else None
         if prepare is not None:                                               # 1. self-attention: new K/V go
             k_slot, v_slot = prepare(i)                                       #    straight into the cache slots

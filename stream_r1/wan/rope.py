@@ -71,43 +71,32 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
-def rotate_frames(k: Tensor, delta: "int | Tensor", split: tuple[int, int, int]) -> Tensor:
+def rotate_frames(k: Tensor, delta: int, split: tuple[int, int, int]) -> Tensor:
     """k [..., N, n, d] rotated by `delta` frames on the temporal RoPE channels only (the spatial channels keep
     their angle): R(p) then R(delta) = R(p + delta), so a key cached at frame p moves to frame p + delta.
-
-    `delta`: one int for every token, or an int tensor [N] per token. Math in fp32, result in k's dtype."""
-    if isinstance(delta, int):
-        cos, sin = _temporal_rotation(delta, tuple(split), str(k.device))                  # [1, 1, d/2]
-    else:
-        cos, sin = (t.to(k.device) for t in _temporal_angles(delta, split))               # [N, 1, d/2]
-    n_tok = k.shape[-3]
-    flat = k.reshape(-1, n_tok, *k.shape[-2:])                                           # [prod(lead), N, n, d]
-    return apply_rope(flat, cos, sin).reshape(k.shape)
-
-
-def _temporal_angles(delta: "int | Tensor", split: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-    """cos, sin [1 or N, 1, d/2] (CPU, fp32) of a rotation by `delta` frames on the temporal channels only."""
-    dt = split[0]
-    d_idx = torch.as_tensor(delta, dtype=torch.float64).reshape(-1, 1)                 # [1 or N, 1]
-    omega = 1.0 / THETA ** (torch.arange(0, dt, 2, dtype=torch.float64) / dt)           # [dt/2]
-    ang_t = d_idx * omega                                                                # [1 or N, dt/2]
-    ang = torch.cat([ang_t, ang_t.new_zeros(ang_t.shape[0], (sum(split) - dt) // 2)], dim=-1)
-    return ang.cos().float()[:, None], ang.sin().float()[:, None]
+    Math in fp32, result in k's dtype."""
+    return _rotate(k, *_temporal_rotation(delta, tuple(split), str(k.device)))
 
 
 @functools.lru_cache(maxsize=64)
 def _temporal_rotation(delta: int, split: tuple[int, int, int], device: str) -> tuple[Tensor, Tensor]:
-    """`_temporal_angles` of one delta, kept on `device`: the rolls of a stream reuse a few deltas, and a fresh
-    copy from pageable host memory on every roll would wait for the GPU each time."""
-    return tuple(t.to(device) for t in _temporal_angles(delta, split))
+    """cos, sin [1, 1, d/2] of a rotation by `delta` frames on the temporal channels, kept on `device`: the rolls
+    of a stream reuse a few deltas, and a fresh copy from pageable host memory would wait for the GPU each time."""
+    ang_t = delta * _axis_angles(split[0], 2)[1]                                         # [dt/2]: delta * omega
+    ang = torch.cat([ang_t, ang_t.new_zeros((sum(split) - split[0]) // 2)])              # spatial pairs: angle 0
+    return ang.cos().float()[None, None].to(device), ang.sin().float()[None, None].to(device)
 
 
 def rotate_slots(k: Tensor, sign: int, split: tuple[int, int, int], grid: tuple[int, int]) -> Tensor:
     """k [..., F*h*w, n, d] (tokens in (frame, row, column) order) rotated by sign x the full 3-D RoPE of frames
     0..F-1 on a grid of h x w tokens: +1 turns un-rotated window keys into keys rotated at their slots, -1 back."""
     h, w = grid
-    n_tok = k.shape[-3]
-    ang = rope_angles(split, range(0, n_tok // (h * w)), h, w, positions=max(1, n_tok // (h * w))) * sign
-    cos, sin = ang.cos().float()[:, None].to(k.device), ang.sin().float()[:, None].to(k.device)   # [N, 1, d/2]
-    flat = k.reshape(-1, n_tok, *k.shape[-2:])                                           # [prod(lead), N, n, d]
+    frames = k.shape[-3] // (h * w)
+    ang = rope_angles(split, range(0, frames), h, w, positions=max(1, frames)) * sign        # [N, d/2]
+    return _rotate(k, ang.cos().float()[:, None].to(k.device), ang.sin().float()[:, None].to(k.device))
+
+
+def _rotate(k: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """`apply_rope` over any leading dims: k [..., N, n, d], cos/sin [N or 1, 1, d/2]."""
+    flat = k.reshape(-1, *k.shape[-3:])                                                  # [prod(lead), N, n, d]
     return apply_rope(flat, cos, sin).reshape(k.shape)
