@@ -3,8 +3,10 @@
 #   RF_FRAMES=81 bash bench/gpu_issue3_s7.sh [STEP ...]   (default: ref r81 micro r477; carry .ref)   JSON under $OUT.
 #   ref    the public reference (Reward Forcing, window 9 / sink 3) at $RF_FRAMES (default 81,477) frames
 #   r81    81 frames, compiled: default; --rotate-keys-once; --attention split; --skip-last-context-pass
+#          (V81="name flags;name flags;..." replaces that list; V477 likewise for r477)
 #   micro  bench/attn_micro.py: cuDNN vs split-KV (2-4 key ranges, LSE merge) vs FA2 over a query-length staircase
 #   r477   477 frames: default; --attention split
+#   block  bench/block_micro.py: one block's compiled stages kernel by kernel, with inductor's code
 #   tests  pytest -m gpu tests/test_gpu.py
 #   ten    a 10-minute stream (9597 frames; $TEN_FLAGS added): flat cost and peak memory
 # Session 7's run (H100, 2026-12-07) used the first version of this script: its rows "rerot81" and "once81" are
@@ -17,11 +19,13 @@ for step in ${@:-ref r81 micro r477}; do
     ref)   timeout 240 python3 bench/reference_side_by_side.py --refs reward_forcing --rf-frames ${RF_FRAMES:-81,477} \
              --json "$OUT/reference.json" > "$OUT/reference.log" 2>&1 || echo "reference run failed or timed out"
            grep -v -i warn "$OUT/reference.log" | tail -6 ;;
-    r81)   for v in "base81" "once81 --rotate-keys-once" "split81 --attention split" "skiplast81 --skip-last-context-pass"; do
-             BENCH_TIMEOUT=150 bench_run $v $BEST; done ;;
+    r81)   IFS=';' read -ra rows <<< "${V81:-base81;once81 --rotate-keys-once;split81 --attention split;skiplast81 --skip-last-context-pass}"
+           for v in "${rows[@]}"; do BENCH_TIMEOUT=150 bench_run $v $BEST; done ;;
     micro) timeout 240 python3 bench/attn_micro.py --json "$OUT/attn_micro.json" 2>&1 | grep -v -i warn | tail -12 ;;
-    r477)  for v in "base477" "split477 --attention split"; do
-             BENCH_TIMEOUT=150 bench_run $v $BEST --frames 477 --repeats 1; done ;;
+    r477)  IFS=';' read -ra rows <<< "${V477:-base477;split477 --attention split}"
+           for v in "${rows[@]}"; do BENCH_TIMEOUT=150 bench_run $v $BEST --frames 477 --repeats 1; done ;;
+    block) timeout 200 python3 bench/block_micro.py --json "$OUT/block_micro.json" --code "$OUT/block_code" 2>&1 \
+             | grep -v -i warn | tail -28 ;;
     tests) timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 ;;
     ten)   BENCH_TIMEOUT=560 bench_run ours_10min $BEST ${TEN_FLAGS:-} --frames 9597 --repeats 1 --warmup-frames 81 ;;
     *)     echo "unknown step $step" ;;

@@ -172,6 +172,8 @@ class StreamR1Continue:
             raise ValueError("test-time scaling scores decoded frames, but this stream has no VAE: connect a VAE to "
                              "the Generate node that started it")
         state = state.fork()                         # the input stays as it is: re-runs give the same frames
+        if not keep_state:
+            state.ends_here()
         with state.running(keep=keep_state):
             latent_frames = latent_frames_for_seconds(seconds, frames_per_block=state.cfg.frames_per_block)
             chunks = state.session.chunk_index + state.chunks_for(latent_frames)       # of the whole stream

@@ -38,7 +38,8 @@ def stream_config(default: StreamConfig, options: Optional[StreamOptions], laten
     if cfg.cache_policy == "full" and "full_cache_frames" not in (options.changes if options else {}):
         need = chunks_for_frames(latent_frames, cfg.frames_per_block) * cfg.frames_per_block
         cfg = cfg.replace(full_cache_frames=max(cfg.full_cache_frames, need))   # 'full' never evicts
-    return cfg.replace(skip_last_context_pass=False) if keep_state else cfg      # a kept stream needs it
+    # a kept stream needs its last chunk's clean cache pass; a stream freed after the node would never use it
+    return cfg.replace(skip_last_context_pass=not keep_state)
 
 
 def parse_steps(text: str) -> tuple[float, ...]:

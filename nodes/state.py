@@ -91,6 +91,12 @@ class StreamState:
         self.model.load(stream_memory(self.model, s.cfg, s.height, s.width, s.batch, self.vae_stream),
                         (self.vae_stream.patcher,) if self.vae_stream is not None else ())
 
+    def ends_here(self) -> None:
+        """Nothing continues this stream after its next run: that run's last chunk skips its clean cache pass,
+        whose K/V only a following chunk would read (5 DiT passes per chunk become 4)."""
+        session = self._session()
+        session.cfg = session.cfg.replace(skip_last_context_pass=True)
+
     def set_context(self, context: Tensor) -> None:
         """New prompt from the next chunk on (the frame cache is kept)."""
         self._session().set_context(context)

@@ -256,6 +256,34 @@ def test_continue_with_a_new_prompt_changes_only_the_new_frames(comfy, nodes, mo
     assert same.shape == other.shape == (12, 32, 32, 3) and not torch.equal(same, other) and not s.alive
 
 
+def test_a_stream_freed_after_its_node_skips_the_last_clean_cache_pass(comfy, nodes, model, vae, monkeypatch):
+    """keep_state off: nothing reads the final chunk's clean K/V, so its context pass (t = 0) is not run; the frames
+    are the same either way. Continue without keep_state skips it too, on its fork only."""
+    StreamSession = sys.modules[PACK + ".stream_r1.stream"].StreamSession       # the pack's own import of the core
+    steps = []
+    denoise = StreamSession._denoise
+
+    def spy(self, x, t, *args, **kw):
+        steps.append(float(t))
+        return denoise(self, x, t, *args, **kw)
+
+    monkeypatch.setattr(StreamSession, "_denoise", spy)
+    kept, _, state = generate(nodes, model, vae, frames=21, keep_state=True)          # 2 chunks x (4 + 1) passes
+    assert len(steps) == 10 and steps.count(0.0) == 2
+    steps.clear()
+    freed, _, _ = generate(nodes, model, vae, frames=21)
+    assert len(steps) == 9 and steps.count(0.0) == 1 and steps[-1] != 0.0
+    assert torch.equal(kept, freed)
+    steps.clear()
+    more = dict(state=state, positive=cond(), seconds=0.75, unique_id="8")          # + 1 chunk
+    last, _, _ = run(nodes["StreamR1Continue"], **more, keep_state=False)
+    assert steps == steps[:4] and 0.0 not in steps
+    assert not state.session.cfg.skip_last_context_pass                            # the input state is untouched
+    steps.clear()
+    again, _, _ = run(nodes["StreamR1Continue"], **more, keep_state=True)
+    assert len(steps) == 5 and steps[-1] == 0.0 and torch.equal(again, last)
+
+
 def test_continue_needs_a_kept_state(comfy, nodes, model):
     _, _, state = generate(nodes, model, frames=9)
     with pytest.raises(ValueError, match="keep_state"):
