@@ -26,10 +26,11 @@ for step in ${@:-ref r81 micro r477}; do
            for v in "${rows[@]}"; do BENCH_TIMEOUT=150 bench_run $v $BEST --frames 477 --repeats 1; done ;;
     block) timeout 200 python3 bench/block_micro.py --json "$OUT/block_micro.json" --code "$OUT/block_code" 2>&1 \
              | grep -v -i warn | tail -28 ;;
-    tests) timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 ;;
+    tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 ;;
     ten)   BENCH_TIMEOUT=560 bench_run ours_10min $BEST ${TEN_FLAGS:-} --frames 9597 --repeats 1 --warmup-frames 81 ;;
     *)     echo "unknown step $step" ;;
   esac
 done
 python3 bench/summarize.py "$OUT"/*.json
-cd "$OUT" && tar czf logs.tgz log_*.txt 2>/dev/null && rm -f log_*.txt
+# one archive: the device tool brings back only a few files per call
+cd "$OUT" && tar czf results.tgz --remove-files $(ls -A | grep -v '^results.tgz$') 2>/dev/null

@@ -139,14 +139,16 @@ def test_fused_gelu_ffn_matches_the_module():
 
 
 def test_split_kv_attention_matches_cudnn_at_stream_shapes():
-    from stream_r1.wan.attention import attention_with_lse, resolve_attention, sdpa_attention
+    from stream_r1.wan.attention import attention_with_lse, resolve_attention, sdpa_attention, wave_plan
     q = torch.randn(1, 4680, 12, 128, device="cuda", dtype=torch.bfloat16)
     kk, vv = (torch.randn(1, 14040, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     ref = sdpa_attention(q, kk, vv)
     out, lse = attention_with_lse(q, kk, vv)
     assert _rel(out, ref) < 1e-2 and lse.shape == (1, 12, 4680) and torch.isfinite(lse).all()
-    split = resolve_attention("split")
-    assert _rel(split(q, kk, vv), ref) < 1e-2
+    for backend in ("split", "auto"):                  # auto = the wave split on Hopper
+        assert _rel(resolve_attention(backend)(q, kk, vv), ref) < 1e-2
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert sms != 132 or wave_plan(4680, 14040, 12, 1, sms) == (4224, 2)
     from stream_r1.wan.attention import split_kv_attention
-    for s in (2, 3):
-        assert _rel(split_kv_attention(q, kk, vv, splits=s), ref) < 1e-2
+    for s, main in ((2, 0), (3, 0), (2, 4224), (3, 4224)):
+        assert _rel(split_kv_attention(q, kk, vv, splits=s, main_rows=main), ref) < 1e-2

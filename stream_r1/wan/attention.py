@@ -62,17 +62,21 @@ def _flash_attention() -> Optional[AttentionFn]:
     return flash
 
 
-# ---- split-KV attention (wave quantization on many-SM GPUs) ------------------------------------------
+# ---- wave-split attention (wave quantization on many-SM GPUs) ------------------------------------------
 # cuDNN's Hopper kernel runs one CTA per (128-query tile, head, batch), one CTA per SM. At 832x480 a chunk has
-# Lq = 3 x 1560 = 4680 queries -> 37 tiles x 12 heads = 444 CTAs = 3.36 waves on 132 SMs: the 4th wave runs a
-# third full. Measured on an H100 (bench/RESULTS.md, session 7): 540 TFLOP/s at Lq = 4680 against 655 at
-# Lq = 4224 (exactly 3 waves) and 653 at 5632 (4 waves). Splitting the keys into S ranges that run as the batch
-# of ONE launch gives S x 444 shorter CTAs (S = 2: 6.73 waves, 96 % full); the ranges are merged exactly with
-# their log-sum-exp (o = sum_i exp(lse_i - lse) o_i). Separate launches per range do not help (each launch has
-# the same 3.36 waves): measured 0.78 ms against 0.75 ms for one unsplit call.
+# Lq = 3 x 1560 = 4680 queries -> 37 tiles x 12 heads = 444 CTAs = 3.36 waves on 132 SMs, and the 4th wave costs
+# a whole wave: measured on an H100 (bench/RESULTS.md, session 7, Lk = 14,040), 0.556 ms at Lq = 4224 (exactly
+# 3 waves), 0.735 ms at 4608, 0.735 at 5120 and 0.744 at 5632 (4 waves); 0.748 ms at the stream's 4680.
+# The plan (`wave_plan`): the query tiles that fill whole waves run as one plain call; only the rest (here 4
+# tiles x 12 heads = 48 CTAs) runs over S key ranges as the batch of ONE call (S = 2: 96 CTAs, each with half the
+# keys, so the partial wave takes half as long), merged exactly with the log-sum-exp, o = sum_i exp(lse_i - lse)
+# o_i, and appended to the main rows. Predicted 3.5 instead of 4 wave-times (-12 %). Splitting ALL queries
+# (session 7: q repeated, 888 CTAs = 6.73 waves) was measured no faster end to end: its merge and q copy cover
+# every row. Separate launches per range never help (each launch keeps the partial wave).
 
 Q_TILE = 128
 """Query rows per CTA of cuDNN's Hopper forward kernel at d = 128 (the measured wave staircase fits 128)."""
+
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """q [B, Lq, n, d], k/v [B, Lk, n, d] -> out [B, Lq, n, d], lse fp32 [B, n, Lq] (natural log).
@@ -91,64 +95,74 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]
     return out.transpose(1, 2).to(q.dtype), lse
 
 
-def merge_partials(outs: list[Tensor], lses: list[Tensor]) -> Tensor:
-    """Exact merge of attention over disjoint key sets: outs [B, Lq, n, d], lses fp32 [B, n, Lq]."""
-    lse = torch.logsumexp(torch.stack(lses), dim=0)                                  # [B, n, Lq]
-    acc = sum(o.float() * torch.exp(l - lse).transpose(1, 2)[..., None]              # [B, Lq, n, 1]
+def merge_partials(outs: list[Tensor], lses: list[Tensor], head: Optional[Tensor] = None) -> Tensor:
+    """Exact merge of attention over disjoint key sets: outs [B, Lt, n, d], lses fp32 [B, n, Lt] -> [B, Lt, n, d].
+    `head` [B, Lm, n, d] (rows computed whole) is put before them: -> [B, Lm + Lt, n, d]."""
+    lse = torch.logsumexp(torch.stack(lses), dim=0)                                  # [B, n, Lt]
+    acc = sum(o.float() * torch.exp(l - lse).transpose(1, 2)[..., None]              # [B, Lt, n, 1]
               for o, l in zip(outs, lses))
-    return acc.to(outs[0].dtype)
+    merged = acc.to(outs[0].dtype)
+    return merged if head is None else torch.cat([head, merged], dim=1)
 
 
-def kv_splits(lq: int, lk: int, heads: int, batch: int, sms: int, max_splits: int = 4,
-              min_keys: int = 1024) -> int:
-    """Key splits S minimising waves x keys per CTA: ceil(tiles * S / sms) * Lk / S (1 when no gain).
-
-    A split must keep >= `min_keys` keys, and a split is taken only when it saves >= 5 % (the merge and the
-    extra launches cost a few per cent of the smallest calls)."""
-    tiles = -(-lq // Q_TILE) * heads * batch
-
-    def cost(s: int) -> float:
-        return -(-tiles * s // sms) * lk / s
-
-    best = 1
+def wave_plan(lq: int, lk: int, heads: int, batch: int, sms: int, max_splits: int = 4,
+              min_keys: int = 1024) -> tuple[int, int]:
+    """(main_rows, splits): queries [0, main_rows) in one plain call whose CTAs fill whole waves, the rest over
+    `splits` equal key ranges. Cost in wave-times of Lk keys: ceil(main CTAs / sms) + ceil(rest CTAs * S / sms) / S.
+    (lq, 1), i.e. one plain call, unless a split saves >= 5 % (the merge and the extra launch cost a little);
+    a range keeps >= `min_keys` keys and S divides Lk."""
+    hb = heads * batch
+    tiles = -(-lq // Q_TILE)                                    # query tiles per (batch, head)
+    main_tiles = (tiles * hb // sms) * sms // hb                # the tiles inside whole waves (0: under one wave)
+    rest = tiles - main_tiles
+    plain = -(-tiles * hb // sms)
+    best, best_cost = 1, float(plain)
     for s in range(2, max_splits + 1):
-        if lk // s >= min_keys and cost(s) < 0.95 * cost(best):
-            best = s
-    return best
+        if rest == 0 or lk % s or lk // s < min_keys:
+            continue
+        cost = -(-main_tiles * hb // sms) + -(-rest * hb * s // sms) / s
+        if cost < 0.95 * best_cost:
+            best, best_cost = s, cost
+    return (lq, 1) if best == 1 else (main_tiles * Q_TILE, best)
 
 
 def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, *,
-                       splits: Optional[int] = None, merge: Optional[Callable[..., Tensor]] = None) -> Tensor:
-    """Attention over k/v computed in `splits` key ranges and merged exactly (None: `kv_splits` for the GPU).
+                       splits: Optional[int] = None, main_rows: int = 0,
+                       merge: Optional[Callable[..., Tensor]] = None) -> Tensor:
+    """Attention with the partial wave's queries computed over key ranges (`wave_plan` for the GPU when `splits`
+    is None; otherwise queries [0, main_rows) whole and the rest over `splits` ranges, as the CPU tests ask).
 
-    q [B, Lq, n, d], k/v [B, Lk, n, d] -> [B, Lq, n, d]. Equal ranges run as the batch of one fused-attention call
-    (q repeated per range); ranges of unequal length run one call each. Falls back to SDPA with a mask or off
-    CUDA unless `splits` is given (the CPU tests give it)."""
-    if mask is not None or (splits is None and not q.is_cuda):
+    q [B, Lq, n, d], k/v [B, Lk, n, d] -> [B, Lq, n, d]. Equal ranges run as the batch of one fused call (q rows
+    repeated per range); unequal ranges run one call each. SDPA with a mask, with autograd, or off CUDA unless
+    `splits` is given."""
+    if mask is not None or (splits is None and not q.is_cuda) or (torch.is_grad_enabled() and q.requires_grad):
         return sdpa_attention(q, k, v, mask)
     b, lq, n, _ = q.shape
     lk = k.shape[1]
     if splits is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        splits = kv_splits(lq, lk, n, b, sms)
-    if splits <= 1:
+        main_rows, splits = wave_plan(lq, lk, n, b, sms)
+    if splits <= 1 or main_rows >= lq:
         return _CUDNN(q, k, v)                                 # (plain SDPA off CUDA)
     merge = merge or _merge_fn(q)
+    head = _CUDNN(q[:, :main_rows], k, v) if main_rows > 0 else None       # [B, Lm, n, d]
+    tail = q[:, main_rows:]                                                # [B, Lt, n, d]
     if lk % splits == 0:                                       # one launch: ranges as the batch (split-major)
         as_batch = lambda t: t.unflatten(1, (splits, lk // splits)).transpose(0, 1).flatten(0, 1)  # noqa: E731
-        out, lse = attention_with_lse(q.repeat(splits, 1, 1, 1), as_batch(k), as_batch(v))
-        # out [S*B, Lq, n, d], lse [S*B, n, Lq] -> S parts of B rows each
-        return merge(list(out.unflatten(0, (splits, b)).unbind(0)), list(lse.unflatten(0, (splits, b)).unbind(0)))
+        out, lse = attention_with_lse(tail.repeat(splits, 1, 1, 1), as_batch(k), as_batch(v))
+        # out [S*B, Lt, n, d], lse [S*B, n, Lt] -> S parts of B rows each
+        return merge(list(out.unflatten(0, (splits, b)).unbind(0)), list(lse.unflatten(0, (splits, b)).unbind(0)),
+                     head)
     bounds = [lk * i // splits for i in range(splits + 1)]
-    parts = [attention_with_lse(q, k[:, lo:hi], v[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-    return merge([o for o, _ in parts], [l for _, l in parts])
+    parts = [attention_with_lse(tail, k[:, lo:hi], v[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+    return merge([o for o, _ in parts], [l for _, l in parts], head)
 
 
 _MERGE_COMPILED: Optional[Callable[..., Tensor]] = None
 
 
 def _merge_fn(q: Tensor) -> Callable[..., Tensor]:
-    """The merge compiled into one kernel on CUDA (eager it is ~6 passes over the output)."""
+    """The merge (and the append to the main rows) compiled into one kernel on CUDA; eager it is ~6 passes."""
     global _MERGE_COMPILED
     if not q.is_cuda:
         return merge_partials
@@ -157,10 +171,26 @@ def _merge_fn(q: Tensor) -> Callable[..., Tensor]:
     return _MERGE_COMPILED
 
 
+def _hopper_cudnn(device: torch.device) -> bool:
+    """cuDNN's fused attention on an sm90+ GPU: there it runs ~1.8x FlashAttention-2 (bench/RESULTS.md)."""
+    return (torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+_FLASH: Optional[AttentionFn] = None
+"""flash-attn's function when installed (set when 'auto' is first resolved)."""
+
+
+def auto_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """'auto': wave-split cuDNN on Hopper and newer; elsewhere flash-attn when installed, else SDPA."""
+    if q.is_cuda and _hopper_cudnn(q.device):
+        return split_kv_attention(q, k, v, mask)
+    return (_FLASH or sdpa_attention)(q, k, v, mask)
+
+
 def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
-    """'auto' (flash-attn when installed, else SDPA), 'sdpa', 'cudnn' (SDPA preferring cuDNN's fused
-    attention), 'split' (cuDNN over key ranges merged by log-sum-exp, `split_kv_attention`), 'flash'
-    (FlashAttention-2), or a callable."""
+    """'auto' (on Hopper and newer 'split'; elsewhere flash-attn when installed, else SDPA), 'sdpa', 'cudnn' (SDPA
+    preferring cuDNN's fused attention), 'split' (cuDNN, with the partial wave's queries over key ranges merged
+    by log-sum-exp: `split_kv_attention`), 'flash' (FlashAttention-2), or a callable."""
     if callable(backend):
         return backend
     if backend == "sdpa":
@@ -169,14 +199,16 @@ def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
         return _CUDNN
     if backend == "split":
         return split_kv_attention
-    if backend in ("auto", "flash"):
+    if backend == "auto":
+        global _FLASH
+        _FLASH = _FLASH or _flash_attention()
+        return auto_attention
+    if backend == "flash":
         flash = _flash_attention()
-        if flash is not None:
-            return flash
-        if backend == "flash":
+        if flash is None:
             raise ValueError("attention backend 'flash' needs the flash-attn package: pip install flash-attn, "
                              "or choose 'sdpa'")
-        return sdpa_attention
+        return flash
     raise ValueError(f"unknown attention backend {backend!r}; choose 'auto', 'sdpa', 'cudnn', 'split', 'flash' "
                      "or pass a callable")
 
