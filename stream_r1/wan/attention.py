@@ -140,8 +140,7 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] =
     b, lq, n, _ = q.shape
     lk = k.shape[1]
     if splits is None:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        main_rows, splits = wave_plan(lq, lk, n, b, sms)
+        main_rows, splits = wave_plan(lq, lk, n, b, _sm_count(q.device.index or 0))
     if splits <= 1 or main_rows >= lq:
         return _CUDNN(q, k, v)                                 # (plain SDPA off CUDA)
     merge = merge or _merge_fn(q)
@@ -171,9 +170,16 @@ def _merge_fn(q: Tensor) -> Callable[..., Tensor]:
     return _MERGE_COMPILED
 
 
-def _hopper_cudnn(device: torch.device) -> bool:
+# constants of the GPU, read once per trace (the cross-attention runs inside the compiled block stage)
+@torch.compiler.assume_constant_result
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@torch.compiler.assume_constant_result
+def _hopper_cudnn(index: int) -> bool:
     """cuDNN's fused attention on an sm90+ GPU: there it runs ~1.8x FlashAttention-2 (bench/RESULTS.md)."""
-    return (torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 9)
+    return torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(index)[0] >= 9
 
 
 _FLASH: Optional[AttentionFn] = None
@@ -182,7 +188,7 @@ _FLASH: Optional[AttentionFn] = None
 
 def auto_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """'auto': wave-split cuDNN on Hopper and newer; elsewhere flash-attn when installed, else SDPA."""
-    if q.is_cuda and _hopper_cudnn(q.device):
+    if q.is_cuda and _hopper_cudnn(q.device.index or 0):
         return split_kv_attention(q, k, v, mask)
     return (_FLASH or sdpa_attention)(q, k, v, mask)
 
