@@ -26,7 +26,7 @@ for step in ${@:-ref r81 micro r477}; do
            for v in "${rows[@]}"; do BENCH_TIMEOUT=150 bench_run $v $BEST --frames 477 --repeats 1; done ;;
     block) timeout 200 python3 bench/block_micro.py --json "$OUT/block_micro.json" --code "$OUT/block_code" 2>&1 \
              | grep -v -i warn | tail -28 ;;
-    tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 ;;
+    tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tail -4 ;;
     ten)   BENCH_TIMEOUT=560 bench_run ours_10min $BEST ${TEN_FLAGS:-} --frames 9597 --repeats 1 --warmup-frames 81 ;;
     *)     echo "unknown step $step" ;;
   esac

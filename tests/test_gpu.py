@@ -152,3 +152,16 @@ def test_split_kv_attention_matches_cudnn_at_stream_shapes():
     from stream_r1.wan.attention import split_kv_attention
     for s, main in ((2, 0), (3, 0), (2, 4224), (3, 4224)):
         assert _rel(split_kv_attention(q, kk, vv, splits=s, main_rows=main), ref) < 1e-2
+
+
+def test_wave_split_stream_matches_plain_cudnn():
+    """The default attention on Hopper (the wave split: 4224 rows whole, 456 over 2 key ranges) over a real-size
+    stream whose window fills (Lk 4680, 9360, 14040): the plain cuDNN stream within bf16 bounds."""
+    cfg, ctx = _real_chunk_inputs()
+    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
+    sc = StreamConfig.stream_r1()
+    model.set_attention("cudnn")
+    ref, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
+    model.set_attention("auto")
+    out, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
+    assert _rel(out, ref) < 2e-2
