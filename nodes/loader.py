@@ -65,9 +65,9 @@ class StreamR1ModelLoader:
             "dtype": (["auto", *DTYPES], {"default": "auto", "tooltip": "Compute dtype; auto = ComfyUI's "
                                           "choice for the device (bf16 on recent GPUs, fp32 on CPU). fp8 files "
                                           "are de-quantised to it."}),
-            "attention": (["auto", "sdpa", "flash", "comfy"], {"default": "auto", "tooltip": "auto = flash-attn "
-                          "when installed, else PyTorch SDPA; comfy = ComfyUI's attention (follows "
-                          "--use-sage-attention etc.)."}),
+            "attention": (["auto", "sdpa", "flash", "comfy"], {"default": "auto", "tooltip": "auto = cuDNN's fused "
+                          "attention on Hopper and newer GPUs, elsewhere flash-attn when installed, else PyTorch "
+                          "SDPA; comfy = ComfyUI's attention (follows --use-sage-attention etc.)."}),
             "entry": (["auto", "generator_ema", "generator"], {"default": "auto", "tooltip": "Which weights of "
                       "a .pt training checkpoint to load; auto = generator_ema, else generator. Ignored for "
                       "other files."}),

@@ -1,8 +1,9 @@
 """Attention backends and the block-causal training mask.
 
-All backends take q, k, v as [B, L, n, d] and return [B, Lq, n, d]. PyTorch SDPA is always there;
-flash-attn is used when installed (CUDA, fp16/bf16, no mask); any callable with the same signature
-can be injected (the ComfyUI adapter passes ComfyUI's own attention this way).
+All backends take q, k, v as [B, L, n, d] and return [B, Lq, n, d]. PyTorch SDPA is always there; 'auto' runs
+cuDNN's fused attention for inference on Hopper and newer, and flash-attn elsewhere when installed (CUDA,
+fp16/bf16, no mask); any callable with the same signature can be injected (the ComfyUI adapter passes ComfyUI's
+own attention this way).
 """
 from __future__ import annotations
 
@@ -70,9 +71,12 @@ def _flash_attention() -> Optional[AttentionFn]:
 # The plan (`wave_plan`): the query tiles that fill whole waves run as one plain call; only the rest (here 4
 # tiles x 12 heads = 48 CTAs) runs over S key ranges as the batch of ONE call (S = 2: 96 CTAs, each with half the
 # keys, so the partial wave takes half as long), merged exactly with the log-sum-exp, o = sum_i exp(lse_i - lse)
-# o_i, and appended to the main rows. Predicted 3.5 instead of 4 wave-times (-12 %). Splitting ALL queries
-# (session 7: q repeated, 888 CTAs = 6.73 waves) was measured no faster end to end: its merge and q copy cover
-# every row. Separate launches per range never help (each launch keeps the partial wave).
+# o_i, and appended to the main rows. Predicted 3.5 instead of 4 wave-times (-12 %). Measured (H100, session 8):
+# -7.8 % at Lk = 14,040 (0.692 against 0.751 ms), but slower at Lk = 9,360 and 4,680, where the GPU work is
+# shorter than the split's host-side cost (two launches, the compiled merge's guards), and the 81-frame stream
+# ran 6 % slower with it (2.619 against 2.467 s). So it is opt-in ('split'), not 'auto'. Splitting ALL queries
+# (session 7: q repeated, 888 CTAs = 6.73 waves) gained nothing either. Separate launches per range never help
+# (each launch keeps the partial wave).
 
 Q_TILE = 128
 """Query rows per CTA of cuDNN's Hopper forward kernel at d = 128 (the measured wave staircase fits 128)."""
@@ -187,16 +191,19 @@ _FLASH: Optional[AttentionFn] = None
 
 
 def auto_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """'auto': wave-split cuDNN on Hopper and newer; elsewhere flash-attn when installed, else SDPA."""
-    if q.is_cuda and _hopper_cudnn(q.device.index or 0):
-        return split_kv_attention(q, k, v, mask)
+    """'auto': inference on Hopper and newer runs cuDNN's fused attention first (540 TFLOP/s at the stream's shapes
+    on an H100 against FlashAttention-2's 300, bench/RESULTS.md); training, masks and other devices use flash-attn
+    when installed, else SDPA's own choice."""
+    if q.is_cuda and mask is None and not (torch.is_grad_enabled() and q.requires_grad) \
+            and _hopper_cudnn(q.device.index or 0):
+        return _CUDNN(q, k, v)
     return (_FLASH or sdpa_attention)(q, k, v, mask)
 
 
 def resolve_attention(backend: "str | AttentionFn" = "auto") -> AttentionFn:
-    """'auto' (on Hopper and newer 'split'; elsewhere flash-attn when installed, else SDPA), 'sdpa', 'cudnn' (SDPA
-    preferring cuDNN's fused attention), 'split' (cuDNN, with the partial wave's queries over key ranges merged
-    by log-sum-exp: `split_kv_attention`), 'flash' (FlashAttention-2), or a callable."""
+    """'auto' (inference on Hopper and newer: 'cudnn'; otherwise flash-attn when installed, else SDPA), 'sdpa',
+    'cudnn' (SDPA preferring cuDNN's fused attention), 'split' (cuDNN, with the partial wave's queries over key
+    ranges merged by log-sum-exp: `split_kv_attention`), 'flash' (FlashAttention-2), or a callable."""
     if callable(backend):
         return backend
     if backend == "sdpa":
