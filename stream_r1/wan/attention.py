@@ -139,7 +139,7 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] =
     q [B, Lq, n, d], k/v [B, Lk, n, d] -> [B, Lq, n, d]. Equal ranges run as the batch of one fused call (q rows
     repeated per range); unequal ranges run one call each. SDPA with a mask, with autograd, or off CUDA unless
     `splits` is given."""
-    if mask is not None or (splits is None and not q.is_cuda) or (torch.is_grad_enabled() and q.requires_grad):
+    if mask is not None or (splits is None and not q.is_cuda) or _training(q):
         return sdpa_attention(q, k, v, mask)
     b, lq, n, _ = q.shape
     lk = k.shape[1]
@@ -174,16 +174,33 @@ def _merge_fn(q: Tensor) -> Callable[..., Tensor]:
     return _MERGE_COMPILED
 
 
-# constants of the GPU, read once per trace (the cross-attention runs inside the compiled block stage)
+_GPU_FACTS: dict[int, tuple[int, bool]] = {}
+"""Per CUDA device index: (SM count, cuDNN fused attention on sm90+), read once (attention calls are a hot path)."""
+
+
+def _gpu_facts(index: int) -> tuple[int, bool]:
+    facts = _GPU_FACTS.get(index)
+    if facts is None:
+        hopper = torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(index)[0] >= 9
+        facts = _GPU_FACTS[index] = (torch.cuda.get_device_properties(index).multi_processor_count, hopper)
+    return facts
+
+
+# constants of a trace too (the cross-attention runs inside the compiled block stage)
 @torch.compiler.assume_constant_result
 def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    return _gpu_facts(index)[0]
 
 
 @torch.compiler.assume_constant_result
 def _hopper_cudnn(index: int) -> bool:
     """cuDNN's fused attention on an sm90+ GPU: there it runs ~1.8x FlashAttention-2 (bench/RESULTS.md)."""
-    return torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(index)[0] >= 9
+    return _gpu_facts(index)[1]
+
+
+def _training(q: Tensor) -> bool:
+    """Autograd will differentiate this call (the fused inference paths are not used then)."""
+    return torch.is_grad_enabled() and q.requires_grad
 
 
 _FLASH: Optional[AttentionFn] = None
@@ -194,8 +211,7 @@ def auto_attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = Non
     """'auto': inference on Hopper and newer runs cuDNN's fused attention first (540 TFLOP/s at the stream's shapes
     on an H100 against FlashAttention-2's 300, bench/RESULTS.md); training, masks and other devices use flash-attn
     when installed, else SDPA's own choice."""
-    if q.is_cuda and mask is None and not (torch.is_grad_enabled() and q.requires_grad) \
-            and _hopper_cudnn(q.device.index or 0):
+    if q.is_cuda and mask is None and not _training(q) and _hopper_cudnn(q.device.index or 0):
         return _CUDNN(q, k, v)
     return (_FLASH or sdpa_attention)(q, k, v, mask)
 
