@@ -1,12 +1,12 @@
 """Stream state files: save a running stream, resume it bit-identically, branch it.
 
-One safetensors file (format ``stream_r1.stream_state``, version 2; version 1 files are read too) holds everything
-a `StreamSession` needs to continue: the KV cache (valid part, incl. the EMA sink), its indices (so RoPE positions
-continue), the text K/V, the prompt embedding, the random generator's state, the clean latents the session keeps
-for re-cache / sink refresh, the given noise (if any), the streaming decoder's causal cache, and the chunk index. Resuming it in a
-session with the same model (weights fingerprint), dtype, size and cache layout continues exactly as the
-uninterrupted stream would have (CPU fp32: bit-identical; see tests/test_stream_state.py). Branching = resuming
-and switching the prompt (`set_context` / a timeline).
+One safetensors file (format ``stream_r1.stream_state``, version 2; version 1 files are read too) holds everything a
+`StreamSession` needs to continue: the KV cache (valid part, incl. the EMA sink), its indices (so RoPE positions
+continue), the text K/V, the prompt embedding, the random generator's state, the clean latents the session keeps for
+re-cache / sink refresh, the given noise (if any), the streaming decoder's causal cache, and the chunk index.
+Resuming it in a session with the same model (weights fingerprint), dtype, size and cache layout continues exactly
+as the uninterrupted stream would have (CPU fp32: bit-identical; see tests/test_stream_state.py). Branching =
+resuming and switching the prompt (`set_context` / a timeline).
 
 Tensors (all on CPU, contiguous):
 
