@@ -100,7 +100,11 @@ def idle_gaps(events, top: int = 8) -> dict:
             end, before = stop, name
     span = end - spans[0][0]
     gaps.sort(key=lambda g: -g[0])
-    return dict(span_ms=round(span / 1e3, 3), idle_ms=round(sum(g[0] for g in gaps) / 1e3, 3),
+    bins = ((0, 10), (10, 100), (100, 1000), (1000, float("inf")))       # microseconds: launch gaps vs host stalls
+    hist = {f"{lo}-{hi}us" if hi != float("inf") else f">{lo}us":
+            dict(n=sum(lo <= g[0] < hi for g in gaps), ms=round(sum(g[0] for g in gaps if lo <= g[0] < hi) / 1e3, 3))
+            for lo, hi in bins}
+    return dict(span_ms=round(span / 1e3, 3), idle_ms=round(sum(g[0] for g in gaps) / 1e3, 3), idle_by_gap=hist,
                 gaps=[dict(us=round(g, 1), after=a[:70], before=b[:70]) for g, a, b in gaps[:top]])
 
 

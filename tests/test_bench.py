@@ -39,3 +39,6 @@ def test_idle_gaps_measures_time_without_a_kernel():
     got = idle_gaps(ev)
     assert got["span_ms"] == 0.07 and got["idle_ms"] == 0.031
     assert got["gaps"][0] == dict(us=30.0, after="b", before="c")
+    assert got["idle_by_gap"]["0-10us"] == dict(n=1, ms=0.001)             # the 1 µs launch gap
+    assert got["idle_by_gap"]["10-100us"] == dict(n=1, ms=0.03)             # the 30 µs host stall
+    assert got["idle_by_gap"][">1000us"] == dict(n=0, ms=0.0)
