@@ -55,6 +55,9 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
             first_frame.append(time.perf_counter() - t0)
 
     sess.on_frames = on_frames
+    alloc = lambda: {k: v for k, v in torch.cuda.memory_stats().items()       # noqa: E731 cudaMalloc/Free: syncs
+                     if k in ("num_alloc_retries", "num_device_alloc", "num_device_free")} if dev.type == "cuda" else {}
+    before = alloc()
     sync()
     t0 = prev = time.perf_counter()
     per_chunk = []
@@ -68,7 +71,9 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
             peak_after.append(torch.cuda.max_memory_allocated() / 2 ** 30)
     sync()
     total = time.perf_counter() - t0
-    return dict(peak_after_chunk_gib=peak_after, total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0], chunk_s=per_chunk, dit_s=sess.stats.dit_seconds,
+    after = alloc()
+    graphs = dict(sess.graphs.counts) if sess.graphs is not None else None
+    return dict(allocator={k: after[k] - before[k] for k in after}, graphs=graphs, peak_after_chunk_gib=peak_after, total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0], chunk_s=per_chunk, dit_s=sess.stats.dit_seconds,
                 decode_s=sess.stats.decode_seconds)
 
 
@@ -158,6 +163,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rotate-keys-once", action="store_true",
                     help="window_sink: store the window's keys rotated and write new K/V in place "
                          "(StreamConfig.rotate_keys_once) instead of re-rotating the whole window every call")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="replay each cached DiT pass as one CUDA graph (StreamConfig.cuda_graphs)")
     ap.add_argument("--skip-last-context-pass", action="store_true",
                     help="skip the clean cache pass after the final chunk (same frames; the reference runs it)")
     ap.add_argument("--unfused-gelu", action="store_true",
@@ -175,7 +182,8 @@ def main(argv=None) -> None:
     dtype = getattr(torch, args.dtype)
     cfg = WanConfig.preset(args.model)
     sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass,
-                                                      rotate_keys_once=args.rotate_keys_once)
+                                                      rotate_keys_once=args.rotate_keys_once,
+                                                      cuda_graphs=args.cuda_graphs)
     lat = latent_frames_for(args.frames)
     if sc.cache_policy == "full":
         sc = sc.replace(full_cache_frames=max(sc.full_cache_frames, chunks_for_frames(lat, 3) * 3))
@@ -238,7 +246,7 @@ def main(argv=None) -> None:
         decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
         compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
         fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
-        rotate_keys_once=sc.rotate_keys_once,
+        rotate_keys_once=sc.rotate_keys_once, cuda_graphs=sc.cuda_graphs,
         ttff_s=round(best["ttff_s"], 4), first_chunk_s=round(best["first_chunk_s"], 4), total_s=round(best["total_s"], 4),
         dit_s=round(best["dit_s"], 4), decode_s=round(best["decode_s"], 4),
         fps_end_to_end=round(video_frames / best["total_s"], 2),
@@ -249,7 +257,7 @@ def main(argv=None) -> None:
         tflops_sustained=round((tflop + vae_tflop) / best["total_s"], 1),
         chunk_s=[round(c, 4) for c in best["chunk_s"]],
         peak_after_chunk_gib=[round(m, 3) for m in best["peak_after_chunk_gib"]],
-        all_totals=[round(r["total_s"], 4) for r in results],
+        all_totals=[round(r["total_s"], 4) for r in results], allocator=best["allocator"], graphs=best["graphs"],
     )
     if profile is not None:
         out["profile"] = profile

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .config import StreamConfig, check_resolution
 from .kv_cache import KVCache
+from .pass_graphs import PassGraphs
 from .schedule import FlowMatchSchedule
 from .timeline import TRANSITIONS, PromptSchedule
 from .wan.model import WanModel
@@ -119,6 +120,8 @@ class StreamSession:
         """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks are then yielded one
         chunk late; outputs are identical)."""
         self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
+        self.graphs = PassGraphs(model) if cfg.cuda_graphs and self.device.type == "cuda" else None
+        """Whole cached DiT passes as CUDA graphs (`StreamConfig.cuda_graphs`; `stream_r1.pass_graphs`)."""
         self.on_frames: Optional[Callable[[Tensor], None]] = None
         """Called with each decoded piece [B, t, 3, H, W] (t = 1 for the stream's first latent frame, else 4)."""
         self.chunk_index = 0
@@ -330,8 +333,12 @@ class StreamSession:
         b, f = noisy.shape[:2]
         x = rearrange(noisy, "b f c h w -> b c f h w")
         tt = torch.full((b, f), t, device=self.device, dtype=torch.float32)
-        flow = self.model(x, tt, self.context if context is None else context,
-                          cache=self.cache if cache is None else cache, start_frame=start)
+        context = self.context if context is None else context
+        cache = self.cache if cache is None else cache
+        if self.graphs is not None:                   # replays the pass as a CUDA graph where it can
+            flow = self.graphs(x, tt, context, cache, start)
+        else:
+            flow = self.model(x, tt, context, cache=cache, start_frame=start)
         flow = rearrange(flow, "b c f h w -> b f c h w")
         return self.schedule.x0_from_flow(noisy, flow, t)
 

@@ -68,6 +68,8 @@ READABLE_VERSIONS = (1, 2)
 means)."""
 LAYOUT_FIELDS = ("cache_policy", "frames_per_block", "window_frames", "sink_frames", "num_train_timesteps")
 """StreamConfig fields a saved cache depends on: they must match to resume."""
+SPEED_FIELDS = ("skip_last_context_pass", "rotate_keys_once", "cuda_graphs")
+"""StreamConfig fields that change how fast a stream runs, never what it generates: free to differ on resume."""
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -232,7 +234,7 @@ def _check_compatible(session, saved: SavedStream, strict_config: bool) -> None:
         raise ValueError(f"{where} was saved with another cache layout {layout} (saved, this session): resume "
                          "with the stream settings it was saved with")
     others = {k: (saved.stream_config.get(k), v) for k, v in cfg.items()
-              if k not in LAYOUT_FIELDS and k not in ("skip_last_context_pass", "full_cache_frames", "rotate_keys_once")
+              if k not in LAYOUT_FIELDS and k not in SPEED_FIELDS and k != "full_cache_frames"
               and saved.stream_config.get(k) != v}
     if others:
         if strict_config:

@@ -165,3 +165,39 @@ def test_wave_split_stream_matches_plain_cudnn():
     model.set_attention("split")
     out, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
     assert _rel(out, ref) < 2e-2
+
+
+def _graph_stream(model, ctx, sc, chunks, height, width):
+    from stream_r1.stream import StreamSession
+    sess = StreamSession(model, sc, ctx, height=height, width=width, seed=1)
+    with torch.no_grad():
+        lat = torch.cat([c.latents for c in sess.run(chunks)], 1)
+    return lat, sess
+
+
+@pytest.mark.parametrize("rotate_once", [False, True])
+def test_cuda_graph_passes_give_the_eager_stream_exactly(rotate_once):
+    """Captured and replayed passes (window filling, then evicting with the EMA sink) run the eager kernels: the
+    same latents and cache, bit for bit."""
+    cfg = WanConfig.tiny()
+    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(1, 12, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
+    sc = StreamConfig.stream_r1().replace(rotate_keys_once=rotate_once)
+    ref, ref_sess = _graph_stream(model, ctx, sc, 7, 32, 48)
+    out, sess = _graph_stream(model, ctx, sc.replace(cuda_graphs=True), 7, 32, 48)
+    assert ref_sess.graphs is None and sess.graphs.counts == dict(eager=5, captured=4, replayed=26)
+    assert torch.equal(out, ref)
+    assert torch.equal(sess.cache.k, ref_sess.cache.k) and torch.equal(sess.cache.v, ref_sess.cache.v)
+
+
+@pytest.mark.parametrize("attention", ["cudnn", "split"])
+def test_cuda_graph_passes_of_the_compiled_real_size_model(attention):
+    """1.3B at 832x480, compiled stages, 5 chunks (the first eviction is captured): graphs equal the eager passes."""
+    cfg, ctx = _real_chunk_inputs()
+    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16, attention=attention)
+    model.compile_blocks()
+    sc = StreamConfig.stream_r1()
+    ref, _ = _graph_stream(model, ctx, sc, 5, 480, 832)
+    out, sess = _graph_stream(model, ctx, sc.replace(cuda_graphs=True), 5, 480, 832)
+    assert sess.graphs.counts["captured"] == 4 and sess.graphs.counts["replayed"] == 25 - 5 - 4
+    assert _rel(out, ref) < 1e-3
