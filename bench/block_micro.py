@@ -27,7 +27,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--code", default=None, help="folder for inductor's generated code of both stages")
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--inductor-tuning", action="store_true", help="inductor's coordinate-descent kernel tuning")
     args = ap.parse_args()
+    if args.inductor_tuning:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
     dev, dt = torch.device("cuda"), torch.bfloat16
     cfg = WanConfig(num_layers=1)
     model = WanModel(cfg, attention="auto").init_weights(0).to(dev, dt).eval()

@@ -8,6 +8,8 @@
 #   r477   477 frames: default; --attention split
 #   block  bench/block_micro.py: one block's compiled stages kernel by kernel, with inductor's code
 #   prof   81 frames as users run it (skip-last), profiled: with the VAE and DiT only (idle gaps by size)
+#   blocktune  the same with inductor's coordinate-descent tuning of its Triton kernels
+#   ab     bench/ab.py: $AB ("name:flags;...") interleaved in one process, $AB_ROUNDS rounds, 81 frames, skip-last
 #   tests  pytest -m gpu tests/test_gpu.py
 #   ten    a 10-minute stream (9597 frames; $TEN_FLAGS added): flat cost and peak memory
 # Session 7's run (H100, 2026-12-07) used the first version of this script: its rows "rerot81" and "once81" are
@@ -30,6 +32,10 @@ for step in ${@:-ref r81 micro r477}; do
     prof)  BENCH_TIMEOUT=200 bench_run prof81 $BEST --skip-last-context-pass --repeats 1 --profile 15
            BENCH_TIMEOUT=150 bench_run profdit81 $BEST --skip-last-context-pass --repeats 1 --profile 15 --no-vae
            python3 -c "import json,sys;[print(f, {k: v for k, v in json.load(open(f)).get('profile', {}).items() if k != 'kernels'}) for f in sys.argv[1:]]" "$OUT"/prof*.json ;;
+    blocktune) timeout 300 python3 bench/block_micro.py --inductor-tuning --json "$OUT/block_micro_tuned.json" 2>&1 \
+             | grep -v -i warn | tail -14 ;;
+    ab)    timeout ${AB_TIMEOUT:-300} python3 bench/ab.py --variants "${AB:-base:;rot:--rotate-keys-once}" \
+             --rounds ${AB_ROUNDS:-6} $BEST --skip-last-context-pass --json "$OUT/ab.json" 2>&1 | grep -v -i warn | tail -8 ;;
     tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tail -4 ;;
     ten)   BENCH_TIMEOUT=560 bench_run ours_10min $BEST ${TEN_FLAGS:-} --frames 9597 --repeats 1 --warmup-frames 81 ;;
     *)     echo "unknown step $step" ;;

@@ -132,7 +132,7 @@ def profile_run(fn, top: int) -> dict:
                          for n, ms, c in rows[:top]])
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stream_r1 bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="1.3b")
@@ -172,7 +172,16 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after the timed runs, profile one more with torch.profiler and report the N costliest "
                          "GPU kernels and the time per kernel class (attention, GEMM, conv, fused elementwise)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--inductor-tuning", action="store_true",
+                    help="let inductor tune its Triton kernels' block sizes (coordinate descent; slower compile)")
+    return ap
+
+
+def build(args: argparse.Namespace) -> argparse.Namespace:
+    """Model, decoder, context and stream settings of a bench run (shared with bench/ab.py)."""
+    if args.inductor_tuning:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     from .wan import model as wan_model
@@ -210,6 +219,15 @@ def main(argv=None) -> None:
         if args.compile_vae:
             vae.decoder.compile(**({} if args.compile_vae == "default" else {"mode": args.compile_vae}))
         decoder = StreamingDecoder(vae)
+    return argparse.Namespace(dev=dev, dtype=dtype, cfg=cfg, sc=sc, lat=lat, model=model, context=context,
+                              decoder=decoder, taehv=taehv, vae=vae)
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    b = build(args)
+    dev, cfg, sc, lat, model, context, decoder, taehv, vae = (
+        b.dev, b.cfg, b.sc, b.lat, b.model, b.context, b.decoder, b.taehv, b.vae)
 
     results = []
     for r in range(args.repeats + 1):                 # first run = warm-up
@@ -246,7 +264,7 @@ def main(argv=None) -> None:
         decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
         compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
         fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
-        rotate_keys_once=sc.rotate_keys_once, cuda_graphs=sc.cuda_graphs,
+        rotate_keys_once=sc.rotate_keys_once, cuda_graphs=sc.cuda_graphs, inductor_tuning=args.inductor_tuning,
         ttff_s=round(best["ttff_s"], 4), first_chunk_s=round(best["first_chunk_s"], 4), total_s=round(best["total_s"], 4),
         dit_s=round(best["dit_s"], 4), decode_s=round(best["decode_s"], 4),
         fps_end_to_end=round(video_frames / best["total_s"], 2),

@@ -1,4 +1,5 @@
 """`python -m stream_r1 bench` helpers that run without a GPU."""
+import pytest
 
 
 def test_bench_profile_classes_the_kernels_seen_on_the_h200():
@@ -42,3 +43,29 @@ def test_idle_gaps_measures_time_without_a_kernel():
     assert got["idle_by_gap"]["0-10us"] == dict(n=1, ms=0.001)             # the 1 µs launch gap
     assert got["idle_by_gap"]["10-100us"] == dict(n=1, ms=0.03)             # the 30 µs host stall
     assert got["idle_by_gap"][">1000us"] == dict(n=0, ms=0.0)
+
+
+def test_ab_runs_every_variant_each_round_and_reports_paired_ratios(tmp_path):
+    """bench/ab.py on the tiny model: variants parsed, each run once per round after a warm-up, ratios paired."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_ab", Path(__file__).parents[1] / "bench" / "ab.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    got = ab.parse_variants("base:; rot:--rotate-keys-once;g:--cuda-graphs --attention sdpa")
+    assert [n for n, _ in got] == ["base", "rot", "g"]
+    assert got[1][1].rotate_keys_once and got[2][1].cuda_graphs and got[2][1].attention == "sdpa"
+    with pytest.raises(SystemExit):
+        ab.parse_variants("a:;a:--cuda-graphs")
+    calls = []
+    real = ab.run_once
+    ab.run_once = lambda model, sc, *a, **k: calls.append(sc.rotate_keys_once) or real(model, sc, *a, **k)
+    out = tmp_path / "ab.json"
+    ab.main(["--variants", "base:;rot:--rotate-keys-once", "--rounds", "3", "--json", str(out), "--model", "tiny",
+             "--frames", "13", "--height", "32", "--width", "48", "--no-vae", "--attention", "sdpa"])
+    assert calls == [False, True] + [False, True] + [True, False] + [False, True]     # warm-up, then rotated order
+    rows = json.loads(out.read_text())["variants"]
+    assert rows["base"]["speedup_vs_first"] == 1.0 and len(rows["rot"]["totals"]) == 3
+    lo, hi = rows["rot"]["speedup_range"]
+    assert lo <= rows["rot"]["speedup_vs_first"] <= hi and len(rows["rot"]["chunk_median_s"]) == 2
