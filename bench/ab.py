@@ -8,7 +8,8 @@ being measured. Here one model and one decoder are built and compiled once (the 
 variants), every variant is warmed up, then each round runs every variant once, in an order that rotates from round
 to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
 first variant (paired, so drift of the machine cancels) with that ratio's range. A variant may set only what a
-session can change: --attention, --rotate-keys-once, --cuda-graphs, --skip-last-context-pass.
+session can change: --attention, --rotate-keys-once, --cuda-graphs, --skip-last-context-pass, and
+--no-split-times (time it as a user runs it, without the syncs that split DiT from decode time).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def variant_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rotate-keys-once", action="store_true")
     ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--skip-last-context-pass", action="store_true")
+    ap.add_argument("--no-split-times", action="store_true", help="no syncs around the decode (DiT/decode read 0)")
     return ap
 
 
@@ -61,7 +63,8 @@ def main(argv=None) -> None:
         b.model.set_attention(flags.attention or default_attention)
         if b.decoder is not None:
             b.decoder.reset()
-        return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder)
+        return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,
+                        split_times=not flags.no_split_times)
 
     with torch.no_grad():
         for name, flags in variants:                                      # warm-up: compile every variant's path
