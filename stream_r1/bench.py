@@ -22,6 +22,8 @@ from .loaders import random_student
 from .stream import StreamSession, chunks_for_frames
 
 VAE_DECODE_TFLOP_PER_FRAME = 3.39          # Wan VAE at 832x480 (spec-models §8.3), scaled by pixel count
+VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL = 3.23  # the same decoder with the sub-pixel upsample convs (vae.Resample.subpixel):
+#                                             12.93 instead of 13.55 TFLOP per latent frame (FlopCounterMode, meta tensors)
 
 
 def dit_tflop(cfg: WanConfig, sc: StreamConfig, fs: int, latent_frames: int) -> float:
@@ -257,7 +259,9 @@ def main(argv=None) -> None:
     if taehv is not None:
         vae_tflop = taehv.flop_per_video_frame(args.height, args.width) * video_frames / 1e12
     else:
-        vae_tflop = 0 if args.no_vae else VAE_DECODE_TFLOP_PER_FRAME * video_frames * (args.height * args.width) / (480 * 832)
+        from .vae import Resample
+        per_frame = VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL if Resample.subpixel else VAE_DECODE_TFLOP_PER_FRAME
+        vae_tflop = 0 if args.no_vae else per_frame * video_frames * (args.height * args.width) / (480 * 832)
     out = dict(
         device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", date=time.strftime("%Y-%m-%d"),
         command="python -m stream_r1 bench " + " ".join(argv if argv is not None else sys.argv[1:]),

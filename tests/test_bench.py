@@ -69,3 +69,26 @@ def test_ab_runs_every_variant_each_round_and_reports_paired_ratios(tmp_path):
     assert rows["base"]["speedup_vs_first"] == 1.0 and len(rows["rot"]["totals"]) == 3
     lo, hi = rows["rot"]["speedup_range"]
     assert lo <= rows["rot"]["speedup_vs_first"] <= hi and len(rows["rot"]["chunk_median_s"]) == 2
+
+
+def test_vae_flop_constants_are_the_decoders_counted_flops():
+    """The bench's decode FLOPs per video frame, counted on meta tensors for the real Wan2.1 VAE at 832x480: a latent
+    frame after the first makes 4 video frames; the sub-pixel upsample convs save 0.62 TFLOP of 13.55 per latent frame."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from stream_r1.bench import VAE_DECODE_TFLOP_PER_FRAME, VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL
+    from stream_r1.vae import Resample, VAEConfig, WanVAE
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig.wan21()).to(torch.bfloat16)
+    counted = {}
+    try:
+        for sub in (False, True):
+            Resample.subpixel = sub
+            with FlopCounterMode(display=False) as fc:
+                vae.decoder(torch.empty(1, 16, 1, 60, 104, device="meta", dtype=torch.bfloat16),
+                            [None] * vae.decoder.num_slots, False)
+            counted[sub] = fc.get_total_flops() / 1e12 / 4
+    finally:
+        Resample.subpixel = True
+    assert abs(counted[False] - VAE_DECODE_TFLOP_PER_FRAME) < 0.01
+    assert abs(counted[True] - VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL) < 0.01

@@ -201,3 +201,17 @@ def test_cuda_graph_passes_of_the_compiled_real_size_model(attention):
     out, sess = _graph_stream(model, ctx, sc.replace(cuda_graphs=True), 5, 480, 832)
     assert sess.graphs.counts["captured"] == 4 and sess.graphs.counts["replayed"] == 25 - 5 - 4
     assert _rel(out, ref) < 1e-3
+
+
+def test_subpixel_upsample_compiled_matches_the_nearest_conv():
+    """The last upsample of the real decoder (192 -> 96 channels, 240x416 -> 480x832, 4 frames), bf16 NHWC, compiled:
+    the sub-pixel form against nearest x2 + the 3x3 conv (bf16 bounds)."""
+    from stream_r1.vae import Resample
+    r = Resample(192, "upsample2d").to("cuda", torch.bfloat16)
+    r.resample[1].to(memory_format=torch.channels_last)
+    x = torch.randn(4, 192, 240, 416, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = r.resample(x)
+        out = torch.compile(r._upsample)(x)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(out, ref) < 1e-2

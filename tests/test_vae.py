@@ -307,3 +307,45 @@ def test_own_tail_is_a_compact_copy_in_eager_compiled_and_autograd() -> None:
     want = torch.zeros_like(x)
     want[:, :, -2:] = 3
     assert torch.equal(x.grad, want)
+
+
+@pytest.mark.parametrize("mode", ["upsample2d", "upsample3d"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_subpixel_upsample_is_the_conv_of_the_nearest_x2_frame(mode: str, channels_last: bool) -> None:
+    """`Resample._upsample` (one 2x2 conv over the frame, phases interleaved) equals nearest-exact x2 then the 3x3 conv
+    in float64 to rounding, at odd sizes and borders, keeps the weights' layout, and does at most 4/9 of the FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from stream_r1.vae import Resample
+    torch.manual_seed(0)
+    r = Resample(8, mode).double()
+    if channels_last:
+        r.resample[1].to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as nearest:
+        ref = r.resample(x)                                            # [2, 4, 10, 14]
+    with FlopCounterMode(display=False) as sub:
+        out = r._upsample(x)
+    assert out.shape == ref.shape == (2, 4, 10, 14)
+    assert (out - ref).abs().max() < 1e-12
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    conv = torch.ops.aten.convolution
+    flops = [c.get_flop_counts()["Global"][conv] for c in (nearest, sub)]
+    assert flops[1] == flops[0] * 4 / 9 * (6 * 8) / (5 * 7)            # 4 of 9 taps, over (H+1)(W+1) instead of HW
+
+
+def test_subpixel_upsample_decodes_the_same_video(vae: WanVAE) -> None:
+    """The whole streaming decode (first latent frame without the temporal step, then 4 frames each) is unchanged."""
+    from stream_r1.vae import Resample
+    z = _latents(4)
+    out = {}
+    for sub in (False, True):
+        Resample.subpixel = sub
+        try:
+            dec = StreamingDecoder(vae)
+            out[sub] = torch.cat([dec.decode(z[:, :, :1]), dec.decode(z[:, :, 1:])], 2)
+        finally:
+            Resample.subpixel = True
+    assert out[True].shape == (1, 3, 13, H, W)
+    _assert_close(out[True], out[False], atol=2e-5)
