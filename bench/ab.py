@@ -8,8 +8,8 @@ being measured. Here one model and one decoder are built and compiled once (the 
 variants), every variant is warmed up, then each round runs every variant once, in an order that rotates from round
 to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
 first variant (paired, so drift of the machine cancels) with that ratio's range. A variant may set only what a
-session can change: --attention, --rotate-keys-once, --cuda-graphs, --skip-last-context-pass, --vae-nearest (the
-VAE's upsample convs the textbook way) and --no-split-times (time it as a user runs it, without the syncs that split
+session can change: --attention, --rotate-keys-once, --cuda-graphs, --skip-last-context-pass, --vae-subpixel (the
+VAE's upsample convs in sub-pixel form) and --no-split-times (time it as a user runs it, without the syncs that split
 DiT from decode time).
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ def variant_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--skip-last-context-pass", action="store_true")
     ap.add_argument("--no-split-times", action="store_true", help="no syncs around the decode (DiT/decode read 0)")
-    ap.add_argument("--vae-nearest", action="store_true", help="the VAE's upsample convs over the x2 frame "
-                    "(vae.Resample.subpixel off)")
+    ap.add_argument("--vae-subpixel", action="store_true", help="the VAE's upsample convs in sub-pixel form "
+                    "(vae.Resample.subpixel)")
     return ap
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
                           cuda_graphs=flags.cuda_graphs or args.cuda_graphs,
                           skip_last_context_pass=flags.skip_last_context_pass or args.skip_last_context_pass)
         b.model.set_attention(flags.attention or default_attention)
-        Resample.subpixel = not flags.vae_nearest                        # a class flag: the compiled decoder re-guards
+        Resample.subpixel = flags.vae_subpixel or args.vae_subpixel      # a class flag: the compiled decoder re-guards
         if b.decoder is not None:
             b.decoder.reset()
         return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,

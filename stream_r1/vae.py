@@ -248,9 +248,10 @@ class Resample(nn.Module):
             self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
             self.slot = -1  # holds the last (spatially downsampled) input frame [B, C, 1, H/2, W/2]
 
-    subpixel = True
+    subpixel = False
     """Upsampling: run the 3x3 conv of the x2 nearest-upsampled frame as one 2x2 conv of the frame itself (`_upsample`):
-    the same result with 2.25x fewer FLOPs and no upsampled copy of the input."""
+    the same result with 4/9 of the FLOPs and no upsampled copy of the input. Off until timed on a GPU (exact on the
+    CPU; `bench/ab.py ... --variants "nearest:;sub:--vae-subpixel"` measures it)."""
 
     def forward(self, x: Tensor, cache: Cache, first: bool) -> Tensor:  # [B, C, T, H, W]
         if self.mode == "upsample3d" and not first:

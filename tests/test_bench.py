@@ -81,6 +81,7 @@ def test_vae_flop_constants_are_the_decoders_counted_flops():
     with torch.device("meta"):
         vae = WanVAE(VAEConfig.wan21()).to(torch.bfloat16)
     counted = {}
+    default = Resample.subpixel
     try:
         for sub in (False, True):
             Resample.subpixel = sub
@@ -89,6 +90,6 @@ def test_vae_flop_constants_are_the_decoders_counted_flops():
                             [None] * vae.decoder.num_slots, False)
             counted[sub] = fc.get_total_flops() / 1e12 / 4
     finally:
-        Resample.subpixel = True
+        Resample.subpixel = default
     assert abs(counted[False] - VAE_DECODE_TFLOP_PER_FRAME) < 0.01
     assert abs(counted[True] - VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL) < 0.01

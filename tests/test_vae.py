@@ -340,12 +340,27 @@ def test_subpixel_upsample_decodes_the_same_video(vae: WanVAE) -> None:
     from stream_r1.vae import Resample
     z = _latents(4)
     out = {}
+    default = Resample.subpixel
     for sub in (False, True):
         Resample.subpixel = sub
         try:
             dec = StreamingDecoder(vae)
             out[sub] = torch.cat([dec.decode(z[:, :, :1]), dec.decode(z[:, :, 1:])], 2)
         finally:
-            Resample.subpixel = True
+            Resample.subpixel = default
     assert out[True].shape == (1, 3, 13, H, W)
     _assert_close(out[True], out[False], atol=2e-5)
+
+
+def test_subpixel_upsample_compiles_to_the_same_frames() -> None:
+    """torch.compile (inductor) traces the sub-pixel form, kernel sums included, and keeps its result and layout."""
+    from stream_r1.vae import Resample
+    torch.manual_seed(0)
+    r = Resample(16, "upsample3d")
+    r.resample[1].to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 9, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = r.resample(x)
+        out = torch.compile(r._upsample, dynamic=False)(x)
+    _assert_close(out, ref, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
