@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #3, sessions 7 and 8 (2026-12-06/07): the reference and ours side by side, the rotated-key cache, split-KV attention.
+# Issue #3, sessions 7 to 9 (2026-12-06/07): the reference and ours side by side, the rotated-key cache, split-KV attention.
 #   RF_FRAMES=81 bash bench/gpu_issue3_s7.sh [STEP ...]   (default: ref r81 micro r477; carry .ref)   JSON under $OUT.
 #   ref    the public reference (Reward Forcing, window 9 / sink 3) at $RF_FRAMES (default 81,477) frames
 #   r81    81 frames, compiled: default; --rotate-keys-once; --attention split; --skip-last-context-pass

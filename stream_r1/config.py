@@ -179,7 +179,8 @@ class StreamConfig:
     dtype's rounding. Off by default: measured 2 % slower end to end on an H100 (bench/RESULTS.md, session 7)."""
     cuda_graphs: bool = False
     """On CUDA, replay each cached DiT pass as one CUDA graph once its shape has been seen (`stream_r1.pass_graphs`):
-    same output, without the host's launch cost per kernel."""
+    same output, without the host's launch cost per kernel. Off by default: no faster on an H100, where the DiT is
+    GPU-bound at a full window (bench/RESULTS.md, session 9)."""
 
     def __post_init__(self) -> None:
         if self.cache_policy not in CACHE_POLICIES:

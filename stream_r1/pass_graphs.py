@@ -14,6 +14,10 @@ does only the cache bookkeeping (`plan`, `commit`); the graph does the rest, the
 A window_sink stream needs one key per filling chunk and two in steady state (the pass that evicts, the passes that
 do not), so a minutes-long stream replays from its fourth chunk on.
 
+Measured on an H100 (bench/RESULTS.md, session 9): no faster. At a full window the DiT is GPU-bound, so the steady
+chunks replay at the eager speed, and in an 81-frame clip the four captures (20-45 ms each, with nothing queued on
+the GPU) cost more than the replays save. Hence `StreamConfig.cuda_graphs` is off by default.
+
 Outputs are identical to the eager pass (same kernels, same order; `tests/test_gpu.py`). Anything else runs
 eagerly: CPU, autograd, batched or paged caches (Stream-T1 beams), passes that encode the text, and a model whose
 blocks are compiled in a CUDA-graph mode (graphs do not nest).
