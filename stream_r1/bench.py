@@ -263,8 +263,7 @@ def main(argv=None) -> None:
     if taehv is not None:
         vae_tflop = taehv.flop_per_video_frame(args.height, args.width) * video_frames / 1e12
     else:
-        from .vae import Resample
-        per_frame = VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL if Resample.subpixel else VAE_DECODE_TFLOP_PER_FRAME
+        per_frame = VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL if args.vae_subpixel else VAE_DECODE_TFLOP_PER_FRAME
         vae_tflop = 0 if args.no_vae else per_frame * video_frames * (args.height * args.width) / (480 * 832)
     out = dict(
         device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", date=time.strftime("%Y-%m-%d"),

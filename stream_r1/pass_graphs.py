@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .kv_cache import KVCache
+from .wan import model as wan_model
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ class PassGraphs:
         fs = cache.frame_seqlen
         f = x.shape[2]
         p = cache.plan(start_frame * fs, f * fs)
-        from .wan import model as wan_model
         return (tuple(x.shape), x.dtype, tuple(x.stride()), tuple(t.shape), t.dtype,
                 p.num_new, p.evict, p.rolled, p.local_end, cache.query_start_frame(), cache.rotated_keys,
                 cache.k.data_ptr(), cache.v.data_ptr(), cache.cross_k.data_ptr(), cache.cross_v.data_ptr(),
@@ -94,8 +94,7 @@ class PassGraphs:
             g = self._record(key, x, t, context, cache, start_frame)
             if g is None:
                 return self._eager(x, t, context, cache, start_frame)
-        else:
-            cache.plan(start_frame * cache.frame_seqlen, x.shape[2] * cache.frame_seqlen)   # host bookkeeping
+        else:                                                     # `key` planned the cache: the host's part
             g.x.copy_(x)
             g.t.copy_(t)
             g.graph.replay()

@@ -269,7 +269,6 @@ class Resample(nn.Module):
                 x = self.time_conv(torch.cat([past, x], dim=2))  # [B, C, T/2, H/2, W/2]
         return x
 
-
     def _upsample(self, x: Tensor) -> Tensor:
         """conv3x3(nearest_x2(x)) computed at x's resolution: [N, C, H, W] -> [N, C', 2H, 2W].
 
