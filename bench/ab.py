@@ -9,8 +9,8 @@ variants), every variant is warmed up, then each round runs every variant once, 
 to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
 first variant (paired, so drift of the machine cancels) with that ratio's range. A variant may set only what a
 session can change: --attention, --rotate-keys-once, --cuda-graphs, --skip-last-context-pass, --vae-subpixel (the
-VAE's upsample convs in sub-pixel form) and --no-split-times (time it as a user runs it, without the syncs that split
-DiT from decode time).
+VAE's upsample convs in sub-pixel form), --overlap / --overlap-priority (decode on a side stream) and
+--no-split-times (time it as a user runs it, without the syncs that split DiT from decode time).
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def variant_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--skip-last-context-pass", action="store_true")
     ap.add_argument("--no-split-times", action="store_true", help="no syncs around the decode (DiT/decode read 0)")
+    ap.add_argument("--overlap", action="store_true", help="decode chunk k on a side stream during chunk k+1")
+    ap.add_argument("--overlap-priority", action="store_true", help="--overlap with the DiT on a high-priority stream")
     ap.add_argument("--vae-subpixel", action="store_true", help="the VAE's upsample convs in sub-pixel form "
                     "(vae.Resample.subpixel)")
     return ap
@@ -69,7 +71,8 @@ def main(argv=None) -> None:
         if b.decoder is not None:
             b.decoder.reset()
         return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,
-                        split_times=not flags.no_split_times)
+                        split_times=not flags.no_split_times, overlap=flags.overlap or flags.overlap_priority,
+                        overlap_priority=flags.overlap_priority)
 
     with torch.no_grad():
         for name, flags in variants:                                      # warm-up: compile every variant's path

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #3, sessions 7 to 9 (2026-12-06/07): the reference and ours side by side, the rotated-key cache, split-KV attention.
+# Issue #3, sessions 7 to 10 (2026-12-06/07): the reference and ours side by side, the rotated-key cache, split-KV attention.
 #   RF_FRAMES=81 bash bench/gpu_issue3_s7.sh [STEP ...]   (default: ref r81 micro r477; carry .ref)   JSON under $OUT.
 #   ref    the public reference (Reward Forcing, window 9 / sink 3) at $RF_FRAMES (default 81,477) frames
 #   r81    81 frames, compiled: default; --rotate-keys-once; --attention split; --skip-last-context-pass
@@ -10,6 +10,8 @@
 #   prof   81 frames as users run it (skip-last), profiled: with the VAE and DiT only (idle gaps by size)
 #   blocktune  the same with inductor's coordinate-descent tuning of its Triton kernels
 #   ab     bench/ab.py: $AB ("name:flags;...") interleaved in one process, $AB_ROUNDS rounds, 81 frames, skip-last
+#          ($AB_BUILD: more build flags, e.g. --cudnn-benchmark-limit 0; $AB_NAME: the JSON's name, default ab)
+#   algos  bench/conv_algos.py: the decoder's conv shapes with cudnn.benchmark_limit 10 and 0 (every engine)
 #   tests  pytest -m gpu tests/test_gpu.py
 #   ten    a 10-minute stream (9597 frames; $TEN_FLAGS added): flat cost and peak memory
 # Session 7's run (H100, 2026-12-07) used the first version of this script: its rows "rerot81" and "once81" are
@@ -35,7 +37,9 @@ for step in ${@:-ref r81 micro r477}; do
     blocktune) timeout 300 python3 bench/block_micro.py --inductor-tuning --json "$OUT/block_micro_tuned.json" 2>&1 \
              | grep -v -i warn | tail -14 ;;
     ab)    timeout ${AB_TIMEOUT:-300} python3 bench/ab.py --variants "${AB:-base:;rot:--rotate-keys-once}" \
-             --rounds ${AB_ROUNDS:-6} $BEST --skip-last-context-pass --json "$OUT/ab.json" 2>&1 | grep -v -i warn | tail -8 ;;
+             --rounds ${AB_ROUNDS:-6} $BEST --skip-last-context-pass ${AB_BUILD:-} --json "$OUT/${AB_NAME:-ab}.json" 2>&1 | grep -v -i warn | tail -8 ;;
+    algos) for lim in 10 0; do timeout 150 python3 bench/conv_algos.py --limit $lim --json "$OUT/algos$lim.json" 2>&1 \
+             | grep -v -i warn | tail -6; done ;;
     tests) timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tail -4 ;;
     ten)   BENCH_TIMEOUT=560 bench_run ours_10min $BEST ${TEN_FLAGS:-} --frames 9597 --repeats 1 --warmup-frames 81 ;;
     *)     echo "unknown step $step" ;;

@@ -43,13 +43,15 @@ def dit_tflop(cfg: WanConfig, sc: StreamConfig, fs: int, latent_frames: int) -> 
     return total / 1e12
 
 
-def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, overlap=False, split_times=True):
+def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, overlap=False, split_times=True,
+             overlap_priority=False):
     """One timed stream. `split_times`: synchronise around the decode so DiT and decode time are measured apart
     (3 extra host syncs per chunk; off, the run is timed as a user runs it: one sync per chunk, and the split
-    reads 0)."""
+    reads 0). `overlap` decodes on a side stream (`overlap_priority`: with the DiT on a high-priority stream)."""
     dev = context.device
     sess = StreamSession(model, sc, context, height=height, width=width, seed=seed, decoder=decoder,
-                         timing_sync=split_times and not overlap, overlap_decode=overlap)
+                         timing_sync=split_times and not overlap, overlap_decode=overlap,
+                         overlap_priority=overlap_priority)
     n = chunks_for_frames(latent_frames, sc.frames_per_block)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     first_frame = []
@@ -159,7 +161,11 @@ def parser() -> argparse.ArgumentParser:
                     help="decode with the TAEHV preview decoder instead of the Wan VAE: a taew2_1 file, or 'random' "
                          "for seeded random weights at real size (speed does not depend on values)")
     ap.add_argument("--overlap", action="store_true", help="decode chunk k on a side stream during chunk k+1")
+    ap.add_argument("--overlap-priority", action="store_true",
+                    help="with --overlap: the DiT on a high-priority stream, so the decode only fills its idle SMs")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    ap.add_argument("--cudnn-benchmark-limit", type=int, default=None, metavar="N",
+                    help="with --cudnn-benchmark: cuDNN engines tried per conv shape (torch's default 10; 0 = all)")
     ap.add_argument("--label", default=None)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup-frames", type=int, default=None,
@@ -191,6 +197,8 @@ def build(args: argparse.Namespace) -> argparse.Namespace:
         inductor_config.coordinate_descent_tuning = True
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
+        if args.cudnn_benchmark_limit is not None:
+            torch.backends.cudnn.benchmark_limit = args.cudnn_benchmark_limit
     from .vae import Resample
     Resample.subpixel = args.vae_subpixel
     from .wan import model as wan_model
@@ -234,6 +242,7 @@ def build(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
+    args.overlap = args.overlap or args.overlap_priority
     b = build(args)
     dev, cfg, sc, lat, model, context, decoder, taehv, vae = (
         b.dev, b.cfg, b.sc, b.lat, b.model, b.context, b.decoder, b.taehv, b.vae)
@@ -245,7 +254,8 @@ def main(argv=None) -> None:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         n_lat = latent_frames_for(args.warmup_frames) if (r == 0 and args.warmup_frames) else lat
-        res = run_once(model, sc, context, args.height, args.width, n_lat, decoder, overlap=args.overlap)
+        res = run_once(model, sc, context, args.height, args.width, n_lat, decoder, overlap=args.overlap,
+                       overlap_priority=args.overlap_priority)
         if dev.type == "cuda":
             res["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         if r > 0:
@@ -256,7 +266,8 @@ def main(argv=None) -> None:
         if decoder is not None:
             decoder.reset()
         profile = profile_run(lambda: run_once(model, sc, context, args.height, args.width, lat, decoder,
-                                               overlap=args.overlap), args.profile)
+                                               overlap=args.overlap, overlap_priority=args.overlap_priority),
+                              args.profile)
     video_frames = 1 + 4 * (lat - 1)
     fs = cfg.tokens_per_frame(args.height, args.width)
     tflop = dit_tflop(cfg, sc, fs, lat)
@@ -272,7 +283,8 @@ def main(argv=None) -> None:
         size=f"{args.width}x{args.height}", dtype=args.dtype, attention=args.attention,
         attention_fn=model.attn_fn.__name__, vae=not args.no_vae,
         decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
-        compile_vae=args.compile_vae, overlap=args.overlap, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
+        compile_vae=args.compile_vae, overlap=args.overlap, overlap_priority=args.overlap_priority, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
+        cudnn_benchmark_limit=torch.backends.cudnn.benchmark_limit if args.cudnn_benchmark else None,
         fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
         rotate_keys_once=sc.rotate_keys_once, cuda_graphs=sc.cuda_graphs, inductor_tuning=args.inductor_tuning,
         vae_subpixel=args.vae_subpixel,

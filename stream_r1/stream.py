@@ -88,7 +88,7 @@ class StreamSession:
     def __init__(self, model: WanModel, cfg: StreamConfig, context: Tensor, *, height: int, width: int,
                  seed: int = 0, noise: Optional[Tensor] = None, decoder: Optional[ChunkDecoder] = None,
                  device: "torch.device | str | None" = None, dtype: Optional[torch.dtype] = None,
-                 timing_sync: bool = False, overlap_decode: bool = False):
+                 timing_sync: bool = False, overlap_decode: bool = False, overlap_priority: bool = False):
         mc = model.cfg
         check_resolution(height, width, mc.pixel_multiple)
         p = next(model.parameters())
@@ -120,6 +120,10 @@ class StreamSession:
         """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks are then yielded one
         chunk late; outputs are identical)."""
         self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
+        self._dit_stream = (torch.cuda.Stream(self.device, priority=-1)
+                            if self.overlap_decode and overlap_priority else None)
+        """With `overlap_priority`, the DiT runs on a high-priority stream and the decode on a default-priority one:
+        the GPU schedules the decode's blocks only where the DiT leaves SMs free (its partial waves and launch gaps)."""
         self.graphs = PassGraphs(model) if cfg.cuda_graphs and self.device.type == "cuda" else None
         """Whole cached DiT passes as CUDA graphs (`StreamConfig.cuda_graphs`; `stream_r1.pass_graphs`)."""
         self.on_frames: Optional[Callable[[Tensor], None]] = None
@@ -355,18 +359,35 @@ class StreamSession:
         return torch.cat(pieces, dim=1)
 
     @torch.no_grad()
-    def _next_overlapped(self, last: bool) -> tuple[Chunk, torch.cuda.Event]:
-        """DiT on the current stream, then the decode enqueued on the side stream (no host sync)."""
-        chunk = self.next_chunk(last=last, decode=False)
-        main = torch.cuda.current_stream(self.device)
+    def _dit_overlapped(self, last: bool) -> tuple[Chunk, torch.cuda.Event]:
+        """The next chunk's DiT, enqueued on the DiT stream (the caller's, or the high-priority one); returns the
+        chunk (frames not decoded yet) and the event its latents are ready at. No host sync."""
+        caller = torch.cuda.current_stream(self.device)
+        dit = self._dit_stream or caller
+        if dit is not caller:
+            dit.wait_stream(caller)                              # context / state set on the caller's stream
+        with torch.cuda.stream(dit):
+            chunk = self.next_chunk(last=last, decode=False)
         ready = torch.cuda.Event()
-        ready.record(main)
+        ready.record(dit)
+        if dit is not caller:                                    # the caller reads the latents after this
+            caller.wait_event(ready)
+            chunk.latents.record_stream(caller)
+        return chunk, ready
+
+    @torch.no_grad()
+    def _decode_overlapped(self, chunk: Chunk, ready: torch.cuda.Event,
+                           first: bool = False) -> tuple[Chunk, torch.cuda.Event]:
+        """Enqueue the chunk's decode on the side stream after `ready`; returns it with the event it is done at.
+        `first`: the DiT stream waits for this decode, so the run's first frames are not held back by its chunk 2."""
         with torch.cuda.stream(self._side):
             self._side.wait_event(ready)
             chunk.latents.record_stream(self._side)
             chunk.frames = self._decode(chunk.latents)
             done = torch.cuda.Event()
             done.record(self._side)
+        if first:
+            (self._dit_stream or torch.cuda.current_stream(self.device)).wait_event(done)
         return chunk, done
 
     @torch.no_grad()
@@ -535,7 +556,7 @@ class StreamSession:
         `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i (switched
         in with transition `none`); a timeline set with `set_timeline` is applied at its chunk boundaries.
         """
-        i, pending = 0, None
+        i, pending, undecoded = 0, None, None     # overlap: decode(k) is enqueued before DiT(k + 1), yielded after it
         while num_chunks is None or i < num_chunks:
             if should_stop is not None and should_stop():
                 self.interrupted = True
@@ -549,15 +570,19 @@ class StreamSession:
                     self.set_context(ctx)
             last = num_chunks is not None and i == num_chunks - 1
             if self.overlap_decode:
-                current = self._next_overlapped(last)
+                if undecoded is not None:
+                    pending = self._decode_overlapped(*undecoded)
+                undecoded = self._dit_overlapped(last)
+                if i == 0:
+                    undecoded, pending = None, self._decode_overlapped(*undecoded, first=True)
                 if pending is not None:
                     yield self._deliver(*pending, on_chunk)
-                pending = current
+                    pending = None
             else:
                 yield self._deliver(self.next_chunk(last=last), None, on_chunk)
             i += 1
-        if pending is not None:
-            yield self._deliver(*pending, on_chunk)
+        if undecoded is not None:
+            yield self._deliver(*self._decode_overlapped(*undecoded), on_chunk)
 
     def _deliver(self, chunk: Chunk, done: "Optional[torch.cuda.Event]",
                  on_chunk: Optional[Callable[[Chunk], None]]) -> Chunk:

@@ -75,11 +75,13 @@ def test_overlapped_decode_gives_identical_frames():
     vae = WanVAE(VAEConfig.tiny()).to("cuda", torch.bfloat16).eval()
     ctx = torch.randn(1, 8, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
     outs = []
-    for overlap in (False, True):
+    for overlap, priority in ((False, False), (True, False), (True, True)):   # priority: the DiT on its own stream
         s = StreamSession(model, StreamConfig.stream_r1(), ctx, height=64, width=96, seed=3,
-                          decoder=StreamingDecoder(vae), overlap_decode=overlap)
-        outs.append(torch.cat([c.frames for c in s.run(5)], 1))
-    assert torch.equal(outs[0], outs[1])
+                          decoder=StreamingDecoder(vae), overlap_decode=overlap, overlap_priority=priority)
+        chunks = list(s.run(5))
+        outs.append((torch.cat([c.frames for c in chunks], 1), torch.cat([c.latents for c in chunks], 1)))
+    for frames, latents in outs[1:]:
+        assert torch.equal(frames, outs[0][0]) and torch.equal(latents, outs[0][1])
 
 
 def test_flat_cost_long_stream_memory():
