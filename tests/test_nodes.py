@@ -166,6 +166,17 @@ def test_loader_refuses_a_file_that_is_not_a_causal_student(comfy, nodes):
             entry="auto")
 
 
+def test_loader_compile_toggle_compiles_only_where_it_pays(comfy, nodes, monkeypatch, caplog):
+    loader = sys.modules[type(nodes["StreamR1ModelLoader"]()).__module__]
+    eager = run(nodes["StreamR1ModelLoader"], model_name="tiny_stream_r1.safetensors", dtype="fp32",
+                attention="sdpa", entry="auto", compile=True)[0]                # this machine: CPU, no Triton
+    m = eager.module
+    assert m._pre is type(m)._pre and "running eager" in caplog.text            # the class's stage: not compiled
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: True)
+    assert loader.compile_student(m, torch.device("cuda")) and m._pre is not type(m)._pre
+    assert "compile" in nodes["StreamR1ModelLoader"].INPUT_TYPES()["optional"]
+
+
 def test_comfy_attention_backend_matches_sdpa(comfy, nodes, model, vae):
     comfy_model = run(nodes["StreamR1ModelLoader"], model_name="tiny_stream_r1.safetensors", dtype="fp32",
                       attention="comfy", entry="auto")[0]

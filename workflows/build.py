@@ -206,14 +206,15 @@ GENERATION_FILES = ("stream_r1", "umt5", "vae")
 DISPLAY_COLOURS = {"models": "#3f789e", "prompt": "#8A8", "stream": "#b06634", "output": "#88A"}
 
 
-def _loaders(y: int = 80) -> list[Node]:
-    """Load CLIP (umT5, type wan), Load VAE and Stream-R1 Load Model, stacked in the left column."""
+def _loaders(y: int = 80, compile: bool = False) -> list[Node]:
+    """Load CLIP (umT5, type wan), Load VAE and Stream-R1 Load Model, stacked in the left column. `compile`: the
+    loader compiles the DiT (long videos, where a minute of compiling pays back)."""
     return [
         Node(1, "CLIPLoader", (40, y), (340, 106), {"clip_name": BY_NAME["umt5"].filename, "type": "wan",
                                                     "device": "default"}, models=("umt5",)),
         Node(3, "VAELoader", (40, y + 160), (340, 58), {"vae_name": BY_NAME["vae"].filename}, models=("vae",)),
-        Node(4, "StreamR1ModelLoader", (40, y + 270), (340, 130), {"model_name": BY_NAME["stream_r1"].filename},
-             models=("stream_r1",)),
+        Node(4, "StreamR1ModelLoader", (40, y + 270), (340, 154), {"model_name": BY_NAME["stream_r1"].filename,
+                                                                  "compile": compile}, models=("stream_r1",)),
     ]
 
 
@@ -265,7 +266,7 @@ def stream_30s() -> Workflow:
 
 
 def stream_3min() -> Workflow:
-    nodes = _loaders() + [
+    nodes = _loaders(compile=True) + [
         _prompt(2, (420, 80), "A sailboat crossing a calm sea from dawn to dusk, the sky slowly turning from pink "
                               "to blue to orange, gentle waves, wide shot"),
         Node(6, "StreamR1Options", (420, 300), (420, 250),
@@ -371,7 +372,7 @@ FIVE_PROMPTS = (
 
 
 def timeline_3min() -> Workflow:
-    nodes = _loaders() + [
+    nodes = _loaders(compile=True) + [
         Node(2, "StreamR1Timeline", (420, 80), (560, 540), {"timeline": FIVE_PROMPTS, "default_transition": "recache"},
              {"clip": (1, 0)}),
         Node(5, "StreamR1GenerateToFile", (1020, 80), (380, 560),
