@@ -2,7 +2,7 @@
 # Issue #3, sessions 7 to 10 (2026-12-06/07): the reference and ours side by side, the rotated-key cache, split-KV attention.
 #   RF_FRAMES=81 bash bench/gpu_issue3_s7.sh [STEP ...]   (default: ref r81 micro r477; carry .ref)   JSON under $OUT.
 #   ref    the public reference (Reward Forcing, window 9 / sink 3) at $RF_FRAMES (default 81,477) frames
-#          ($REF_ARGS added; a second ref step in one call writes reference2.json, ...)
+#          ($REF_ARGS added, at most $REF_TIMEOUT s; a second ref step in one call writes reference2.json, ...)
 #   r81    81 frames, compiled: default; --rotate-keys-once; --attention split; --skip-last-context-pass
 #          (V81="name flags;name flags;..." replaces that list; V477 likewise for r477)
 #   micro  bench/attn_micro.py: cuDNN vs split-KV (2-4 key ranges, LSE merge) vs FA2 over a query-length staircase
@@ -23,7 +23,7 @@ BEST="--compile --cudnn-benchmark --compile-vae"
 for step in ${@:-ref r81 micro r477}; do
   case $step in
     ref)   n=$(ls "$OUT"/reference*.json 2>/dev/null | wc -l); r=reference$([ "$n" -gt 0 ] && echo $((n + 1)))
-           timeout 240 python3 bench/reference_side_by_side.py --refs reward_forcing --rf-frames ${RF_FRAMES:-81,477} \
+           timeout ${REF_TIMEOUT:-240} python3 bench/reference_side_by_side.py --refs reward_forcing --rf-frames ${RF_FRAMES:-81,477} \
              ${REF_ARGS:-} --json "$OUT/$r.json" > "$OUT/$r.log" 2>&1 || echo "reference run failed or timed out"
            grep -v -i warn "$OUT/$r.log" | tail -6 ;;
     r81)   IFS=';' read -ra rows <<< "${V81:-base81;once81 --rotate-keys-once;split81 --attention split;skiplast81 --skip-last-context-pass}"
