@@ -80,8 +80,9 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
     total = time.perf_counter() - t0
     after = alloc()
     graphs = dict(sess.graphs.counts) if sess.graphs is not None else None
-    return dict(allocator={k: after[k] - before[k] for k in after}, graphs=graphs, peak_after_chunk_gib=peak_after, total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0], chunk_s=per_chunk, dit_s=sess.stats.dit_seconds,
-                decode_s=sess.stats.decode_seconds)
+    return dict(allocator={k: after[k] - before[k] for k in after}, graphs=graphs, peak_after_chunk_gib=peak_after,
+                total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0],
+                chunk_s=per_chunk, dit_s=sess.stats.dit_seconds, decode_s=sess.stats.decode_seconds)
 
 
 KERNEL_CLASSES = (  # (class, name fragments), first match wins; lower-case

@@ -117,8 +117,8 @@ class StreamSession:
         """Synchronise the GPU before each clock read so `stats` split DiT and decode time exactly
         (benchmarks only: it adds host syncs between the two stages)."""
         self.overlap_decode = overlap_decode and decoder is not None and self.device.type == "cuda"
-        """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks are then yielded one
-        chunk late; outputs are identical)."""
+        """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks after the first are then yielded
+        one chunk late; outputs are identical)."""
         self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
         self._dit_stream = (torch.cuda.Stream(self.device, priority=-1)
                             if self.overlap_decode and overlap_priority else None)
@@ -379,15 +379,16 @@ class StreamSession:
     def _decode_overlapped(self, chunk: Chunk, ready: torch.cuda.Event,
                            first: bool = False) -> tuple[Chunk, torch.cuda.Event]:
         """Enqueue the chunk's decode on the side stream after `ready`; returns it with the event it is done at.
-        `first`: the DiT stream waits for this decode, so the run's first frames are not held back by its chunk 2."""
+        `first`: the DiT waits for this decode, so the run's first frames are not held back by its chunk 2 (on the
+        caller's stream `_deliver`'s wait already orders it; a high-priority DiT stream needs its own)."""
         with torch.cuda.stream(self._side):
             self._side.wait_event(ready)
             chunk.latents.record_stream(self._side)
             chunk.frames = self._decode(chunk.latents)
             done = torch.cuda.Event()
             done.record(self._side)
-        if first:
-            (self._dit_stream or torch.cuda.current_stream(self.device)).wait_event(done)
+        if first and self._dit_stream is not None:
+            self._dit_stream.wait_event(done)
         return chunk, done
 
     @torch.no_grad()
