@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "split", "flash"])
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks and the VAE decoder "
                    "(GPU; ~1 min of compilation, then ~1.6x faster)")
+    g.add_argument("--no-overlap", action="store_true", help="decode each chunk after its DiT instead of on a side "
+                   "CUDA stream during the next chunk's DiT (the overlap is on by default on a GPU: same frames, ~2 %% "
+                   "faster; it is off with --save-state-every, --telemetry and test-time scaling)")
+    g.add_argument("--conv-search", choices=["default", "all"], default="default",
+                   help="GPU: 'all' lets cuDNN time every engine for each VAE conv shape (tens of seconds once per "
+                        "run; -28 %% on the decoder's 96-channel convs on an H100); default: torch's 10")
     g.add_argument("--fp8", action="store_true", help="fp8 block weights (half the DiT memory; Hopper/Ada fp8 GEMMs)")
     g.add_argument("--noise", default=None, help="safetensors with key 'noise' [1, F, 16, H/8, W/8]")
     g.add_argument("--context", default=None, help="safetensors with key 'context' [1, L, text_dim] (skips the "
@@ -251,9 +257,8 @@ def cmd_generate(args) -> int:
     if args.fp8:
         from .wan.fp8 import quantize_fp8_
         quantize_fp8_(model)
+    _cudnn_setup(device, args.compile, args.conv_search)
     if args.compile:
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         model.compile_blocks()
     if args.cache_policy is not None:
         sc = StreamConfig.for_policy(args.cache_policy).replace(
@@ -365,7 +370,13 @@ def cmd_generate(args) -> int:
         session.set_timeline(PromptSchedule.build(timeline, sc.frames_per_block, n_total, contexts=contexts))
     video_frames = 1 + 4 * (latent_frames - 1)
     telemetry, state_path = _telemetry(args, session, saved), _state_path(args)
-    run = _tts(args, session, device, dtype) or session.run
+    tts_run = _tts(args, session, device, dtype)
+    run = tts_run or session.run
+    why_not = _overlap_blocker(args, tts_run is not None)
+    if why_not is None and session.enable_overlap(priority=True):
+        log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap: in turn)")
+    elif why_not is not None and device.type == "cuda" and not args.no_overlap:
+        log.info("decode not overlapped with the DiT: %s", why_not)
     log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
              width, height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
 
@@ -424,6 +435,30 @@ def cmd_generate(args) -> int:
         log.info("wrote %d frames to %s (DiT %.2f s, decode %.2f s)", written, args.out, st.dit_seconds,
                  st.decode_seconds)
     return 0
+
+
+def _cudnn_setup(device: torch.device, compile: bool, conv_search: str) -> None:
+    """On a GPU, with --compile or --conv-search all: cuDNN times its engines once per conv shape and keeps the
+    fastest (`all`: every engine, not torch's first 10; the VAE decoder's 96-channel convs then get a 128x128 tile
+    instead of 256x64 on an H100, 2.61 -> 1.88 ms per 4-frame call, bench/RESULTS.md session 11)."""
+    if device.type == "cuda" and (compile or conv_search == "all"):
+        torch.backends.cudnn.benchmark = True
+        if conv_search == "all":
+            torch.backends.cudnn.benchmark_limit = 0
+
+
+def _overlap_blocker(args, tts: bool) -> Optional[str]:
+    """Why this run cannot decode on a side stream (None: it can). Overlapped, `run` yields chunk k once chunk k+1's
+    DiT is enqueued, so anything reading the session at a yield would see it one chunk ahead of the frames."""
+    if args.no_overlap:
+        return "--no-overlap"
+    if tts:
+        return "test-time scaling decodes its candidates itself"
+    if args.save_state_every:
+        return "--save-state-every saves the session at chunk boundaries"
+    if args.telemetry:
+        return "--telemetry (and --drift-refresh) act on the session per decoded chunk"
+    return None
 
 
 def _tts(args, session, device, dtype):

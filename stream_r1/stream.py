@@ -116,14 +116,9 @@ class StreamSession:
         self.timing_sync = timing_sync and self.device.type == "cuda"
         """Synchronise the GPU before each clock read so `stats` split DiT and decode time exactly
         (benchmarks only: it adds host syncs between the two stages)."""
-        self.overlap_decode = overlap_decode and decoder is not None and self.device.type == "cuda"
-        """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (chunks after the first are then yielded
-        one chunk late; outputs are identical)."""
-        self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
-        self._dit_stream = (torch.cuda.Stream(self.device, priority=-1)
-                            if self.overlap_decode and overlap_priority else None)
-        """With `overlap_priority`, the DiT runs on a high-priority stream and the decode on a default-priority one:
-        the GPU schedules the decode's blocks only where the DiT leaves SMs free (its partial waves and launch gaps)."""
+        self.overlap_decode, self._side, self._dit_stream = False, None, None
+        if overlap_decode:
+            self.enable_overlap(priority=overlap_priority)
         self.graphs = PassGraphs(model) if cfg.cuda_graphs and self.device.type == "cuda" else None
         """Whole cached DiT passes as CUDA graphs (`StreamConfig.cuda_graphs`; `stream_r1.pass_graphs`)."""
         self.on_frames: Optional[Callable[[Tensor], None]] = None
@@ -308,6 +303,17 @@ class StreamSession:
         saved = load_stream_state(state) if not hasattr(state, "tensors") else state
         restore_session(self, saved, strict_config=strict_config)
         return saved
+
+    def enable_overlap(self, priority: bool = True) -> bool:
+        """Decode chunk k on a side CUDA stream while the DiT runs chunk k+1 (outputs are identical; `run` yields
+        each chunk after the next one's DiT is enqueued, so between two yields the session is one chunk ahead of
+        the chunk just yielded). `priority`: the DiT runs on a high-priority stream and the decode on a
+        default-priority one, so the GPU schedules the decode's blocks only where the DiT leaves SMs free (its
+        partial waves and launch gaps). Returns whether it is on: it needs CUDA and a decoder."""
+        self.overlap_decode = self.decoder is not None and self.device.type == "cuda"
+        self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
+        self._dit_stream = torch.cuda.Stream(self.device, priority=-1) if self.overlap_decode and priority else None
+        return self.overlap_decode
 
     @classmethod
     def from_state(cls, model: WanModel, state, *, decoder: Optional[ChunkDecoder] = None,

@@ -156,3 +156,17 @@ def test_tts_bad_input_is_explained(tmp_path, args, msg, capsys):
     with pytest.raises(SystemExit, match=msg):
         main(["generate", "--frames", "5", "--width", "32", "--height", "32", "--device", "cpu", "--quiet",
               "--out", str(tmp_path / "x.mp4"), *args])
+
+
+@pytest.mark.parametrize("device,compile,search,want", [
+    ("cpu", True, "all", (False, 10)),
+    ("cuda", False, "default", (False, 10)),
+    ("cuda", True, "default", (True, 10)),
+    ("cuda", False, "all", (True, 0)),
+])
+def test_conv_search_sets_cudnn_only_on_a_gpu(monkeypatch, device, compile, search, want):
+    from stream_r1.cli import _cudnn_setup
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark_limit", 10)
+    _cudnn_setup(torch.device(device), compile, search)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit) == want

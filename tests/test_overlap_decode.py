@@ -122,3 +122,35 @@ def test_overlapped_decode_schedule_and_frames(tiny_model, vae, fakes, priority)
             assert ("wait_stream", "dit", "main") in log[:d]
         if k == 0:                                                                  # chunk 2's DiT waits for the
             assert ("wait", dit_stream, log[done][2]) in log[done:index(lambda e: e[:2] == ("dit", 1))]  # first decode
+
+
+def test_cli_generate_overlaps_the_decode_unless_something_reads_the_session_per_chunk(tmp_path, fakes, monkeypatch):
+    """`generate` turns the overlap on by itself (on a GPU; here the fake streams stand in) and writes the same video
+    and latents as --no-overlap; it leaves it off where a per-chunk reader would see the session one chunk ahead."""
+    from stream_r1.cli import main
+    from stream_r1.video_io import read_video
+    from safetensors.torch import load_file
+    log, _ = fakes
+    calls = []
+
+    def enable(self, priority=True):
+        calls.append(priority)
+        self.overlap_decode, self._side = True, FakeStream("side", log)
+        self._dit_stream = FakeStream("dit", log) if priority else None
+        return True
+    monkeypatch.setattr(StreamSession, "enable_overlap", enable)
+    common = ["generate", "--frames", "21", "--width", "64", "--height", "48", "--device", "cpu", "--quiet"]
+    outs = {}
+    for name, extra in (("ov", []), ("plain", ["--no-overlap"])):
+        log.clear()
+        assert main([*common, *extra, "--out", str(tmp_path / f"{name}.mp4"),
+                     "--latents-out", str(tmp_path / f"{name}.safetensors")]) == 0
+        outs[name] = (load_file(tmp_path / f"{name}.safetensors")["latents"], read_video(tmp_path / f"{name}.mp4"))
+        side = [e for e in log if e[:2] == ("record", "side")]
+        assert len(side) == (2 if name == "ov" else 0)        # 21 frames = 6 latent frames = 2 chunks, each decoded there
+    assert calls == [True]
+    assert torch.equal(outs["ov"][0], outs["plain"][0])
+    assert (outs["ov"][1] == outs["plain"][1]).all() and outs["ov"][1].shape[0] == 21
+    for extra in (["--save-state-every", "1"], ["--telemetry", str(tmp_path / "t.json")]):
+        assert main([*common, *extra, "--out", str(tmp_path / "x.mp4")]) == 0
+    assert calls == [True]                                    # never turned on for those
