@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "CUDA stream during the next chunk's DiT (the overlap is on by default on a GPU: same frames, ~2 %% "
                    "faster; it is off with --save-state-every, --telemetry and test-time scaling)")
     g.add_argument("--conv-search", choices=["default", "all"], default="default",
-                   help="GPU: 'all' lets cuDNN time every engine for each VAE conv shape (tens of seconds once per "
-                        "run; -28 %% on the decoder's 96-channel convs on an H100); default: torch's 10")
+                   help="GPU: 'all' lets cuDNN time every engine for each VAE conv shape (about 25 s once per run; "
+                        "-28 %% on the decoder's 96-channel convs, +3 %% end to end on an H100: pays back after "
+                        "about half an hour of video); default: torch's first 10")
     g.add_argument("--fp8", action="store_true", help="fp8 block weights (half the DiT memory; Hopper/Ada fp8 GEMMs)")
     g.add_argument("--noise", default=None, help="safetensors with key 'noise' [1, F, 16, H/8, W/8]")
     g.add_argument("--context", default=None, help="safetensors with key 'context' [1, L, text_dim] (skips the "
