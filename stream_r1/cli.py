@@ -375,7 +375,7 @@ def cmd_generate(args) -> int:
     run = tts_run or session.run
     why_not = _overlap_blocker(args, tts_run is not None)
     if why_not is None and session.enable_overlap(priority=True):
-        log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap: in turn)")
+        log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap turns it off)")
     elif why_not is not None and device.type == "cuda" and not args.no_overlap:
         log.info("decode not overlapped with the DiT: %s", why_not)
     log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
