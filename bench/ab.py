@@ -71,7 +71,7 @@ def main(argv=None) -> None:
         if b.decoder is not None:
             b.decoder.reset()
         return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,
-                        split_times=not flags.no_split_times, overlap=flags.overlap or flags.overlap_priority,
+                        split_times=not flags.no_split_times, overlap=flags.overlap,
                         overlap_priority=flags.overlap_priority)
 
     with torch.no_grad():

@@ -47,8 +47,9 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
              overlap_priority=False):
     """One timed stream. `split_times`: synchronise around the decode so DiT and decode time are measured apart
     (3 extra host syncs per chunk; off, the run is timed as a user runs it: one sync per chunk, and the split
-    reads 0). `overlap` decodes on a side stream (`overlap_priority`: with the DiT on a high-priority stream)."""
+    reads 0). `overlap` decodes on a side stream (`overlap_priority`: that, with the DiT on a high-priority stream)."""
     dev = context.device
+    overlap = overlap or overlap_priority
     sess = StreamSession(model, sc, context, height=height, width=width, seed=seed, decoder=decoder,
                          timing_sync=split_times and not overlap, overlap_decode=overlap,
                          overlap_priority=overlap_priority)
@@ -284,7 +285,9 @@ def main(argv=None) -> None:
         size=f"{args.width}x{args.height}", dtype=args.dtype, attention=args.attention,
         attention_fn=model.attn_fn.__name__, vae=not args.no_vae,
         decoder="taehv" if taehv is not None else (None if args.no_vae else "wan_vae"), compile=args.compile,
-        compile_vae=args.compile_vae, overlap=args.overlap, overlap_priority=args.overlap_priority, fp8=args.fp8, vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d, cudnn_benchmark=args.cudnn_benchmark,
+        compile_vae=args.compile_vae, overlap=args.overlap, overlap_priority=args.overlap_priority, fp8=args.fp8,
+        vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d,
+        cudnn_benchmark=args.cudnn_benchmark,
         cudnn_benchmark_limit=torch.backends.cudnn.benchmark_limit if args.cudnn_benchmark else None,
         fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
         rotate_keys_once=sc.rotate_keys_once, cuda_graphs=sc.cuda_graphs, inductor_tuning=args.inductor_tuning,

@@ -373,11 +373,13 @@ def cmd_generate(args) -> int:
     telemetry, state_path = _telemetry(args, session, saved), _state_path(args)
     tts_run = _tts(args, session, device, dtype)
     run = tts_run or session.run
-    why_not = _overlap_blocker(args, tts_run is not None)
-    if why_not is None and session.enable_overlap(priority=True):
-        log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap turns it off)")
-    elif why_not is not None and device.type == "cuda" and not args.no_overlap:
-        log.info("decode not overlapped with the DiT: %s", why_not)
+    if not args.no_overlap:
+        why_not = _overlap_blocker(args, tts_run is not None)
+        if why_not is not None:
+            if device.type == "cuda":
+                log.info("decode not overlapped with the DiT: %s", why_not)
+        elif session.enable_overlap(priority=True):
+            log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap: off)")
     log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
              width, height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
 
@@ -451,8 +453,6 @@ def _cudnn_setup(device: torch.device, compile: bool, conv_search: str) -> None:
 def _overlap_blocker(args, tts: bool) -> Optional[str]:
     """Why this run cannot decode on a side stream (None: it can). Overlapped, `run` yields chunk k once chunk k+1's
     DiT is enqueued, so anything reading the session at a yield would see it one chunk ahead of the frames."""
-    if args.no_overlap:
-        return "--no-overlap"
     if tts:
         return "test-time scaling decodes its candidates itself"
     if args.save_state_every:
