@@ -18,6 +18,12 @@ interruption; then it is checked against the hub's record (the LFS sha256, or th
 files, and the size) and only then renamed to its final name: a file under its final name is always a
 complete, verified one. Files already present are checked the same way and kept.
 The endpoint is $HF_ENDPOINT (read when called), so a mirror or a local test server can stand in for the hub.
+
+Trust boundary: the endpoint's answers (a mirror, a proxy, a test server) are not trusted to name files. Every
+path in a listing must be a plain relative POSIX path (no '..', '.', empty, absolute, backslash, drive or ':'
+component, no control character, no Windows device name) and must stay inside its destination folder once
+symlinks already there are followed; the whole listing is checked before anything is written, and one bad name
+stops the command with one line (`UnsafeRemotePath`, exit code 2).
 """
 from __future__ import annotations
 
@@ -99,6 +105,58 @@ class VerificationError(RuntimeError):
     pass
 
 
+class UnsafeRemotePath(ValueError):
+    """The hub (or the mirror at $HF_ENDPOINT) named a file that would land outside its destination folder."""
+
+
+_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                              *(f"lpt{i}" for i in range(10))})
+
+
+def safe_relative_path(path: object, where: str) -> str:
+    """`path` from a hub listing, checked to be a plain relative POSIX path: 'a/b/c.json' -> 'a/b/c.json'.
+
+    Refused (UnsafeRemotePath, one line naming `where` and the path): a non-string, an empty path or component
+    ('a//b', 'a/'), '.' or '..', an absolute path, a backslash, ':' (drive letters, NTFS streams), NUL or any
+    other control character, a component ending in '.' or ' ' (Windows strips those: '.. ' is '..') and Windows
+    device names (CON, NUL, COM1.txt, ...). Nothing is rewritten: a name not already in this form is refused.
+    """
+    def refuse(why: str) -> UnsafeRemotePath:
+        return UnsafeRemotePath(f"{where} lists the file {path!r}, {why}; refusing to download anything from it "
+                                f"(check HF_ENDPOINT: a mirror must serve the hub's own file names)")
+
+    if not isinstance(path, str) or not path:
+        raise refuse("which is not a file name")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise refuse("which contains a control character (NUL, newline, ...)")
+    if "\\" in path or ":" in path:
+        raise refuse("which contains a backslash or ':' (a Windows separator, drive or stream)")
+    if path.startswith("/"):
+        raise refuse("an absolute path")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise refuse("whose path has an empty, '.' or '..' component")
+        if part.endswith((".", " ")):
+            raise refuse("with a component ending in '.' or ' ' (Windows would strip it)")
+        if part.split(".", 1)[0].rstrip(" ").lower() in _WINDOWS_DEVICES:
+            raise refuse("with a Windows device name as a component")
+    return path
+
+
+def confined(root: Path, relative: str) -> Path:
+    """root / relative (a `safe_relative_path`), refused if symlinks already under root lead it outside root."""
+    target = root.joinpath(*relative.split("/"))
+    real_root, real = os.path.realpath(root), os.path.realpath(target)
+    try:
+        inside = os.path.commonpath([real_root, real]) == real_root
+    except ValueError:                           # Windows: another drive
+        inside = False
+    if not inside:
+        raise UnsafeRemotePath(f"{target} resolves to {real}, outside {real_root} (a symlink inside the destination "
+                               f"points elsewhere); remove that link or download to another --dir")
+    return target
+
+
 def models_dir_for(comfyui: Optional[str], directory: Optional[str]) -> Path:
     """`--comfyui PATH` -> PATH/models; `--dir DIR` -> DIR (a models directory: vae/, text_encoders/, ...)."""
     if comfyui:
@@ -160,27 +218,43 @@ def _endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or HUB).rstrip("/")
 
 
-def _remote(entry) -> RemoteFile:
+def _remote(entry, where: str) -> RemoteFile:
     lfs = getattr(entry, "lfs", None)
-    return RemoteFile(entry.path, int(entry.size), getattr(lfs, "sha256", None) if lfs is not None else None,
-                      entry.blob_id)
+    return RemoteFile(safe_relative_path(entry.path, where), int(entry.size),
+                      getattr(lfs, "sha256", None) if lfs is not None else None, entry.blob_id)
 
 
 def remote_files(release: Release, api) -> list[RemoteFile]:
-    """What the hub records for the release's file(s): path, size, sha256 (LFS) and git blob id."""
+    """What the hub records for the release's file(s): path, size, sha256 (LFS) and git blob id.
+
+    Every path is checked (`safe_relative_path`) before anything is downloaded; a listing with one bad name, or
+    with a name that is both a file and a folder, is refused as a whole.
+    """
     from huggingface_hub.hf_api import RepoFile
 
+    where = f"{_endpoint()} ({release.repo_id}@{release.revision})"
     if release.path is not None:
         found = [e for e in api.get_paths_info(release.repo_id, [release.path], revision=release.revision)
                  if isinstance(e, RepoFile)]
         if not found:
             raise FileNotFoundError(f"{release.repo_id} has no file {release.path} at {release.revision}")
-        return [_remote(found[0])]
+        remote = _remote(found[0], where)
+        if remote.path != release.path:
+            raise UnsafeRemotePath(f"{where} answered for {remote.path!r} when asked for {release.path!r}; "
+                                   f"refusing to download it (check HF_ENDPOINT)")
+        return [remote]
     entries = api.list_repo_tree(release.repo_id, recursive=True, revision=release.revision)
-    files = [_remote(e) for e in entries if isinstance(e, RepoFile) and e.path.rsplit("/", 1)[-1]
-             not in SKIPPED_REPO_FILES]
+    files = [_remote(e, where) for e in entries if isinstance(e, RepoFile)]
+    files = [f for f in files if f.path.rsplit("/", 1)[-1] not in SKIPPED_REPO_FILES]
     if not files:
         raise FileNotFoundError(f"{release.repo_id} lists no files at {release.revision}")
+    folders = {f.path.rsplit("/", i)[0] for f in files for i in range(1, f.path.count("/") + 1)}
+    seen: set[str] = set()
+    for f in files:
+        if f.path in seen or f.path in folders:
+            raise UnsafeRemotePath(f"{where} lists {f.path!r} twice, or as a file and a folder; refusing to "
+                                   f"download anything from it")
+        seen.add(f.path)
     return sorted(files, key=lambda f: f.path)
 
 
@@ -203,7 +277,7 @@ def _download(release: Release, remote: RemoteFile, staging: Path, endpoint: str
     headers = build_hf_headers(library_name="stream_r1")
     if urlparse(meta.location).netloc != urlparse(url).netloc:
         headers.pop("authorization", None)           # never send a token to a CDN (as huggingface_hub does)
-    part = staging / f"{remote.path}.{(remote.sha256 or remote.blob_id)[:16]}.part"
+    part = confined(staging, f"{remote.path}.{(remote.sha256 or remote.blob_id)[:16]}.part")
     part.parent.mkdir(parents=True, exist_ok=True)
     if part.is_file() and part.stat().st_size > remote.size:
         part.unlink()
@@ -241,14 +315,17 @@ def fetch(releases: Iterable[Release], models_dir: Path, say: Callable[[str], No
     api = HfApi(endpoint=endpoint)
     staging_root = models_dir / STAGING
     done: list[Path] = []
+    listed = []                                  # every listing checked and confined before the first byte is written
     for release in releases:
         files = remote_files(release, api)
+        finals = [release.destination(models_dir) if release.path is not None
+                  else confined(release.destination(models_dir), remote.path) for remote in files]
+        listed.append((release, files, finals))
+    for release, files, finals in listed:
         staging = staging_root / release.name
         say(f"{release.name}: {release.repo_id} ({len(files)} file{'s' * (len(files) != 1)}, "
             f"{sum(f.size for f in files) / 1e9:.2f} GB) -> {release.destination(models_dir)}")
-        for remote in files:
-            final = (release.destination(models_dir) if release.path is not None
-                     else release.destination(models_dir) / remote.path)
+        for remote, final in zip(files, finals):
             status = _fetch_one(release, remote, final, staging, endpoint, say)
             say(f"  {status:<10} {final}  (verified: {'sha256' if remote.sha256 else 'git blob id'})")
             done.append(final)
@@ -296,6 +373,8 @@ def run(args) -> int:
     if constants.HF_HUB_OFFLINE:
         print("error: HF_HUB_OFFLINE is set; unset it (or set HF_HUB_OFFLINE=0) to download", file=sys.stderr)
         return 2
+    for name in ("httpx", "httpx2", "httpcore"):      # not a log line per HTTP request: `fetch` says what happens
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
     try:
         fetch(releases, models_dir)
     except VerificationError as e:

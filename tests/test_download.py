@@ -55,16 +55,18 @@ def _meta(path: str, content: bytes, lfs: bool) -> dict:
 
 
 class FakeHub:
-    """A thread serving REPOS. `cut_at[path] = n`: stop sending after byte n and drop the connection (once);
-    `refuse_ranges`: answer 503 to Range requests (the network is gone); `corrupt`: paths served with flipped
-    bytes. `requests` records (method, path, Range header)."""
+    """A thread serving `repos` (default REPOS). `cut_at[path] = n`: stop sending after byte n and drop the
+    connection (once); `refuse_ranges`: answer 503 to Range requests (the network is gone); `corrupt`: paths served
+    with flipped bytes. `requests` records (method, path, Range header)."""
 
-    def __init__(self):
+    def __init__(self, repos: dict | None = None):
+        self.repos = REPOS if repos is None else repos
         self.cut_at, self.corrupt, self.requests, self.refuse_ranges = {}, set(), [], False
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 10                          # a stuck client never holds a server thread for long
 
             def log_message(self, *args):
                 pass
@@ -85,10 +87,10 @@ class FakeHub:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
                 hub.requests.append(("POST", self.path, None))
                 repo, verb = self._repo_api(parts)
-                if verb != "paths-info" or repo not in REPOS:
+                if verb != "paths-info" or repo not in hub.repos:
                     return self._json({"error": "not found"}, 404)
                 wanted = parse_qs(body).get("paths", [])
-                self._json([_meta(p, *REPOS[repo][p]) for p in wanted if p in REPOS[repo]])
+                self._json([_meta(p, *hub.repos[repo][p]) for p in wanted if p in hub.repos[repo]])
 
             def do_GET(self):
                 self._resolve(send_body=True)
@@ -102,18 +104,18 @@ class FakeHub:
                 hub.requests.append((self.command, url.path, self.headers.get("Range")))
                 if parts[:2] == ["api", "models"]:
                     repo, verb = self._repo_api(parts)
-                    if verb != "tree" or repo not in REPOS:
+                    if verb != "tree" or repo not in hub.repos:
                         return self._json({"error": "not found"}, 404)
-                    entries = [_meta(p, *v) for p, v in sorted(REPOS[repo].items())]
-                    folders = sorted({p.rsplit("/", 1)[0] for p in REPOS[repo] if "/" in p})
+                    entries = [_meta(p, *v) for p, v in sorted(hub.repos[repo].items())]
+                    folders = sorted({p.rsplit("/", 1)[0] for p in hub.repos[repo] if "/" in p})
                     return self._json(entries + [{"type": "directory", "path": f, "oid": "0" * 40} for f in folders])
                 repo, path = "/".join(parts[:2]), "/".join(parts[4:])
-                if len(parts) < 5 or parts[2] != "resolve" or path not in REPOS.get(repo, {}):
+                if len(parts) < 5 or parts[2] != "resolve" or path not in hub.repos.get(repo, {}):
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
                     self.send_header("Content-Length", "0")
                     return self.end_headers()
-                content, lfs = REPOS[repo][path]
+                content, lfs = hub.repos[repo][path]
                 meta = _meta(path, content, lfs)
                 etag = meta["lfs"]["oid"] if lfs else meta["oid"]
                 if path in hub.corrupt:
@@ -149,7 +151,8 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
 
     def gets(self, path_part: str) -> list:
         return [r for r in self.requests if r[0] == "GET" and path_part in r[1] and "/resolve/" in r[1]]
