@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import StreamConfig, WanConfig
-from .weights_io import incomplete_error as _incomplete
+from .weights_io import read_safetensors_header, regular_file
 from .weights_io import torch_load as _torch_load
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,6 @@ FP8_DTYPES: tuple[torch.dtype, ...] = tuple(
 _QUANT_SIDE_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant",
                         ".weight_scale_2")
 _QUANT_ROOT_KEYS = ("scaled_fp8",)
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-    **{k: getattr(torch, v) for k, v in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"))
-       if hasattr(torch, v)},
-}
 _SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -217,7 +210,7 @@ def open_state_dict(path: str | os.PathLike) -> tuple[Any, SourceInfo]:
         return _torch_load(files[0]), SourceInfo(files[0], container, files, {}, size)
     headers, metadata = {}, {}
     for f in files:
-        headers[f], meta = _read_safetensors_header(f)
+        headers[f], meta = read_safetensors_header(f)
         metadata = metadata or meta
     main = path if path.name.endswith(".index.json") else files[0]
     if container == "safetensors-sharded":
@@ -235,6 +228,7 @@ def _resolve_files(path: Path) -> tuple[str, tuple[Path, ...]]:
         raise FileNotFoundError(f"checkpoint not found: {path}{near}")
     if path.is_dir():
         return _resolve_folder(path)
+    regular_file(path)
     if path.name.endswith(".index.json"):
         return "safetensors-sharded", _index_shards(path)
     m = _SHARD_RE.match(path.name)
@@ -285,17 +279,20 @@ def _looks_like_weights(p: Path) -> bool:
 def _index_for(shard: Path) -> Path | None:
     for idx in sorted(shard.parent.glob("*.safetensors.index.json")):
         try:
-            if shard.name in json.loads(idx.read_text()).get("weight_map", {}).values():
+            if shard.name in _read_index(idx).values():
                 return idx
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
     return None
 
 
 def _read_index(index: Path) -> dict[str, str]:
+    regular_file(index)
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not all(isinstance(f, str) and Path(f).name == f for f in weight_map.values()):
+            raise TypeError("its values must be shard file names in the same folder")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{index} is not a safetensors index (needs a 'weight_map' object): {e}") from None
     return weight_map
 
@@ -317,34 +314,6 @@ def _check_index_complete(path: Path, files: tuple[Path, ...], headers: dict) ->
     if missing:
         raise ValueError(f"shards do not hold what {index.name} lists, e.g. {missing[:3]}; the shards are "
                          f"incomplete or from another model — download them again")
-
-
-def _read_safetensors_header(path: Path) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], dict]:
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise _incomplete(path, f"only {size} bytes")
-        n = int.from_bytes(head, "little")
-        if n > size - 8:
-            if n > 100_000_000:
-                raise ValueError(f"{path} is not a safetensors or PyTorch checkpoint (unrecognised header); "
-                                 f"expected .safetensors, .pt, .pth or .ckpt")
-            raise _incomplete(path, f"header of {n} bytes, file of {size} bytes")
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path} is not a safetensors or PyTorch checkpoint (header is not JSON)") from None
-    metadata = header.pop("__metadata__", None) or {}
-    specs, end = {}, 0
-    for name, v in header.items():
-        if v["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has dtype {v['dtype']}, which torch cannot hold")
-        specs[name] = (_SAFETENSORS_DTYPES[v["dtype"]], tuple(v["shape"]))
-        end = max(end, v["data_offsets"][1])
-    if 8 + n + end > size:
-        raise _incomplete(path, f"header promises {8 + n + end:,} bytes, file has {size:,}")
-    return specs, metadata
 
 
 # ---- the loaded result -----------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Fuzz targets (atheris' `def test_one_input(data: bytes)`); tests under tests/ run each one under hypothesis in CI."""
