@@ -84,6 +84,124 @@ def test_bad_timelines_say_what_is_wrong(text, num_chunks, message):
         Timeline.parse(text).events(3, num_chunks)
 
 
+# ---- hostile input: always the parser's ValueError, on one line, in linear time -----------------------------------------
+def _deep(n):
+    v = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+
+def _one_line_error(call, message):
+    with pytest.raises(ValueError, match=message) as info:
+        call()
+    assert type(info.value) is ValueError and len(str(info.value).splitlines()) == 1
+    return str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"seconds": 0, "prompt": "a"}, {"seconds": 1e308, "prompt": "b"}]', r"entry 2: .*time 1e\+308 is too large: "
+     r"switch times go up to 10000000 s"),                                      # was OverflowError in events()
+    ('[{"chunk": 1e400, "prompt": "a"}]', r"entry 1: chunk inf is too large: chunk indices go up to 10000000"),
+    ('{"version": 1e400, "entries": []}', r"timeline version inf is newer than this reader"),
+    ('{"version": [1], "entries": []}', r'timeline version \[1\] is not a whole number: write "version": 1'),
+    ('{"version": null, "entries": []}', r"timeline version None is not a whole number"),
+    ("[" * 100_000 + "]" * 100_000, r"nested more than 32 levels deep"),     # was RecursionError
+    ('[{"seconds": NaN, "prompt": "a"}]', r"not valid: NaN is not a number a timeline can use"),
+    ('[{"seconds": -Infinity, "prompt": "a"}]', r"not valid: -Infinity is not a number"),
+    ('{"base_prompt": 5, "entries": []}', r"the base prompt 5 is not text: write \"base_prompt\""),   # was accepted
+    ('{"base_prompt": " ", "entries": [{"seconds": 0, "prompt": "a"}]}', r"the base prompt is blank"),
+    ("0: a\n" + "9" * 400 + ":00: b", r"line 2: .*time inf is too large"),    # was OverflowError (int + float)
+    ("0: a\n@" + "9" * 5000 + ": b", r"line 2: chunk inf is too large"),      # was int()'s 4300-digit ValueError
+    ('[{"seconds": ' + "9" * 5000 + ', "prompt": "a"}]', r"time inf is too large"),
+    ('[{"chunk": "9' + "0" * 30 + '", "prompt": "a"}]', r"chunk 9e\+30 is too large"),
+    ('["hello\\nworld"]', r"got 'hello\\nworld'$"),                           # quoted: still one line
+], ids=["seconds-1e308", "chunk-1e400", "version-1e400", "version-list", "version-null", "nested-100000",
+        "seconds-NaN", "seconds--Infinity", "base-prompt-5", "base-prompt-blank", "minutes-400-digits",
+        "chunk-5000-digits", "seconds-5000-digits", "chunk-string-31-digits", "entry-with-line-break"])
+def test_hostile_text_is_a_one_line_value_error(text, message):
+    _one_line_error(lambda: Timeline.parse(text).events(3, 240), message)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: Timeline.parse(b"0: a"), r"a timeline is text \(str\), not bytes"),
+    (lambda: Timeline.parse(None), r"not NoneType"),
+    (lambda: Timeline.from_text(5), r"not int"),
+    (lambda: Timeline.from_prompts(["0: a", 5]), r"not int"),
+    (lambda: Timeline.from_json([{"seconds": 0, "prompt": 5}]), r"expected .*got \{'seconds': 0, 'prompt': 5\}"),
+    (lambda: Timeline.from_json({"base_prompt": b"x", "entries": []}), r"base prompt b'x' is not text"),
+    (lambda: Timeline.from_json([{"seconds": 10 ** 5000, "prompt": "a"}]), r"time inf is too large"),
+    (lambda: Timeline.from_json([{"chunk": -10 ** 5000, "prompt": "a"}]), r"chunk -inf must be >= 0"),
+    (lambda: Timeline.from_json([{"seconds": float("nan"), "prompt": "a"}]), r"time nan is not a number"),
+    (lambda: Timeline.from_json({"version": 10 ** 5000, "entries": []}), r"version <int> is newer"),
+    (lambda: Timeline.from_json({"version": "2", "entries": []}), r"version '2' is newer"),
+    (lambda: Timeline.from_json(_deep(100_000)), r"entry 1: expected .*got \[\[\[\[.*\.\.\.$"),
+    (lambda: Timeline.from_json([{"seconds": 0, "prompt": "a", "transition": _deep(100_000)}]),
+     r"transition \[\[\[.*\.\.\. is not one of"),
+    (lambda: Timeline.from_json([{"seconds": 0, "prompt": "a", 1: 2, "b": 3}]), r"unknown keys \['b', 1\]"),
+    (lambda: Timeline.from_json({"entries": {"seconds": 0}}), r"needs a list of entries"),
+    (lambda: TimelineEntry(5, 0.0), r"prompt must be text \(str\), not int"),
+    (lambda: TimelineEntry("a", "5"), r"time '5' is not a number of seconds"),
+    (lambda: TimelineEntry("a", chunk=2.5), r"chunk 2.5 is not a whole number"),
+    (lambda: TimelineEntry("a", 10 ** 400), r"time inf is too large"),
+    (lambda: Timeline((), base_prompt=5), r"base prompt 5 is not text"),
+    (lambda: chunk_at_seconds(float("inf")), r"time inf is not a finite number of seconds"),
+])
+def test_hostile_values_are_one_line_value_errors(call, message):
+    _one_line_error(call, message)
+
+
+def test_a_self_referencing_list_is_quoted_briefly():
+    loop = []
+    loop.append(loop)
+    assert _one_line_error(lambda: Timeline.from_json(loop), r"got \[\[\[").endswith("...")
+
+
+def test_size_limits():
+    from stream_r1.timeline import MAX_ENTRIES, MAX_TEXT_CHARS
+
+    _one_line_error(lambda: Timeline.parse("0: a\n" + "x" * MAX_TEXT_CHARS), r"longer than 1000000 characters")
+    many = "\n".join(f"@{k}: p{k % 7}" for k in range(MAX_ENTRIES))
+    tl = Timeline.parse(many)
+    assert len(tl.events()) == MAX_ENTRIES and tl.prompts == [f"p{k}" for k in range(7)]
+    _one_line_error(lambda: Timeline.parse(many + "\n@99999: x"), r"^timeline line 10001: more than 10000 entries")
+    too_many = json.dumps([{"chunk": k, "prompt": "p"} for k in range(MAX_ENTRIES + 1)])
+    _one_line_error(lambda: Timeline.parse(too_many), r"^the timeline has 10001 entries; at most 10000")
+    _one_line_error(lambda: Timeline((TimelineEntry("a", 0.0),) * (MAX_ENTRIES + 1)), r"at most 10000")
+
+
+@pytest.mark.parametrize("text", [
+    "0: a\n" + "  more\n" * 100_000,                        # continuation lines (were joined with a quadratic +=)
+    "0: a\n1" + " " * 100_000 + "x",                         # spaces after a time (the line regex was quadratic)
+    "0: a\n1" + " " * 100_000 + "[flush]" + " " * 100_000 + ": b",
+    "[" + "[]," * 100_000 + "[]]",                           # many brackets, shallow
+    '["' + "[" * 900_000,                                    # brackets inside an unclosed string
+], ids=["continuations", "spaces", "spaces-transition", "brackets", "string-brackets"])
+def test_worst_case_inputs_parse_in_linear_time(text):
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        Timeline.parse(text).events()
+    except ValueError as e:
+        assert len(str(e).splitlines()) == 1
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_to_text_writes_times_it_can_read_back():
+    tl = Timeline.parse('[{"seconds": 0, "prompt": "a"}, {"seconds": 1234567.5, "prompt": "b"}, '
+                        '{"seconds": 2345678.123456789, "prompt": "c"}, {"chunk": 9999999, "prompt": "d"}]')
+    assert tl.to_text() == "0: a\n1234567.5: b\n2345678.123456789: c\n@9999999: d"        # was 1.23457e+06
+    assert Timeline.parse(tl.to_text()) == tl
+    assert Timeline.parse('[{"seconds": 0.00001, "prompt": "a"}]').to_text() == "0.00001: a"
+
+
+def test_load_refuses_files_that_are_not_utf8_text(tmp_path):
+    bad = tmp_path / "t.txt"
+    bad.write_bytes(b"0: caf\xe9\n")
+    _one_line_error(lambda: Timeline.load(bad), r"is not UTF-8 text .*save it as UTF-8")
+
+
 # ---- transitions ------------------------------------------------------------------------------------------------------
 def _session(model, sc=None, seed=4, ctx=0):
     return StreamSession(model, sc or StreamConfig.stream_r1(), _ctx(ctx), height=H, width=W, seed=seed)

@@ -7,6 +7,8 @@ and optionally default_transition, frames_per_block, num_chunks, match="prefix" 
 JSON library's own wording), rewrite them with
 
     python tests/test_timeline_cases.py --write
+
+The fixture also records the parser's limits (MAX_TEXT_CHARS, ...): web/lib/timeline.js must export the same.
 """
 import json
 import sys
@@ -21,7 +23,10 @@ PREFIX = "timeline JSON is not valid: "
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from stream_r1 import timeline  # noqa: E402
 from stream_r1.timeline import Timeline  # noqa: E402
+
+LIMITS = ("MAX_TEXT_CHARS", "MAX_ENTRIES", "MAX_SECONDS", "MAX_CHUNK", "MAX_JSON_DEPTH")
 
 
 def outcome(case: dict) -> dict:
@@ -58,6 +63,7 @@ def format_values() -> list[float]:
 
 CASES = load_cases()
 FORMATS = json.loads(FIXTURE.read_text(encoding="utf-8"))["formats"]
+RECORDED_LIMITS = json.loads(FIXTURE.read_text(encoding="utf-8")).get("limits")
 
 
 def test_cases_cover_both_outcomes_and_have_unique_names():
@@ -79,6 +85,16 @@ def test_recorded_number_formats_are_pythons():
     assert FORMATS and all(f"{x:g}" == g and repr(x) == r for x, g, r in FORMATS)
 
 
+def test_recorded_limits_are_the_parsers():
+    assert RECORDED_LIMITS == {k: getattr(timeline, k) for k in LIMITS}
+
+
+def test_every_error_is_one_line():
+    for case in CASES:
+        if "error" in case:
+            assert len(case["error"].splitlines()) == 1, case["name"]
+
+
 def write() -> None:
     cases = []
     for case in load_cases():
@@ -87,7 +103,8 @@ def write() -> None:
     data = {"about": "Shared cases of the prompt timeline parsers: stream_r1/timeline.py (tests/test_timeline_cases.py) "
                      "and web/lib/timeline.js (web/tests/timeline.test.mjs). Expected values are the Python "
                      "parser's; rewrite them with `python tests/test_timeline_cases.py --write`.",
-            "cases": cases, "formats": [[x, f"{x:g}", repr(x)] for x in format_values()]}
+            "cases": cases, "formats": [[x, f"{x:g}", repr(x)] for x in format_values()],
+            "limits": {k: getattr(timeline, k) for k in LIMITS}}
     FIXTURE.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {len(cases)} cases to {FIXTURE.relative_to(ROOT)}")
 

@@ -200,17 +200,28 @@ function createTimelineView(node) {
     input.scrollTop = Math.max(0, (lines[0] - 2) * lineHeight);
   }
 
-  let key = null;
+  let shown = null;
   const view = {
-    /** Re-render when the text, the default transition or the connected stream's length changed. */
+    /** Re-render when the text, the default transition or the connected stream's length changed. Runs on every
+     * keystroke and every draw: the comparison is of the values themselves (no JSON.stringify of a long text per
+     * frame), and layoutTimeline is bounded (length, entries and times are capped; see ./lib/timeline.js). */
     refresh(force = false) {
       const stream = connectedStream(node);
       const value = String(text()?.value ?? "");
       const transition = String(widgetValue(node, "default_transition") ?? "recache");
-      const next = JSON.stringify([value, transition, stream]);
-      if (!force && next === key) return;
-      key = next;
-      this.render(layoutTimeline(value, { defaultTransition: transition, stream }), stream);
+      const length = stream ? `${stream.chunks}|${stream.seconds}|${stream.from}` : "";
+      if (!force && shown && shown.value === value && shown.transition === transition && shown.length === length) {
+        return;
+      }
+      shown = { value, transition, length };
+      let lay;
+      try {
+        lay = layoutTimeline(value, { defaultTransition: transition, stream });
+      } catch (err) {                        // a bug here must not break the canvas draw that called us
+        lay = { ok: false, error: `timeline view: ${err?.message ?? err}`, errorLine: null, segments: [], end: 0,
+                known: !!stream, ticks: [] };
+      }
+      this.render(lay, lay.known ? stream : null);          // a length the layout refused is not shown either
     },
     render(lay, stream) {
       root.dataset.segments = String(lay.segments.length);

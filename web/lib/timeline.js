@@ -6,14 +6,26 @@
 //
 // Python details mirrored on purpose: `\d` is any Unicode decimal digit and `\s` / strip() / isspace() use
 // Python's whitespace set; lines split as str.splitlines() does; messages quote values as repr() does and
-// format times as f"{s:g}" does (round-half-even). Known differences, JSON only: JSON.parse refuses NaN /
-// Infinity (Python's json accepts them) and words its syntax errors differently after "timeline JSON is not
-// valid: "; JSON numbers like 2.0 are echoed as 2 in messages that quote a whole entry.
+// format times as f"{s:g}" does (round-half-even). Known differences, JSON only: syntax errors are worded
+// differently after "timeline JSON is not valid: "; JSON numbers like 2.0 are echoed as 2, and an object's
+// integer-like keys come first, in messages that quote a whole entry.
+//
+// Bounded by design (it runs on every keystroke): the same limits as the Python parser (MAX_TEXT_CHARS,
+// MAX_ENTRIES, MAX_SECONDS, MAX_CHUNK, MAX_JSON_DEPTH, recorded in the shared fixture and checked there), no
+// regular expression that backtracks more than linearly, no loop whose bound comes from a number in the text, and
+// no Infinity / NaN reaching the layout. Every bad input is a TimelineError with a one-line message.
 
 export const TRANSITIONS = Object.freeze(["recache", "flush", "none"]);
 export const FORMAT = "stream_r1.timeline";
 export const VERSION = 1;
 export const FPS = 16;
+/** Limits, as in stream_r1/timeline.py (see there). */
+export const MAX_TEXT_CHARS = 1_000_000;
+export const MAX_ENTRIES = 10_000;
+export const MAX_SECONDS = 10_000_000;
+export const MAX_CHUNK = 10_000_000;
+export const MAX_JSON_DEPTH = 32;
+const EXACT = 2 ** 53;                                 // floats above this are no longer whole-number exact
 export const TIMELINE_NODE_TYPE = "StreamR1Timeline";
 /** Nodes whose `seconds` / `frames` widgets give the whole stream's length (Continue only adds to a stream). */
 export const LENGTH_NODE_TYPES = Object.freeze(["StreamR1Generate", "StreamR1GenerateToFile"]);
@@ -21,21 +33,62 @@ export const LENGTH_NODE_TYPES = Object.freeze(["StreamR1Generate", "StreamR1Gen
 // ---- Python string semantics ------------------------------------------------------------------------------------
 const WS = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
 const SPACE = new RegExp(`^[${WS}]$`, "u");
-const LSTRIP = new RegExp(`^[${WS}]+`, "u");
-const RSTRIP = new RegExp(`[${WS}]+$`, "u");
 const LINE_BREAK = /\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/g;
+// As in Python, one run of spaces before the optional [transition] and one inside its group: two runs side by
+// side (`\s*(?:[..])?\s*:`) read the same lines but backtrack quadratically on spaces that do not end in ':'.
 const LINE = new RegExp(
-  `^(?<time>@\\p{Nd}+|(?:\\p{Nd}+:)?\\p{Nd}+(?:\\.\\p{Nd}*)?s?)[${WS}]*(?:\\[(?<tr>[A-Za-z_]+)\\])?[${WS}]*:` +
+  `^(?<time>@\\p{Nd}+|(?:\\p{Nd}+:)?\\p{Nd}+(?:\\.\\p{Nd}*)?s?)[${WS}]*(?:\\[(?<tr>[A-Za-z_]+)\\][${WS}]*)?:` +
   "(?<prompt>[^\\n]*)$", "u");
 const DIGIT = /\p{Nd}/u;
 const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/u;
 
 const isSpace = (ch) => SPACE.test(ch);
-const strip = (s) => s.replace(LSTRIP, "").replace(RSTRIP, "");
-const lstrip = (s) => s.replace(LSTRIP, "");
-const rstrip = (s) => s.replace(RSTRIP, "");
-/** s[:n] in code points, as Python slices. */
-const head = (s, n) => Array.from(s).slice(0, n).join("");
+// Python's whitespace is all in the BMP, so one UTF-16 unit at a time; loops, not /\s+$/ (quadratic in V8 on
+// long runs of spaces that are not at the end).
+function spaceAt(s, i) {
+  const c = s.charCodeAt(i);
+  if (c <= 0x20) return c === 0x20 || (c >= 0x09 && c <= 0x0d) || c >= 0x1c;
+  if (c < 0x85) return false;
+  return c === 0x85 || c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 ||
+    c === 0x202f || c === 0x205f || c === 0x3000;
+}
+function lstrip(s) {
+  let a = 0;
+  while (a < s.length && spaceAt(s, a)) a += 1;
+  return s.slice(a);
+}
+function rstrip(s) {
+  let b = s.length;
+  while (b > 0 && spaceAt(s, b - 1)) b -= 1;
+  return s.slice(0, b);
+}
+const strip = (s) => rstrip(lstrip(s));
+
+/** [s[:n], len(s) > n] in code points, as Python slices (reads at most n + 1 code points). */
+function cut(s, n) {
+  let i = 0, count = 0;
+  while (i < s.length && count < n) {
+    i += s.codePointAt(i) > 0xffff ? 2 : 1;
+    count += 1;
+  }
+  return [s.slice(0, i), i < s.length];
+}
+/** s[:n] in code points. */
+const head = (s, n) => cut(s, n)[0];
+
+/** len(s) in code points > n (s.length counts UTF-16 units, which can be up to twice as many). */
+function longerThan(s, n) {
+  if (s.length <= n) return false;
+  if (s.length > 2 * n) return true;
+  return cut(s, n)[1];
+}
+
+/** Python's sorted() order of str: by code point (JS sorts by UTF-16 unit). */
+function byCodePoint(a, b) {
+  const x = Array.from(a, (c) => c.codePointAt(0)), y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i += 1) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
 
 /** str.splitlines(), keeping where each line starts and ends in `text` (UTF-16 offsets, break excluded). */
 export function splitLines(text) {
@@ -89,26 +142,20 @@ export function pyRepr(v) {
   return `{${Object.entries(v).map(([k, x]) => `${pyRepr(k)}: ${pyRepr(x)}`).join(", ")}}`;
 }
 
-/** str() of a JSON value. */
-const pyStr = (v) => (typeof v === "string" ? v : pyRepr(v));
-
-/** Python truthiness of a JSON value. */
-const truthy = (v) => !(v === null || v === undefined || v === false || v === 0 || v === "" ||
-  (Array.isArray(v) && v.length === 0) || (typeof v === "object" && !Array.isArray(v) && Object.keys(v).length === 0));
-
-function typeName(v) {
-  if (v === null || v === undefined) return "NoneType";
-  if (Array.isArray(v)) return "list";
-  if (typeof v === "object") return "dict";
-  if (typeof v === "string") return "str";
-  if (typeof v === "boolean") return "bool";
-  return Number.isInteger(v) ? "int" : "float";
+/** repr(v) cut to `limit` characters, then "..." (stream_r1.timeline._show). */
+export function show(v, limit = 60) {
+  const [text, more] = cut(pyRepr(v), limit);
+  return more ? `${text}...` : text;
 }
 
-class PyError extends Error {
-  constructor(message, kind = "ValueError") {
+const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+const isDict = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+
+/** The parser's error (Python's ValueError): a one-line message that says what to write instead. */
+export class TimelineError extends Error {
+  constructor(message) {
     super(message);
-    this.name = kind;
+    this.name = "TimelineError";
   }
 }
 
@@ -117,36 +164,28 @@ const FLOAT_LITERAL = new RegExp(`^[+-]?(?:(?:${D}(?:\\.(?:${D})?)?|\\.${D})(?:[
   "iu");
 const INT_LITERAL = new RegExp(`^[+-]?${D}$`, "u");
 
-/** float(v) for a JSON value. */
-function pyFloat(v) {
-  if (typeof v === "number") return v;
+/** float(v) of a JSON value (bool, number or numeric string), or null when v is not a number; `whole`: strings
+ * must be integer literals, as int() takes them (stream_r1.timeline._float). */
+function jsonFloat(v, whole = false) {
   if (typeof v === "boolean") return v ? 1 : 0;
-  if (typeof v === "string") {
-    const s = strip(v);
-    if (!FLOAT_LITERAL.test(s)) throw new PyError(`could not convert string to float: ${pyRepr(v)}`);
-    const t = asciiDigits(s).replace(/_/g, "").toLowerCase();
-    if (/^[+-]?nan$/.test(t)) return NaN;
-    if (/^[+-]?inf/.test(t)) return t.startsWith("-") ? -Infinity : Infinity;
-    return Number(t);
-  }
-  throw new PyError(`float() argument must be a string or a real number, not '${typeName(v)}'`, "TypeError");
+  if (typeof v === "number") return v;
+  if (typeof v !== "string") return null;
+  const s = strip(v);
+  if (whole ? !INT_LITERAL.test(s) : !FLOAT_LITERAL.test(s)) return null;
+  const t = asciiDigits(s).replace(/_/g, "").toLowerCase();
+  if (/^[+-]?nan$/.test(t)) return NaN;
+  if (/^[+-]?inf/.test(t)) return t.startsWith("-") ? -Infinity : Infinity;
+  return Number(t);
 }
 
-/** int(v) for a JSON value. */
-function pyInt(v) {
-  if (typeof v === "boolean") return v ? 1 : 0;
-  if (typeof v === "number") {
-    if (Number.isNaN(v)) throw new PyError("cannot convert float NaN to integer");
-    if (!Number.isFinite(v)) throw new PyError("cannot convert float infinity to integer", "OverflowError");
-    return Math.trunc(v) + 0;
+/** A chunk index read as a number, as an integer (truncated); only exact values (|v| <= 2**53) pass. */
+function chunkIndex(v) {
+  if (Number.isNaN(v)) {
+    throw new TimelineError('chunk nan is not a whole number: write a chunk index, e.g. @40 or "chunk": 40');
   }
-  if (typeof v === "string") {
-    const s = strip(v);
-    if (!INT_LITERAL.test(s)) throw new PyError(`invalid literal for int() with base 10: ${pyRepr(v)}`);
-    return Number(asciiDigits(s).replace(/_/g, ""));
-  }
-  throw new PyError(`int() argument must be a string, a bytes-like object or a real number, not '${typeName(v)}'`,
-    "TypeError");
+  if (v > EXACT) throw new TimelineError(`chunk ${floatRepr(v)} is too large: chunk indices go up to ${MAX_CHUNK}`);
+  if (v < -EXACT) throw new TimelineError(`chunk ${floatRepr(v)} must be >= 0`);
+  return Math.trunc(v) + 0;
 }
 
 /** The digits of a finite double exactly: value = BigInt(digits) / 10**scale. */
@@ -220,6 +259,9 @@ export function chunkStartSeconds(chunk, framesPerBlock = 3, fps = FPS) {
 /** The chunk whose start is nearest to `seconds` (ties go to the later chunk). */
 export function chunkAtSeconds(seconds, framesPerBlock = 3, fps = FPS) {
   if (seconds <= 0) return 0;
+  if (!Number.isFinite(seconds)) {
+    throw new TimelineError(`time ${floatRepr(seconds)} is not a finite number of seconds`);
+  }
   const frame = seconds * fps;
   const guess = Math.max(0, Math.floor((frame + 3) / (4 * framesPerBlock)));
   let best = null;
@@ -245,14 +287,16 @@ export function latentFramesForSeconds(seconds, fps = FPS, framesPerBlock = 3) {
   return Math.max(1, roundHalfEven(lat / framesPerBlock)) * framesPerBlock;
 }
 
-/** The stream a generate node's widgets ask for: {chunks, seconds} (video length), or null when invalid. */
+/** The stream a generate node's widgets ask for: {chunks, seconds} (video length), or null when invalid (also
+ * when not finite or longer than MAX_SECONDS: the bar then shows the timeline on its own). */
 export function streamLength({ seconds = 5, frames = 0, framesPerBlock = 3, fps = FPS } = {}) {
   let latent;
+  if (!(Number.isInteger(framesPerBlock) && framesPerBlock >= 1 && fps > 0 && fps <= 1000)) return null;
   if (frames) {
-    if (frames < 1 || (frames - 1) % 4) return null;
+    if (!Number.isInteger(frames) || frames < 1 || (frames - 1) % 4 || frames > MAX_SECONDS * fps) return null;
     latent = 1 + (frames - 1) / 4;
   } else {
-    if (!(seconds > 0)) return null;
+    if (!(seconds > 0 && seconds <= MAX_SECONDS)) return null;
     latent = latentFramesForSeconds(seconds, fps, framesPerBlock);
   }
   return { chunks: Math.ceil(latent / framesPerBlock), seconds: (1 + 4 * (latent - 1)) / fps };
@@ -263,37 +307,74 @@ const where = (e) => (e.chunk !== null ? `chunk ${e.chunk}` : `${formatG(e.secon
 
 /** TimelineEntry(prompt, seconds, chunk, transition) with its checks; returns a frozen entry. */
 export function makeEntry(prompt, seconds = null, chunk = null, transition = null) {
+  if (typeof prompt !== "string") {
+    throw new TimelineError("a timeline entry's prompt must be text (str), not " +
+                            `${Array.isArray(prompt) ? "list" : typeof prompt}: write the prompt in quotes`);
+  }
   const name = pyRepr(head(prompt, 40));
   if ((seconds === null) === (chunk === null)) {
-    throw new PyError(`timeline entry ${name} needs exactly one of seconds or chunk`);
+    throw new TimelineError(`timeline entry ${name} needs exactly one of seconds or chunk`);
   }
-  if (seconds !== null && (!Number.isFinite(seconds) || seconds < 0)) {
-    throw new PyError(`timeline entry ${name}: time ${floatRepr(seconds)} must be >= 0 seconds`);
+  if (seconds !== null) {
+    if (typeof seconds !== "number" || Number.isNaN(seconds)) {
+      throw new TimelineError(`timeline entry ${name}: time ${show(seconds)} is not a number of seconds: ` +
+                              "write e.g. 12.5");
+    }
+    if (seconds < 0) throw new TimelineError(`timeline entry ${name}: time ${floatRepr(seconds)} must be >= 0 seconds`);
+    if (seconds > MAX_SECONDS) {
+      throw new TimelineError(`timeline entry ${name}: time ${floatRepr(seconds)} is too large: switch times go ` +
+                              `up to ${MAX_SECONDS} s (about 115 days)`);
+    }
   }
-  if (chunk !== null && chunk < 0) throw new PyError(`timeline entry ${name}: chunk ${chunk} must be >= 0`);
+  if (chunk !== null) {
+    if (!Number.isInteger(chunk)) {
+      throw new TimelineError(`timeline entry ${name}: chunk ${show(chunk)} is not a whole number: write e.g. 40`);
+    }
+    if (chunk < 0) throw new TimelineError(`timeline entry ${name}: chunk ${chunk} must be >= 0`);
+    if (chunk > MAX_CHUNK) {
+      throw new TimelineError(`timeline entry ${name}: chunk ${chunk} is too large: chunk indices go up to ` +
+                              `${MAX_CHUNK}`);
+    }
+  }
   if (transition !== null && !TRANSITIONS.includes(transition)) {
-    throw new PyError(`timeline entry ${name}: transition ${pyRepr(transition)} is not one of ` +
-                      `${TRANSITIONS.join(", ")}`);
+    throw new TimelineError(`timeline entry ${name}: transition ${show(transition)} is not one of ` +
+                            `${TRANSITIONS.join(", ")}`);
   }
   const entry = { prompt, seconds, chunk, transition };
-  if (!strip(prompt)) throw new PyError(`timeline entry at ${where(entry)} has an empty prompt`);
+  if (!strip(prompt)) throw new TimelineError(`timeline entry at ${where(entry)} has an empty prompt`);
   return Object.freeze(entry);
 }
 
 function makeTimeline(entries, defaultTransition = "recache", basePrompt = null, lines = null) {
+  if (basePrompt === "") basePrompt = null;                 // no base prompt, as to_json writes it
   if (!TRANSITIONS.includes(defaultTransition)) {
-    throw new PyError(`transition ${pyRepr(defaultTransition)} is not one of ${TRANSITIONS.join(", ")}`);
+    throw new TimelineError(`transition ${show(defaultTransition)} is not one of ${TRANSITIONS.join(", ")}`);
   }
-  if (!entries.length && !truthy(basePrompt)) {
-    throw new PyError("the timeline is empty: give at least one 'seconds: prompt' entry");
+  if (basePrompt !== null) {
+    if (typeof basePrompt !== "string") {
+      throw new TimelineError(`the base prompt ${show(basePrompt)} is not text: write "base_prompt": "a prompt", or ` +
+                              "leave it out");
+    }
+    if (basePrompt && !strip(basePrompt)) {
+      throw new TimelineError("the base prompt is blank: write a prompt, or leave it out");
+    }
   }
-  return Object.freeze({ entries: Object.freeze(entries), defaultTransition, basePrompt: basePrompt ?? null,
+  if (entries.length > MAX_ENTRIES) {
+    throw new TimelineError(`the timeline has ${entries.length} entries; at most ${MAX_ENTRIES} are allowed: merge ` +
+                            "or drop some");
+  }
+  if (!entries.length && !basePrompt) {
+    throw new TimelineError("the timeline is empty: give at least one 'seconds: prompt' entry");
+  }
+  return Object.freeze({ entries: Object.freeze(entries), defaultTransition, basePrompt,
                          lines: lines && Object.freeze(lines) });
 }
 
+/** '12.5' / '12.5s' / '1:30' -> [seconds, null]; '@40' -> [null, 40]. Huge values read as Infinity, which the
+ * entry's checks refuse. */
 function parseTime(text) {
-  if (text.startsWith("@")) return [null, Number(asciiDigits(text.slice(1)))];
-  text = text.replace(/s+$/, "");
+  if (text.startsWith("@")) return [null, chunkIndex(Number(asciiDigits(text.slice(1))))];
+  text = text.replace(/s$/, "");
   if (text.includes(":")) {
     const [minutes, sec] = text.split(":");
     return [Number(asciiDigits(minutes)) * 60 + Number(asciiDigits(sec)), null];
@@ -301,15 +382,49 @@ function parseTime(text) {
   return [Number(asciiDigits(text)), null];
 }
 
+function checkText(text) {
+  if (typeof text !== "string") {
+    throw new TimelineError(`a timeline is text (str), not ${text === null ? "NoneType" : typeof text}: write lines ` +
+                            "like '0: a red fox', or JSON");
+  }
+  if (longerThan(text, MAX_TEXT_CHARS)) {
+    throw new TimelineError(`the timeline text is longer than ${MAX_TEXT_CHARS} characters: shorten it (fewer or ` +
+                            "shorter prompts)");
+  }
+}
+
+/** Refuse nesting past MAX_JSON_DEPTH before JSON.parse (and pyRepr, which recurses) sees it: brackets outside
+ * strings, as stream_r1.timeline._check_json_depth counts them. */
+function checkJsonDepth(text) {
+  let depth = 0, inString = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const c = text[i];
+    if (inString) {
+      if (c === "\\") i += 1;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === "[" || c === "{") {
+      depth += 1;
+      if (depth > MAX_JSON_DEPTH) {
+        throw new TimelineError(`timeline JSON is nested more than ${MAX_JSON_DEPTH} levels deep: a timeline needs ` +
+                                '3, {"entries": [{"seconds": 0, "prompt": "..."}]}');
+      }
+    } else if (c === "]" || c === "}") depth -= 1;
+  }
+}
+
 /** Timeline.parse: the text format, or JSON when the text starts with '{' or '['. */
 export function parseTimeline(text, defaultTransition = "recache") {
+  checkText(text);
   const stripped = lstrip(text);
   if (stripped.startsWith("{") || stripped.startsWith("[")) {
+    checkJsonDepth(stripped);
     let data;
     try {
       data = JSON.parse(stripped);
     } catch (e) {
-      throw new PyError(`timeline JSON is not valid: ${e.message}`);
+      throw new TimelineError(`timeline JSON is not valid: ${String(e.message).replace(LINE_BREAK, " ")}; fix the ` +
+                              "JSON, or write one 'seconds: prompt' per line");
     }
     return timelineFromJson(data, defaultTransition);
   }
@@ -318,77 +433,111 @@ export function parseTimeline(text, defaultTransition = "recache") {
 
 /** Timeline.from_text; the result also carries `lines`: [first, last] line numbers (1-based) of each entry. */
 export function timelineFromText(text, defaultTransition = "recache") {
+  checkText(text);
   const raw = [];
-  splitLines(text).forEach(({ text: rawLine }, i) => {
+  const lines = splitLines(text);
+  for (let i = 0; i < lines.length; i += 1) {
     const n = i + 1;
-    const line = rstrip(rawLine);
-    if (!strip(line) || lstrip(line).startsWith("#")) return;
-    if (isSpace(String.fromCodePoint(line.codePointAt(0)))) {
+    const line = rstrip(lines[i].text);
+    if (!strip(line) || lstrip(line).startsWith("#")) continue;
+    if (isSpace(line[0])) {
       if (!raw.length) {
-        throw new PyError(`timeline line ${n}: an indented line continues a prompt, but no entry came before it`);
+        throw new TimelineError(`timeline line ${n}: an indented line continues a prompt, but no entry came before it`);
       }
-      raw[raw.length - 1].prompt += " " + strip(line);
+      raw[raw.length - 1].prompt.push(strip(line));
       raw[raw.length - 1].last = n;
-      return;
+      continue;
     }
     const m = LINE.exec(strip(line));
     if (m === null) {
-      throw new PyError(`timeline line ${n}: ${pyRepr(head(strip(line), 60))} is not 'seconds: prompt' (e.g. ` +
-                        "'12.5: a fox runs', '12.5 [flush]: ...', '1:30: ...', '@40: ...')");
+      throw new TimelineError(`timeline line ${n}: ${pyRepr(head(strip(line), 60))} is not 'seconds: prompt' (e.g. ` +
+                              "'12.5: a fox runs', '12.5 [flush]: ...', '1:30: ...', '@40: ...')");
     }
-    const [seconds, chunk] = parseTime(m.groups.time);
+    if (raw.length === MAX_ENTRIES) {
+      throw new TimelineError(`timeline line ${n}: more than ${MAX_ENTRIES} entries: merge or drop some`);
+    }
+    let seconds, chunk;
+    try {
+      [seconds, chunk] = parseTime(m.groups.time);
+    } catch (err) {
+      throw new TimelineError(`timeline line ${n}: ${err.message}`);
+    }
     const tr = m.groups.tr ? m.groups.tr.toLowerCase() : null;
-    raw.push({ seconds, chunk, transition: tr, prompt: strip(m.groups.prompt), line: n, last: n });
-  });
+    raw.push({ seconds, chunk, transition: tr, prompt: [strip(m.groups.prompt)], line: n, last: n });
+  }
   const out = raw.map((e) => {
     try {
-      return makeEntry(e.prompt, e.seconds, e.chunk, e.transition);
+      return makeEntry(e.prompt.join(" "), e.seconds, e.chunk, e.transition);
     } catch (err) {
-      throw new PyError(`timeline line ${e.line}: ${err.message}`);
+      throw new TimelineError(`timeline line ${e.line}: ${err.message}`);
     }
   });
   return makeTimeline(out, defaultTransition, null, raw.map((e) => [e.line, e.last]));
 }
 
+const ENTRY_KEYS = new Set(["seconds", "time", "chunk", "prompt", "transition"]);
+
+function entryFromJson(item) {
+  if (!isDict(item) || !has(item, "prompt") || typeof item.prompt !== "string") {
+    throw new TimelineError(`expected {"seconds": ..., "prompt": "..."}, got ${show(item)}`);
+  }
+  const unknown = Object.keys(item).filter((k) => !ENTRY_KEYS.has(k)).sort(byCodePoint);
+  if (unknown.length) {
+    throw new TimelineError(`unknown keys ${show(unknown, 200)}: use seconds (or time), chunk, prompt, transition`);
+  }
+  const key = has(item, "seconds") ? "seconds" : "time";
+  const rawS = has(item, key) ? item[key] : null, rawC = has(item, "chunk") ? item.chunk : null;
+  const seconds = rawS === null ? null : jsonFloat(rawS);
+  if (rawS !== null && seconds === null) {
+    throw new TimelineError(`${key} ${show(rawS)} is not a number: write the time in seconds, e.g. "${key}": 12.5`);
+  }
+  let chunk = null;
+  if (rawC !== null) {
+    const c = jsonFloat(rawC, true);
+    if (c === null) {
+      throw new TimelineError(`chunk ${show(rawC)} is not a whole number: write a chunk index, e.g. "chunk": 40`);
+    }
+    chunk = chunkIndex(c);
+  }
+  return makeEntry(item.prompt, seconds, chunk, has(item, "transition") ? item.transition : null);
+}
+
 /** Timeline.from_json: {"format", "version", "default_transition", "base_prompt", "entries"} or a bare list. */
 export function timelineFromJson(data, defaultTransition = "recache") {
   let base, items;
-  if (data !== null && typeof data === "object" && !Array.isArray(data)) {
-    const format = "format" in data ? data.format : FORMAT;
+  if (isDict(data)) {
+    const format = has(data, "format") ? data.format : FORMAT;
     if (format !== FORMAT) {
-      throw new PyError(`not a timeline: format ${pyRepr(data.format)} (expected ${pyRepr(FORMAT)})`);
+      throw new TimelineError(`not a timeline: format ${show(format)} (expected ${pyRepr(FORMAT)})`);
     }
-    if (pyInt("version" in data ? data.version : VERSION) > VERSION) {
-      throw new PyError(`timeline version ${pyStr(data.version)} is newer than this reader (${VERSION})`);
+    const version = has(data, "version") ? data.version : VERSION;
+    const v = jsonFloat(version, true);
+    if (v === null || Number.isNaN(v)) {
+      throw new TimelineError(`timeline version ${show(version)} is not a whole number: write "version": ${VERSION}`);
     }
-    if ("default_transition" in data) defaultTransition = data.default_transition;
-    base = data.base_prompt ?? null;
-    items = data.entries;
+    if (v >= VERSION + 1) {
+      throw new TimelineError(`timeline version ${show(version)} is newer than this reader (${VERSION})`);
+    }
+    if (has(data, "default_transition")) defaultTransition = data.default_transition;
+    base = has(data, "base_prompt") ? data.base_prompt : null;
+    items = has(data, "entries") ? data.entries : null;
   } else {
     base = null;
     items = data;
   }
   if (!Array.isArray(items)) {
-    throw new PyError('timeline JSON needs a list of entries: {"entries": [{"seconds": 0, "prompt": "..."}, ...]}');
+    throw new TimelineError('timeline JSON needs a list of entries: {"entries": [{"seconds": 0, "prompt": "..."}, ' +
+                            "...]}");
+  }
+  if (items.length > MAX_ENTRIES) {
+    throw new TimelineError(`the timeline has ${items.length} entries; at most ${MAX_ENTRIES} are allowed: merge or ` +
+                            "drop some");
   }
   const out = items.map((item, j) => {
-    const i = j + 1;
-    const isDict = item !== null && typeof item === "object" && !Array.isArray(item);
-    if (!isDict || typeof item.prompt !== "string") {
-      throw new PyError(`timeline entry ${i}: expected {"seconds": ..., "prompt": "..."}, got ` +
-                        head(pyStr(item), 60));
-    }
-    const known = new Set(["seconds", "time", "chunk", "prompt", "transition"]);
-    const unknown = Object.keys(item).filter((k) => !known.has(k)).sort();
-    if (unknown.length) throw new PyError(`timeline entry ${i}: unknown keys ${pyRepr(unknown)}`);
-    const seconds = "seconds" in item ? item.seconds : item.time ?? null;
     try {
-      const s = seconds === null ? null : pyFloat(seconds);
-      const c = item.chunk === null || item.chunk === undefined ? null : pyInt(item.chunk);
-      return makeEntry(item.prompt, s, c, item.transition ?? null);
+      return entryFromJson(item);
     } catch (err) {
-      if (err.name === "OverflowError") throw err;
-      throw new PyError(`timeline entry ${i}: ${err.message}`);
+      throw new TimelineError(`timeline entry ${j + 1}: ${err.message}`);
     }
   });
   return makeTimeline(out, defaultTransition, base);
@@ -398,7 +547,7 @@ export function timelineFromJson(data, defaultTransition = "recache") {
 export function timelineToJson(tl) {
   const d = { format: FORMAT, version: VERSION, default_transition: tl.defaultTransition,
               entries: tl.entries.map(entryToDict) };
-  if (truthy(tl.basePrompt)) d.base_prompt = tl.basePrompt;
+  if (tl.basePrompt) d.base_prompt = tl.basePrompt;
   return d;
 }
 
@@ -409,10 +558,26 @@ export function entryToDict(e) {
   return d;
 }
 
-/** Timeline.to_text. */
+/** Seconds as the text format reads them back exactly (stream_r1.timeline._text_seconds): repr's shortest digits,
+ * never an exponent. */
+export function textSeconds(x) {
+  if (x === 0) return "0";
+  let r = floatRepr(x);
+  if (r.includes("e")) {
+    const [mantissa, exp] = r.split("e");
+    const [ip, fp = ""] = mantissa.split(".");
+    const digits = ip + fp, point = ip.length + Number(exp);
+    if (point <= 0) r = `0.${"0".repeat(-point)}${digits}`;
+    else if (point >= digits.length) r = digits + "0".repeat(point - digits.length);
+    else r = `${digits.slice(0, point)}.${digits.slice(point)}`;
+  }
+  return r.endsWith(".0") ? r.slice(0, -2) : r;
+}
+
+/** Timeline.to_text; parses back to the same entries when no prompt holds a line break. */
 export function timelineToText(tl) {
   return tl.entries.map((e) => {
-    const t = e.chunk !== null ? `@${e.chunk}` : formatG(e.seconds);
+    const t = e.chunk !== null ? `@${e.chunk}` : textSeconds(e.seconds);
     return `${t}${e.transition ? ` [${e.transition}]` : ""}: ${e.prompt}`;
   }).join("\n");
 }
@@ -424,7 +589,7 @@ const chunkOf = (e, fpb, fps) => (e.chunk !== null ? e.chunk : chunkAtSeconds(e.
 export function timelineEvents(tl, framesPerBlock = 3, numChunks = null, fps = FPS) {
   const events = [];
   const fpb = framesPerBlock;
-  if (truthy(tl.basePrompt) && (!tl.entries.length || chunkOf(tl.entries[0], fpb, fps) > 0)) {
+  if (tl.basePrompt && (!tl.entries.length || chunkOf(tl.entries[0], fpb, fps) > 0)) {
     events.push({ chunk: 0, prompt: tl.basePrompt, transition: tl.defaultTransition, seconds: 0, entry: -1 });
   }
   let prev = null;
@@ -434,29 +599,29 @@ export function timelineEvents(tl, framesPerBlock = 3, numChunks = null, fps = F
     if (prev !== null) {
       const pk = chunkOf(prev, fpb, fps);
       if ((e.seconds !== null && prev.seconds !== null && e.seconds <= prev.seconds) || k < pk) {
-        throw new PyError(`timeline entry ${i} (${where(e)}) does not come after entry ${i - 1} (${where(prev)}): ` +
-                          "list entries in time order");
+        throw new TimelineError(`timeline entry ${i} (${where(e)}) does not come after entry ${i - 1} ` +
+                                `(${where(prev)}): list entries in time order`);
       }
       if (k === pk) {
         const step = (4 * fpb) / fps, at = chunkStartSeconds(k, fpb, fps);
-        throw new PyError(`timeline entries ${i - 1} (${where(prev)}) and ${i} (${where(e)}) fall on the same chunk ` +
-                          `boundary (chunk ${k}, ${formatG(at)} s); entries must be at least one chunk ` +
-                          `(${formatG(step)} s) apart`);
+        throw new TimelineError(`timeline entries ${i - 1} (${where(prev)}) and ${i} (${where(e)}) fall on the same ` +
+                                `chunk boundary (chunk ${k}, ${formatG(at)} s); entries must be at least one chunk ` +
+                                `(${formatG(step)} s) apart`);
       }
     }
     if (numChunks !== null && k >= numChunks) {
       const end = (1 + 4 * (numChunks * fpb - 1)) / fps;
-      throw new PyError(`timeline entry ${i} (${where(e)}) is beyond the stream: it has ${numChunks} chunks ` +
-                        `(${formatG(end)} s); the last switch can be at ` +
-                        `${formatG(chunkStartSeconds(numChunks - 1, fpb, fps))} s`);
+      throw new TimelineError(`timeline entry ${i} (${where(e)}) is beyond the stream: it has ${numChunks} chunks ` +
+                              `(${formatG(end)} s); the last switch can be at ` +
+                              `${formatG(chunkStartSeconds(numChunks - 1, fpb, fps))} s`);
     }
     events.push({ chunk: k, prompt: e.prompt, transition: e.transition ?? tl.defaultTransition,
                   seconds: chunkStartSeconds(k, fpb, fps), entry: j });
     prev = e;
   });
   if (events[0].chunk !== 0) {
-    throw new PyError(`the timeline starts at ${where(tl.entries[0])}, so no prompt covers the start: add an entry ` +
-                      "at 0 (or a base prompt without a time)");
+    throw new TimelineError(`the timeline starts at ${where(tl.entries[0])}, so no prompt covers the start: add an ` +
+                            "entry at 0 (or a base prompt without a time)");
   }
   return events;
 }
@@ -476,12 +641,17 @@ export function formatClock(seconds) {
   return h ? `${neg}${h}:${String(m).padStart(2, "0")}:${ss}` : `${neg}${m}:${ss}`;
 }
 
-/** Axis ticks over [0, end]: at most `maxTicks` + 1, on a round step. */
+/** Axis ticks over [0, end]: at most `maxTicks` + 1, on a round step (just 0 when `end` is not a finite length). */
 export function ticks(end, maxTicks = 6) {
-  if (!(end > 0)) return [{ t: 0, frac: 0, label: formatClock(0) }];
+  if (!(end > 0 && Number.isFinite(end))) return [{ t: 0, frac: 0, label: formatClock(0) }];
+  maxTicks = Math.min(100, Math.max(1, Math.floor(maxTicks) || 1));
   const step = TICK_STEPS.find((s) => end / s <= maxTicks) ?? Math.ceil(end / maxTicks / 3600) * 3600;
   const out = [];
-  for (let t = 0; t <= end + 1e-9; t += step) out.push({ t, frac: t / end, label: formatClock(t) });
+  for (let i = 0; i <= maxTicks; i += 1) {              // a count, not `t += step` (never ends once t + step == t)
+    const t = i * step;
+    if (t > end + 1e-9) break;
+    out.push({ t, frac: t / end, label: formatClock(t) });
+  }
   return out;
 }
 
@@ -492,12 +662,18 @@ export function ticks(end, maxTicks = 6) {
 export function layoutTimeline(text, { defaultTransition = "recache", stream = null, framesPerBlock = 3,
                                        fps = FPS } = {}) {
   let tl, events;
+  const usable = stream && Number.isInteger(stream.chunks) && stream.chunks > 0 && Number.isFinite(stream.seconds) &&
+    stream.seconds > 0;
+  if (!usable) stream = null;                            // a length that is not one: show the timeline on its own
+  if (!(Number.isInteger(framesPerBlock) && framesPerBlock >= 1 && framesPerBlock <= 64)) framesPerBlock = 3;
+  if (!(fps > 0 && fps <= 1000)) fps = FPS;
   try {
     tl = parseTimeline(text ?? "", TRANSITIONS.includes(defaultTransition) ? defaultTransition : "recache");
     events = timelineEvents(tl, framesPerBlock, stream ? stream.chunks : null, fps);
   } catch (err) {
-    const m = /^timeline line (\d+):/.exec(err.message);
-    return { ok: false, error: err.message, errorLine: m ? Number(m[1]) : null, segments: [], end: 0,
+    const error = String(err?.message ?? err);
+    const m = /^timeline line (\d+):/.exec(error);
+    return { ok: false, error, errorLine: m ? Number(m[1]) : null, segments: [], end: 0,
              known: !!stream, ticks: [] };
   }
   const last = events[events.length - 1].seconds;
