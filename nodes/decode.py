@@ -10,17 +10,26 @@ decodes each chunk as soon as it is denoised.
 one, loaded by our demo loader rather than by the stock Load VAE): `vae_stream()` gives it a `CoreVAEStream` (the
 core's `StreamingDecoder` plus the ComfyVAEStream methods the nodes call), and its `decode` answers the stock VAE
 Decode's call.
+
+The fast path: for a stock Wan2.1 VAE on the model's device, the Generate nodes stream through the core's decoder
+built once from that VAE's weights (`fast_vae`: decoder only, ComfyUI's VAE dtype, channels-last on CUDA, compiled
+with the student when Load Model's compile is on) under a ModelPatcher of its own, so ComfyUI still loads and
+offloads it. Frames equal ComfyUI's own `vae.decode` within the dtype's rounding (tests/test_nodes_decode.py).
+`ComfyVAEStream` stays for a VAE on another device (e.g. --cpu-vae) and for stream states saved with it.
 """
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from ..stream_r1.vae import StreamingDecoder, WanVAE, denormalize, normalize
+from ..stream_r1.vae import StreamingDecoder, WanVAE, denormalize, load_vae, normalize
 from . import host, layout
+
+log = logging.getLogger(__name__)
 
 
 class ComfyVAEStream:
@@ -30,14 +39,11 @@ class ComfyVAEStream:
     (about 1.9 GB in 16-bit at 832x480); it does not grow with the video.
     """
 
+    note: Optional[str] = None
+    """Why the fast decoder is not used (shown on the node), or None."""
+
     def __init__(self, vae: Any):
-        channels = getattr(vae, "latent_channels", None)
-        model = getattr(vae, "first_stage_model", None)
-        if channels != layout.LATENT_CHANNELS or not hasattr(model, "decoder") or not hasattr(model, "conv2"):
-            kind = " (a Wan 2.2 VAE)" if channels == 48 else ""
-            raise ValueError(f"this VAE has {channels} latent channels{kind}; Stream-R1 needs the Wan 2.1 VAE "
-                             f"(wan_2.1_vae.safetensors, {layout.LATENT_CHANNELS} channels) in Load VAE")
-        self.vae, self.model = vae, model
+        self.vae, self.model = vae, _stock_wan21(vae)
         self.reset()
 
     @property
@@ -105,6 +111,17 @@ class ComfyVAEStream:
         return new
 
 
+def _stock_wan21(vae: Any) -> Any:
+    """The `first_stage_model` of a stock Wan 2.1 VAE (comfy.sd.VAE); ValueError naming the right file otherwise."""
+    channels = getattr(vae, "latent_channels", None)
+    model = getattr(vae, "first_stage_model", None)
+    if channels != layout.LATENT_CHANNELS or not hasattr(model, "decoder") or not hasattr(model, "conv2"):
+        kind = " (a Wan 2.2 VAE)" if channels == 48 else ""
+        raise ValueError(f"this VAE has {channels} latent channels{kind}; Stream-R1 needs the Wan 2.1 VAE "
+                         f"(wan_2.1_vae.safetensors, {layout.LATENT_CHANNELS} channels) in Load VAE")
+    return model
+
+
 class CoreVAE:
     """A VAE link value around the core's `WanVAE` (ComfyUI's VAE type is `comfy.sd.VAE`; this one supports what
     the Stream-R1 nodes use and the stock VAE Decode's call, `decode(raw mu)`, nothing else).
@@ -116,6 +133,16 @@ class CoreVAE:
 
     def __init__(self, vae: WanVAE, patcher: Any = None):
         self.core, self.patcher = vae, patcher
+        self.compiled = False
+
+    def compile(self, device: torch.device) -> Optional[str]:
+        """torch.compile the decoder once (as `generate --compile` does); returns why not where it cannot run."""
+        from .loader import compile_unavailable
+        why_not = compile_unavailable(device)
+        if why_not is None and not self.compiled:
+            self.core.decoder.compile()
+            self.compiled = True
+        return why_not
 
     @torch.no_grad()
     def decode(self, samples: Tensor) -> Tensor:
@@ -138,6 +165,8 @@ class CoreVAEStream(StreamingDecoder):
     """One video's decode state over a `CoreVAE`: the core's exact streaming decoder plus the methods the nodes
     call on a ComfyVAEStream."""
 
+    note: Optional[str] = None
+
     def __init__(self, vae: CoreVAE):
         super().__init__(vae.core)
         self.wrapper = vae
@@ -159,7 +188,7 @@ class CoreVAEStream(StreamingDecoder):
 
     def frames(self, mu: Tensor) -> Tensor:
         """Raw mu [B, 16, f, h, w] -> frames [B, T, 3, H, W] in [0, 1] (as ComfyVAEStream.frames)."""
-        return (self.decode(normalize(mu.float())).float() * 0.5 + 0.5).transpose(1, 2)
+        return (self.decode_raw(mu.float()).float() * 0.5 + 0.5).transpose(1, 2)
 
     def __deepcopy__(self, memo: dict) -> "CoreVAEStream":
         new = copy.copy(self)                            # the VAE itself is shared, never copied
@@ -167,9 +196,50 @@ class CoreVAEStream(StreamingDecoder):
         return new
 
 
-def vae_stream(vae: Any):
-    """The streaming decode state for a VAE link value: ours for a CoreVAE, else ComfyUI's VAE driven directly."""
-    return CoreVAEStream(vae) if isinstance(vae, CoreVAE) else ComfyVAEStream(vae)
+_FAST = "_stream_r1_fast_vae"
+"""Attribute of a stock VAE object holding its fast decoder (built once per loaded VAE, freed with it)."""
+
+
+def fast_vae(vae: Any, device: torch.device) -> CoreVAE:
+    """The core's decoder with the weights of the stock Wan 2.1 VAE `vae` (decoder only, in ComfyUI's VAE dtype,
+    channels-last for cuDNN's NDHWC kernels on CUDA), under its own ModelPatcher; built on first use, then cached on
+    `vae`. Costs a second copy of the decoder's weights in RAM (146 MB in bf16); on the GPU only this one is loaded."""
+    fast = getattr(vae, _FAST, None)
+    if fast is None:
+        offload = getattr(getattr(vae, "patcher", None), "offload_device", None) or host.offload_device()
+        core = load_vae(_stock_wan21(vae).state_dict(), device=offload, dtype=vae.vae_dtype, decoder_only=True)
+        if device.type == "cuda":
+            core.to_channels_last()
+        fast = CoreVAE(core, host.wrap_model(core, device, offload))
+        setattr(vae, _FAST, fast)
+    return fast
+
+
+def _same_device(a: Any, b: Any) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index or 0) == (b.index or 0)       # "cuda" is "cuda:0"
+
+
+def vae_stream(vae: Any, device: Optional[torch.device] = None, compile: bool = False,
+               legacy: bool = False):
+    """The streaming decode state for a VAE link value on a run on `device`: ours for a CoreVAE; for a stock Wan 2.1
+    VAE on `device` the fast decoder (compiled when `compile`); else (the VAE on another device, a `legacy` state
+    saved by ComfyVAEStream, no device given) ComfyUI's VAE driven directly, with a `note` saying so."""
+    if isinstance(vae, CoreVAE):
+        stream = CoreVAEStream(vae)
+    elif device is None or legacy or not _same_device(getattr(vae, "device", device), device):
+        stream = ComfyVAEStream(vae)
+        if device is not None:
+            stream.note = ("a stream state saved with ComfyUI's decoder: decoding it that way (eager)" if legacy else
+                           f"the VAE runs on {vae.device}, the model on {device}: decoding with ComfyUI's VAE "
+                           f"module (eager, slower)")
+            log.warning("%s", stream.note)
+        return stream
+    else:
+        stream = CoreVAEStream(fast_vae(vae, torch.device(device)))
+    if compile and device is not None:
+        stream.note = stream.wrapper.compile(torch.device(device))
+    return stream
 
 
 class StreamR1Decode:
@@ -191,7 +261,7 @@ class StreamR1Decode:
 
     def decode(self, vae: Any, samples: dict, unique_id: Optional[str] = None):
         mu = layout.raw_from_latent(samples)                               # [B, 16, T, h, w]
-        stream, out = vae_stream(vae), host.intermediate_device()
+        stream, out = vae_stream(vae, host.torch_device()), host.intermediate_device()
         host.load_models([stream.patcher], stream.memory_required(tuple(mu.shape)))
         progress, pieces = host.Progress(mu.shape[2], unique_id, unit="latent frame"), []
         try:

@@ -1,13 +1,17 @@
 """Generate, Continue and Generate-to-file: widgets -> StreamConfig -> the core's stream loop -> ComfyUI layouts."""
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from ..stream_r1.config import check_resolution, latent_frames_for
+from ..stream_r1.host_copy import HostCopier, uint8_thwc
 from ..stream_r1.stream import chunks_for_frames, latent_frames_for_seconds
 from . import host, layout
 from .loader import StreamR1Model
@@ -15,6 +19,7 @@ from .options import StreamOptions, stream_config
 from .state import StreamState, video_frames
 from .timeline import timeline_schedule
 
+log = logging.getLogger(__name__)
 CATEGORY = "Stream-R1/generate"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -62,47 +67,107 @@ def _start(model: StreamR1Model, positive: list, width: int, height: int, second
     return state, latent_frames
 
 
+def _overlap(state: StreamState, tts: Any) -> bool:
+    """Decode chunk k on a side CUDA stream during chunk k+1's DiT, as `generate` does (same frames). Nothing in the
+    node reads the session between chunks (the chunk events count chunks themselves), so it is on wherever the
+    session can (a GPU and a VAE), except under test-time scaling, which decodes its candidates itself."""
+    session = state.session
+    if tts is not None or session.device.type != "cuda":
+        session.overlap_decode = False
+        return False
+    return session.enable_overlap(priority=True)
+
+
 def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
-            sink: Callable[[Tensor, Optional[Tensor]], None], tts: Any = None) -> None:
+            sink: Callable[[Tensor, Optional[Tensor]], None], tts: Any = None,
+            preview: Callable[[], Optional[Tensor]] = lambda: None) -> None:
     """Run the next `latent_frames` of `state`, handing each piece to `sink(latents [B,f,16,h,w], frames
-    [B,T,3,H,W] or None)`. Per computed chunk: a progress update with the newest frame as preview, a
-    `stream_r1.chunk` websocket event, and the interrupt check before the next chunk. `tts`: a STREAM_R1_TTS
-    (the chunks then come from a Stream-T1 search)."""
-    total, start = state.chunks_for(latent_frames), state.latents_emitted
-    progress, t0, chunks = host.Progress(total, node_id), time.perf_counter(), 0
+    [B,T,3,H,W] or None)` (on the stream's device: the sink must not wait for the GPU, see `HostCopier`). Per
+    computed chunk: a progress update with `preview()` (the newest frame on the host, [h, w, 3]; without a VAE a
+    latent preview), a `stream_r1.chunk` websocket event, and the interrupt check before the next chunk. `tts`: a
+    STREAM_R1_TTS (the chunks then come from a Stream-T1 search).
+
+    Logged per chunk (logger `...nodes.generate`, DEBUG; a summary line at INFO): the wait for the engine (DiT and
+    decode, overlapped) and the node's own host time (sink, preview, event), so the gap to the CLI can be seen."""
+    total, start, first_chunk = state.chunks_for(latent_frames), state.latents_emitted, state.session.chunk_index
+    note = getattr(state.vae_stream, "note", None)
+    overlapped = _overlap(state, tts)
+    device = state.session.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    progress, t0, chunks, waits, hosts, first = host.Progress(total, node_id), time.perf_counter(), 0, [], [], None
     try:
-        for latents, frames, computed in state.take(latent_frames, should_stop=host.interrupted, tts=tts):
-            sink(latents, frames)
-            frames_out = video_frames(state.latents_emitted) - video_frames(start)   # also without a VAE
-            if not computed:
-                continue
-            chunks, seconds = chunks + 1, time.perf_counter() - t0
-            fps = frames_out / seconds if seconds > 0 else 0.0
-            newest = frames[0, -1].permute(1, 2, 0) if frames is not None and frames.shape[1] else \
-                host.latent_preview(latents[0, -1])
-            progress.update(chunks, newest, f"chunk {chunks}/{total}, {frames_out} frames, {fps:.1f} fps")
-            host.send_event(host.CHUNK_EVENT, {
-                "node": node_id, "chunk": state.session.chunk_index - 1, "chunks_done": chunks, "chunks": total,
-                "frames": frames_out, "latent_frames": state.latents_emitted, "fps": fps, "seconds": seconds})
+        with _conv_search(state.session.device):
+            pieces = state.take(latent_frames, should_stop=host.interrupted, tts=tts)
+            t_ready = time.perf_counter()
+            for latents, frames, computed in pieces:
+                t_got = time.perf_counter()
+                sink(latents, frames)
+                frames_out = video_frames(state.latents_emitted) - video_frames(start)   # also without a VAE
+                if not computed:
+                    t_ready = time.perf_counter()
+                    continue
+                chunks, seconds = chunks + 1, t_got - t0
+                first = seconds if first is None else first
+                fps = frames_out / seconds if seconds > 0 else 0.0
+                newest = preview() if frames is not None else host.latent_preview(latents[0, -1])
+                text = f"chunk {chunks}/{total}, {frames_out} frames, {fps:.1f} fps" + (f" ({note})" if note else "")
+                progress.update(chunks, newest, text)
+                host.send_event(host.CHUNK_EVENT, {
+                    "node": node_id, "chunk": first_chunk + chunks - 1, "chunks_done": chunks, "chunks": total,
+                    "frames": frames_out, "latent_frames": state.latents_emitted, "fps": fps, "seconds": seconds})
+                t_ready, wait = time.perf_counter(), t_got - t_ready
+                waits.append(wait)
+                hosts.append(t_ready - t_got)
+                log.debug("chunk %d: engine %.1f ms, node host %.1f ms", chunks, 1e3 * wait, 1e3 * hosts[-1])
     finally:
         progress.close()
+    if chunks:
+        peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
+        log.info("streamed %d chunks in %.2f s (first frames after %.3f s; engine %.2f s, node host %.2f s%s%s)",
+                 chunks, time.perf_counter() - t0, first, sum(waits), sum(hosts),
+                 ", decode overlapped" if overlapped else "", peak)
+
+
+@contextmanager
+def _conv_search(device: torch.device):
+    """On CUDA, cuDNN times its engines once per conv shape and keeps the fastest (as `generate --compile`), for
+    this stream only: ComfyUI's global setting is restored after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
              tts: Any = None) -> tuple[Tensor, dict]:
-    """Run and gather: (IMAGE, LATENT) of the new frames, on ComfyUI's intermediate device."""
-    out, latents, frames = host.intermediate_device(), [], []
+    """Run and gather: (IMAGE, LATENT) of the new frames, on ComfyUI's intermediate device. Frames are copied to the
+    host by a worker thread straight into the IMAGE's final layout (no host wait in the stream loop, no final
+    concatenation)."""
+    out, latents = host.intermediate_device(), []
+    (height, width), batch = state.size, state.session.batch
+    done = state.latents_emitted
+    image = torch.empty(batch, video_frames(done + latent_frames) - video_frames(done), height, width, 3,
+                        device=out) if state.vae_stream is not None else None              # [B, T, H, W, 3]
+
+    def consume(f: Tensor, start: int, z: Tensor) -> None:                    # worker thread: host tensors, in order
+        image[:, start:start + f.shape[1]] = f
+        latents.append(z)
 
     def sink(z: Tensor, f: Optional[Tensor]) -> None:
-        latents.append(z.to(out))
-        if f is not None:
-            frames.append(f.to(out))
+        if f is None:
+            latents.append(z.to(out))                                         # no VAE: nothing to overlap
+        else:
+            copier.put(f, z)
 
-    _stream(state, latent_frames, node_id, sink, tts)
+    with HostCopier(consume, convert=lambda f: rearrange(f, "b t c h w -> b t h w c").float()) as copier:
+        _stream(state, latent_frames, node_id, sink, tts, preview=lambda: copier.preview)
     host.throw_if_interrupted()
-    image = layout.image_from_frames(torch.cat(frames, 1), out) if frames else \
-        layout.placeholder_image(*state.size, out)
-    return image, layout.latent_from_core(torch.cat(latents, 1), out)
+    images = image[:, :copier.frames].flatten(0, 1) if image is not None and copier.frames else \
+        layout.placeholder_image(*state.size, out)                            # [B*T, H, W, 3], b-major
+    return images, layout.latent_from_core(torch.cat(latents, 1), out)
 
 
 _STATE_TIP = ("The stream (KV cache, noise generator, VAE cache) for Stream-R1 Continue; empty unless keep_state "
@@ -213,8 +278,9 @@ class StreamR1GenerateToFile:
 
         path, entry = host.save_path(filename_prefix, "mp4", width, height)
         state, latent_frames = _start(model, positive, width, height, seconds, frames, seed, vae, options, False)
-        with state.running(keep=False), VideoWriter(path, fps=fps) as writer:
-            _stream(state, latent_frames, unique_id,
-                    lambda z, f: writer.write(f[0], layout="tchw") if f is not None and f.shape[1] else None, tts)
+        with state.running(keep=False), VideoWriter(path, fps=fps) as writer, \
+                HostCopier(lambda f, start: writer.write(f[0]), convert=uint8_thwc) as copier:   # encoded off-loop
+            _stream(state, latent_frames, unique_id, lambda z, f: copier.put(f) if f is not None else None, tts,
+                    preview=lambda: copier.preview)
             host.throw_if_interrupted()
         return {"ui": {"images": [entry], "animated": (True,)}, "result": (path, host.video_output(path))}

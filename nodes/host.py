@@ -210,6 +210,13 @@ def load_models(patchers: Sequence[Any], memory_required: int = 0) -> None:
     mm.load_models_gpu(patchers, **kw)
 
 
+def compile_cache_folder() -> Optional[Path]:
+    """Where torch.compile's caches go inside ComfyUI: <user folder>/stream_r1/compile_cache (None headless: the
+    core's default, ~/.cache/stream_r1/compile)."""
+    fp = _service("folder_paths", "get_user_directory")
+    return Path(fp.get_user_directory()) / "stream_r1" / "compile_cache" if fp is not None else None
+
+
 def soft_empty_cache() -> None:
     mm = _mm()
     if mm is not None:
@@ -331,31 +338,150 @@ def _send_progress_text(text: str, node_id: Optional[str]) -> None:
 
 
 # ---- output files --------------------------------------------------------------------------------------------
-def save_path(prefix: str, ext: str, width: int, height: int) -> tuple[str, dict]:
-    """A new numbered file in the output directory for `prefix` (e.g. "stream_r1/video").
+def save_path(prefix: str, ext: str, width: int, height: int, default: str = "stream_r1/video") -> tuple[str, dict]:
+    """A new numbered file in the output directory for `prefix` (e.g. "stream_r1/video" -> stream_r1/video_00001_.mp4).
 
-    Returns (full path, UI entry {"filename", "subfolder", "type": "output"}). ComfyUI's own
-    get_save_image_path refuses prefixes that leave the output directory; so does the headless fallback.
+    Returns (full path, UI entry {"filename", "subfolder", "type": "output"}). The prefix names a file inside the
+    output folder (`filename_prefix`): empty, "." or a folder alone ("shots/") take `default`'s name; absolute
+    paths, ".." that leaves the folder, control characters (NUL, newlines) and names longer than the file system
+    allows are refused with a ValueError saying what to write. Every path is checked to stay inside the output
+    folder: ComfyUI's own rule in get_save_image_path, applied again to the result, and headless the same rule
+    against $STREAM_R1_OUTPUT (or ./output).
     """
+    prefix = clean_filename_prefix(prefix, default)
     fp = _service("folder_paths", "get_save_image_path")
+    root = output_folder()
     if fp is not None:
-        folder, name, counter, subfolder, _ = fp.get_save_image_path(prefix, fp.get_output_directory(), width, height)
+        folder, name, counter, subfolder, _ = fp.get_save_image_path(prefix, root, width, height)
     else:
-        root = Path(os.environ.get("STREAM_R1_OUTPUT", "output")).expanduser().resolve()
-        target = (root / prefix).resolve()
-        if root != target and root not in target.parents:
-            raise ValueError(f"filename_prefix {prefix!r} leaves the output directory {root}")
-        folder, name = str(target.parent), target.name
-        subfolder = os.path.relpath(folder, root) if target.parent != root else ""
+        folder = os.path.join(root, os.path.dirname(prefix))
+        name, subfolder = os.path.basename(prefix), os.path.dirname(prefix)
         taken = [int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
                  if (m := re.fullmatch(re.escape(name) + r"_(\d+)_?\..*", f))]
         counter = max(taken, default=0) + 1
-    os.makedirs(folder, exist_ok=True)
     filename = f"{name}_{counter:05}_.{ext}"
-    return os.path.join(folder, filename), {"filename": filename, "subfolder": subfolder, "type": "output"}
+    path = os.path.join(folder, filename)
+    _check_inside_output(root, path, prefix)
+    os.makedirs(folder, exist_ok=True)
+    return path, {"filename": filename, "subfolder": subfolder, "type": "output"}
 
 
 def video_output(path: str) -> Any:
     """A VIDEO value for stock nodes (SaveVideo, GetVideoComponents) that reads the file lazily; None headless."""
     api = _service("comfy_api.latest", "InputImpl")
     return api.InputImpl.VideoFromFile(path) if api is not None else None
+
+
+# ---- output folder rules and stream state files -----------------------------------------------------------------
+NAME_MAX_BYTES = 255
+"""Longest file or folder name (bytes) on ext4, XFS, APFS and NTFS (255 UTF-16 units there)."""
+PATH_MAX_BYTES = 4095
+"""Longest path Linux opens (PATH_MAX 4096 with the terminating NUL)."""
+STATE_EXTENSIONS = (".safetensors",)
+"""Files Stream-R1 Load State lists (state files are safetensors; Save State and the CLI write .safetensors)."""
+INPUT_MARK = " [input]"
+"""Suffix of names from the input folder in Load State's list (ComfyUI's annotated-name convention)."""
+
+
+def output_folder() -> str:
+    """ComfyUI's output directory; headless: $STREAM_R1_OUTPUT, else ./output (absolute, normalised)."""
+    fp = _service("folder_paths", "get_output_directory")
+    root = fp.get_output_directory() if fp is not None else os.environ.get("STREAM_R1_OUTPUT", "output")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def input_folder() -> Optional[str]:
+    """ComfyUI's input directory; headless: $STREAM_R1_INPUT, else ./input (None when ComfyUI has no input folder)."""
+    fp = _service("folder_paths", "get_output_directory")
+    if fp is not None:
+        return os.path.abspath(fp.get_input_directory()) if hasattr(fp, "get_input_directory") else None
+    return os.path.abspath(os.path.expanduser(os.environ.get("STREAM_R1_INPUT", "input")))
+
+
+def clean_filename_prefix(prefix: str, default: str) -> str:
+    """`prefix` as a normalised name relative to the output folder ("a/./b" -> "a/b"), or `default` for an empty one,
+    "." and the like, or `default`'s name in a given folder ("shots/" -> "shots/video"). ValueError (one line, what to
+    write instead) for anything that is not a plain relative name inside the output folder."""
+    example = f"write a name inside the output directory, e.g. {default!r} (subfolders with '/')"
+    if not isinstance(prefix, str):
+        raise ValueError(f"filename_prefix must be text, got {type(prefix).__name__}: {example}")
+    shown = repr(prefix if len(prefix) <= 80 else prefix[:77] + "...")
+    if any(ord(c) < 32 or ord(c) == 127 for c in prefix):
+        raise ValueError(f"filename_prefix {shown} contains a control character (NUL, newline, tab, ...): {example}")
+    try:
+        os.fsencode(prefix)
+    except UnicodeError:
+        raise ValueError(f"filename_prefix {shown} is not valid text for a file name: {example}") from None
+    text = prefix.strip()
+    if os.path.isabs(text) or os.path.splitdrive(text)[0] or text.startswith(("/", "\\")):
+        raise ValueError(f"filename_prefix {shown} is an absolute path, which leaves the output directory: "
+                         f"{example}")
+    folder_only = text.endswith(("/", os.sep))
+    norm = os.path.normpath(text) if text else "."
+    parts = norm.split(os.sep)
+    if os.pardir in parts:
+        raise ValueError(f"filename_prefix {shown} leaves the output directory ('..'): {example}")
+    if norm == ".":
+        norm, folder_only = os.path.normpath(default), False
+    elif folder_only:
+        norm = os.path.join(norm, os.path.basename(default))
+    *folders, name = norm.split(os.sep)
+    for part, room in [(f, NAME_MAX_BYTES) for f in folders] + [(name, NAME_MAX_BYTES - len("_00001_.safetensors"))]:
+        if len(os.fsencode(part)) > room:
+            raise ValueError(f"filename_prefix {shown} has a name of {len(os.fsencode(part))} bytes; the file system "
+                             f"allows {room} there (with the counter and extension): use a shorter name")
+    return norm.replace(os.sep, "/")
+
+
+def _check_inside_output(root: str, path: str, prefix: str) -> None:
+    """ComfyUI's rule (folder_paths.get_save_image_path): a written file lies inside the output directory."""
+    full = os.path.abspath(path)
+    if os.path.commonpath((root, full)) != root or full == root:
+        raise ValueError(f"filename_prefix {prefix!r} leaves the output directory {root}: write a name inside it, "
+                         "e.g. 'stream_r1/video'")
+    if len(os.fsencode(full)) > PATH_MAX_BYTES:
+        raise ValueError(f"filename_prefix {prefix!r} makes a path of {len(os.fsencode(full))} bytes (the limit is "
+                         f"{PATH_MAX_BYTES}): use shorter folder names")
+
+
+def _state_roots() -> list[tuple[str, str]]:
+    """(name suffix, folder) where state files are listed: the output folder (plain names), then the input folder."""
+    roots = [("", output_folder())]
+    inp = input_folder()
+    if inp is not None and inp != roots[0][1]:
+        roots.append((INPUT_MARK, inp))
+    return roots
+
+
+def _state_index() -> dict[str, str]:
+    """{listed name: full path} of every state file (*.safetensors) under the output and input folders."""
+    index: dict[str, str] = {}
+    for mark, root in _state_roots():
+        found = []
+        for dirpath, dirnames, files in os.walk(root):            # symlinked folders are not followed
+            dirnames.sort()
+            found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(STATE_EXTENSIONS)]
+        for path in sorted(found):
+            index.setdefault(os.path.relpath(path, root).replace(os.sep, "/") + mark, path)
+    return index
+
+
+def state_files() -> list[str]:
+    """Names Stream-R1 Load State offers: *.safetensors in the output folder as Save State writes them
+    ("stream_r1/state_00001_.safetensors"), then in the input folder ("fox.state.safetensors [input]").
+    Headless: $STREAM_R1_OUTPUT (./output) and $STREAM_R1_INPUT (./input)."""
+    return list(_state_index())
+
+
+def resolve_state(name: str) -> str:
+    """Full path of a listed state name. Names are resolved only through the listing: any other name (a path, "..",
+    a file that is missing) gets the same error, which says nothing about whether such a file exists."""
+    path = _state_index().get(name) if isinstance(name, str) else None
+    if path is None:
+        shown = repr(name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "...")
+        where = "ComfyUI's output or input folder" if _service("folder_paths", "get_output_directory") else \
+            f"{output_folder()} or {input_folder()} (set STREAM_R1_OUTPUT / STREAM_R1_INPUT)"
+        raise FileNotFoundError(f"stream state {shown} is not one of the listed state files: save the stream with "
+                                f"Stream-R1 Save State, or copy the state file into {where}, then refresh (R) and "
+                                "pick it from the list")
+    return path

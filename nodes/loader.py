@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -28,6 +28,8 @@ class StreamR1Model:
     device: torch.device
     """Where it runs (ComfyUI moves it there for each run and back to the offload device after)."""
     dtype: torch.dtype
+    compile: bool = False
+    """Compiled DiT stages; the VAE decoder that streams with it is compiled too (nodes/decode.py)."""
 
     @property
     def stream_config(self) -> StreamConfig:
@@ -46,13 +48,24 @@ class StreamR1Model:
         return self                                  # a shared handle: forked streams share the weights
 
 
-def compile_student(module: WanModel, device: torch.device) -> bool:
-    """`WanModel.compile_blocks()` where it pays (a CUDA device with Triton); elsewhere log why not and stay eager."""
+def compile_unavailable(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot run here (None: it can): it needs a CUDA device and Triton."""
     from torch.utils._triton import has_triton
     if device.type != "cuda" or not has_triton():
-        log.warning("compile: needs a CUDA GPU and Triton (device %s, Triton %s); running eager", device,
-                    "found" if has_triton() else "missing")
+        return (f"compile needs a CUDA GPU with Triton (device {device.type}, Triton "
+                f"{'found' if has_triton() else 'missing'}): running eager")
+    return None
+
+
+def compile_student(module: WanModel, device: torch.device) -> bool:
+    """`WanModel.compile_blocks()` where it pays (a CUDA device with Triton), with PyTorch's compile caches in a
+    folder that outlives the process (`stream_r1.compile_cache`); elsewhere log why not and stay eager."""
+    why_not = compile_unavailable(device)
+    if why_not is not None:
+        log.warning("%s", why_not)
         return False
+    from ..stream_r1.compile_cache import use_compile_cache
+    use_compile_cache(host.compile_cache_folder())
     module.compile_blocks()
     return True
 
@@ -83,9 +96,11 @@ class StreamR1ModelLoader:
                       "a .pt training checkpoint to load; auto = generator_ema, else generator. Ignored for "
                       "other files."}),
         }, "optional": {
-            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the DiT's block stages (CUDA GPUs "
-                        "with Triton). The first run compiles for about a minute; later runs sample about 1.7x "
-                        "faster (DiT at 832x480: 27.8 -> 47.5 FPS on an H200). Off elsewhere."}),
+            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile the DiT's block stages and the VAE "
+                        "decoder that streams with it (CUDA GPUs with Triton; elsewhere eager, with a note). The "
+                        "first run after a server start compiles (about a minute the very first time, seconds once "
+                        "the compile cache in user/stream_r1/compile_cache holds it); later runs stream about 2x "
+                        "faster."}),
         }}
 
     def load(self, model_name: str, dtype: str, attention: str, entry: str, compile: bool = False):
@@ -102,7 +117,6 @@ class StreamR1ModelLoader:
         if info.family == "wan-base":
             log.warning("%s holds bidirectional Wan2.1 base weights, not a distilled causal student: "
                         "streamed output will not be good", model_name)
-        if compile:
-            compile_student(module, device)
+        compiled = compile_student(module, device) if compile else False
         patcher = host.wrap_model(module, device, offload)
-        return (StreamR1Model(module, info, patcher, device if patcher is not None else offload, compute),)
+        return (StreamR1Model(module, info, patcher, device if patcher is not None else offload, compute, compiled),)

@@ -57,7 +57,7 @@ class StreamState:
     def start(cls, model: StreamR1Model, cfg: StreamConfig, context: Tensor, *, height: int, width: int,
               seed: int, vae: Any = None) -> "StreamState":
         """Load the weights (and the VAE) for a run, then allocate the caches of a new stream."""
-        vae_stream = make_vae_stream(vae) if vae is not None else None
+        vae_stream = make_vae_stream(vae, model.device, model.compile) if vae is not None else None
         model.load(stream_memory(model, cfg, height, width, context.shape[0], vae_stream),
                    (vae_stream.patcher,) if vae_stream is not None else ())
         session = StreamSession(model.module, cfg, context, height=height, width=width, seed=seed,
@@ -165,7 +165,8 @@ class StreamState:
         from ..stream_r1.stream_state import load_stream_state
 
         saved = load_stream_state(path)
-        vae_stream = make_vae_stream(vae) if vae is not None else None
+        legacy = saved.session.get("decoder") == ComfyVAEStream.__name__        # its cache is in ComfyUI's layout
+        vae_stream = make_vae_stream(vae, model.device, model.compile, legacy) if vae is not None else None
         s = saved.session
         model.load(stream_memory(model, saved.config(), int(s["height"]), int(s["width"]), int(s["batch"]),
                                  vae_stream), (vae_stream.patcher,) if vae_stream is not None else ())
@@ -200,20 +201,16 @@ class StreamState:
 
 # ---- nodes: save / load a stream ------------------------------------------------------------------------------------
 def state_file_path(name: str) -> str:
-    """An absolute path, or a path relative to ComfyUI's output folder (headless: $STREAM_R1_OUTPUT or ./output)."""
-    import os
-
-    if os.path.isabs(os.path.expanduser(name)):
-        return os.path.expanduser(name)
-    fp = host._service("folder_paths", "get_output_directory")
-    root = fp.get_output_directory() if fp is not None else os.environ.get("STREAM_R1_OUTPUT", "output")
-    return os.path.join(os.path.expanduser(root), name)
+    """Full path of a state file listed by `host.state_files()` (output folder, then input folder "[input]"). The one
+    rule for every node that reads a state: names resolve only through that listing, never as paths."""
+    return host.resolve_state(name)
 
 
 class StreamR1SaveState:
     DESCRIPTION = ("Save a kept stream (keep_state on) to a .safetensors file in the output folder: KV cache with its "
                    "sink, positions, VAE decode cache, noise generator and prompt. Stream-R1 Load State continues it "
-                   "later exactly where it stopped, or with another prompt (a branch).")
+                   "later exactly where it stopped, or with another prompt (a branch); the node shows the name to "
+                   "pick there.")
     CATEGORY = "Stream-R1/state"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
@@ -226,15 +223,19 @@ class StreamR1SaveState:
         return {"required": {
             "state": ("STREAM_R1_STATE", {"tooltip": "A stream kept by Stream-R1 Generate or Continue "
                                                      "(keep_state on)."}),
-            "filename_prefix": ("STRING", {"default": "stream_r1/state", "tooltip": "File name prefix in the output "
-                                "folder; a subfolder may be given."}),
+            "filename_prefix": ("STRING", {"default": "stream_r1/state", "tooltip": "File name prefix inside the "
+                                "output folder; subfolders with '/' (e.g. stream_r1/fox). Empty: stream_r1/state. "
+                                "Absolute paths and '..' are refused."}),
         }}
 
     def save(self, state: StreamState, filename_prefix: str):
+        import os
+
         height, width = state.size
-        path, _ = host.save_path(filename_prefix, "safetensors", width, height)
+        path, _ = host.save_path(filename_prefix, "safetensors", width, height, default="stream_r1/state")
         state.save(path)
-        return {"ui": {"text": [path]}, "result": (path,)}
+        name = os.path.relpath(path, host.output_folder()).replace(os.sep, "/")     # as Load State lists it
+        return {"ui": {"text": [name]}, "result": (path,)}
 
 
 class StreamR1LoadState:
@@ -253,11 +254,24 @@ class StreamR1LoadState:
         return {"required": {
             "model": ("STREAM_R1_MODEL", {"tooltip": "The student that produced the stream (checked by a weights "
                                                      "fingerprint)."}),
-            "state_file": ("STRING", {"default": "stream_r1/state_00001_.safetensors", "tooltip": "Path of the state "
-                           "file: absolute, or relative to the output folder."}),
+            "state_file": (host.state_files(), {"tooltip": "A state file (.safetensors) in ComfyUI's output folder, "
+                           "as Save State writes them, or in its input folder (marked [input]; copy the CLI's "
+                           "--save-state files there). Refresh (R) to list files saved since the page loaded."}),
         }, "optional": {
             "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE, when the stream was saved with decoded frames."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, state_file: Optional[str] = None):
+        """Names are checked against a fresh listing (ComfyUI then skips its own list check, so a file saved after
+        the page loaded is accepted, and any other name gets the one message of `host.resolve_state`)."""
+        if state_file is None:                  # linked from another node: checked when the node runs
+            return True
+        try:
+            state_file_path(state_file)
+        except FileNotFoundError as e:
+            return str(e)
+        return True
 
     @classmethod
     def IS_CHANGED(cls, model=None, state_file: str = "", vae=None):
@@ -265,7 +279,7 @@ class StreamR1LoadState:
 
         try:
             st = os.stat(state_file_path(state_file))
-        except OSError:
+        except OSError:                         # not listed (FileNotFoundError) or gone: run, and fail there
             return ""
         return f"{st.st_mtime_ns}-{st.st_size}"
 

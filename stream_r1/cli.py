@@ -4,11 +4,19 @@
 file at once, so memory stays flat and an interrupted run leaves a playable file. For exact comparisons
 with other implementations it takes the initial noise and the text context from files and can write the
 latents instead of (or beside) the video.
+
+Exit status: 0; 2 for a user error, printed as one line `error: ...` (--debug: the traceback), found before any model
+loads where it can be (outputs, sizes, lengths, memory); 128 + N when signal N cut a stream short (Ctrl-C: 130).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,10 +25,64 @@ from typing import Optional
 import torch
 
 from .config import CACHE_POLICIES, StreamConfig, WanConfig, check_resolution, latent_frames_for
+from .host_copy import HostCopier, uint8_thwc
 
 log = logging.getLogger("stream_r1")
 
 DEMO_SIZE = (128, 128)          # (height, width) of the demo model when no checkpoint is given
+
+
+class UsageError(ValueError):
+    """A bad command line; `main` prints it as one line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <what> (see <prog> --help)` instead of the usage block, exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _number(text: str, kind: type, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    v = _number(text, int, "a positive integer")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def _count(text: str) -> int:
+    v = _number(text, int, "an integer >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    v = _number(text, float, "a number")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _number(text, float, "a positive number")
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    v = _number(text, float, "a number of seconds")
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text}")
+    return v
 
 
 def _parse_steps(text: str) -> tuple[float, ...]:
@@ -35,8 +97,8 @@ def _parse_steps(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m stream_r1", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m stream_r1", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="stream a video from a causal Wan student")
@@ -44,15 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prompt; repeat with times for a timeline: --prompt '0: a fox' --prompt '12.5 [flush]: it "
                         "runs' (transitions recache, flush, none; '@N:' = chunk N)")
     length = g.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, default=None, help="video length at 16 fps (default 5)")
-    length.add_argument("--frames", type=int, default=None, help="video frames, 4k+1 (81 = 5 s)")
+    length.add_argument("--seconds", type=_seconds, default=None, help="video length at 16 fps (default 5)")
+    length.add_argument("--frames", type=_positive_int, default=None, help="video frames, 4k+1 (81 = 5 s)")
     g.add_argument("--out", default="stream_r1.mp4", help=".mp4 (fragmented), .mkv or .webm")
     g.add_argument("--checkpoint", default=None,
                    help="DiT file: Wan-AI, Comfy-Org, Self-Forcing/Reward Forcing/Stream-R1/LongLive .pt, or our export")
     g.add_argument("--entry", default=None, help="entry of a trainer .pt (default generator_ema, then generator)")
     g.add_argument("--lora", default=None, help="LongLive LoRA file merged into the checkpoint")
-    g.add_argument("--num-heads", type=int, default=None, help="attention heads when the file has no config "
-                   "(default dim/128)")
+    g.add_argument("--num-heads", type=_positive_int, default=None, help="attention heads when the file has no "
+                   "config (default dim/128)")
     g.add_argument("--vae", default=None, help="Wan2.1 VAE (.pth or .safetensors)")
     g.add_argument("--preview-decoder", default=None, metavar="PATH", help="decode with the TAEHV tiny decoder "
                    "(taew2_1.pth / .safetensors from madebyollin/taehv) instead of the Wan VAE: lower quality, much "
@@ -60,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-encoder", default=None, help="umT5 file (Wan .pth, HF or ComfyUI safetensors)")
     g.add_argument("--tokenizer", default=None, help="spiece.model or google/umt5-xxl folder (ComfyUI files carry it)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--width", type=int, default=None, help="multiple of 16 (default 832; 128 for the demo model)")
-    g.add_argument("--height", type=int, default=None, help="multiple of 16 (default 480; 128 for the demo model)")
+    g.add_argument("--width", type=_positive_int, default=None,
+                   help="multiple of 16 (default 832; 128 for the demo model)")
+    g.add_argument("--height", type=_positive_int, default=None,
+                   help="multiple of 16 (default 480; 128 for the demo model)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "split", "flash"])
@@ -82,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with shift 5)")
     g.add_argument("--cache-policy", choices=CACHE_POLICIES, default=None,
                    help="default: the checkpoint family's (window_sink for Stream-R1 / Reward Forcing)")
-    g.add_argument("--window", type=int, default=None, help="KV window in latent frames (sink included)")
-    g.add_argument("--sink", type=int, default=None, help="sink frames")
+    g.add_argument("--window", type=_positive_int, default=None, help="KV window in latent frames (sink included)")
+    g.add_argument("--sink", type=_count, default=None, help="sink frames")
     g.add_argument("--sink-ema-source", choices=["evicted", "newest"], default=None,
                    help="window_sink: EMA the frames leaving the window (Reward Forcing today) or the newest "
                         "finished chunk (its code before 2025-12-15)")
@@ -96,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-state", default=None, help="stream state file (safetensors) to continue from later; "
                    "written at the end, on Ctrl-C and every --save-state-every chunks (default "
                    "<out>.state.safetensors)")
-    g.add_argument("--save-state-every", type=int, default=0, help="also save the stream state every N chunks")
+    g.add_argument("--save-state-every", type=_count, default=0, help="also save the stream state every N chunks")
     g.add_argument("--resume", default=None, help="continue a saved stream state up to the requested total length "
                    "(bit-identical on the same device and dtype); with a new --prompt/--timeline: a branch. The "
                    "video and latents written hold only the new frames")
@@ -105,16 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "extension (approximate: T2V students were not trained on it). The video starts with these "
                    "frames; the length flags count them")
     g.add_argument("--telemetry", default=None, help="write per-chunk drift metrics (JSON) and a plot (.png) here")
-    g.add_argument("--drift-refresh", type=float, default=None, help="refresh the sink when colour drift (see "
-                   "--telemetry) exceeds this value, e.g. 0.08")
+    g.add_argument("--drift-refresh", type=_positive_float, default=None, help="refresh the sink when colour drift "
+                   "(see --telemetry) exceeds this value, e.g. 0.08")
     t = g.add_argument_group("test-time scaling (Stream-T1; README 'Test-time scaling')")
-    t.add_argument("--tts-beams", type=int, default=None, help="survivors per chunk (default 2 once a --tts-* flag "
-                   "or --reward-model is given); 1 = greedy, streams live; > 1 delays output by up to 2 chunks")
-    t.add_argument("--tts-children", type=int, default=None, help="candidates per survivor per chunk (default 2); "
-                   "cost ~ beams*children x (DiT + decode + reward) per chunk")
-    t.add_argument("--tts-rho", type=float, default=None, help="correlation of a candidate's noise with its "
+    t.add_argument("--tts-beams", type=_positive_int, default=None, help="survivors per chunk (default 2 once a "
+                   "--tts-* flag or --reward-model is given); 1 = greedy, streams live; > 1 delays output by up to 2 "
+                   "chunks")
+    t.add_argument("--tts-children", type=_positive_int, default=None, help="candidates per survivor per chunk "
+                   "(default 2); cost ~ beams*children x (DiT + decode + reward) per chunk")
+    t.add_argument("--tts-rho", type=_finite_float, default=None, help="correlation of a candidate's noise with its "
                    "parent's, in [-1, 1] (default -0.1)")
-    t.add_argument("--tts-window", type=int, default=None, help="long-reward window in chunks (default 10)")
+    t.add_argument("--tts-window", type=_positive_int, default=None, help="long-reward window in chunks (default 10)")
     t.add_argument("--tts-sinking", choices=["auto", "on", "off"], default="auto",
                    help="memory sinking (auto: on for the longlive cache policy, off otherwise)")
     t.add_argument("--reward-model", default=None, help="VideoReward folder (or model.pth) scoring the candidates; "
@@ -122,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tts-short-reward", default=None, metavar="PATH", help="HPSv3 (HPSv3.safetensors or its "
                    "folder, with Qwen2-VL-7B-Instruct's tokenizer in tokenizer/) for the short reward on each "
                    "candidate's own frames (~16 GB bf16); default: the --reward-model")
+    g.add_argument("--no-memory-check", action="store_true", help="run even when the memory estimate (weights + KV "
+                   "cache + activations + VAE decode) exceeds the device's memory")
     g.add_argument("--quiet", action="store_true")
 
     sub.add_parser("bench", help="speed benchmark at real size with random weights (see --help)", add_help=False)
@@ -134,15 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="describe a checkpoint file")
     i.add_argument("file")
-    i.add_argument("--num-heads", type=int, default=None)
+    i.add_argument("--num-heads", type=_positive_int, default=None)
+    for name, sp in sub.choices.items():
+        if name != "bench":                     # bench parses its own flags; main strips --debug for it
+            sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the traceback of an error")
     return p
 
 
 def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    try:
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device == "auto" else device))
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     if dtype == "auto":
         dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     else:
@@ -228,92 +304,34 @@ def _init_latents(path: str, vae, height: int, width: int, max_latents: int) -> 
 
 
 def cmd_generate(args) -> int:
-    from .loaders import load_student, prompt_embedding, random_student
+    """Check the request (outputs, sizes, lengths, memory) before loading anything, load the models and the text
+    context, open the stream, then run it chunk by chunk (`_stream`)."""
     from .stream import StreamSession, chunks_for_frames
 
     device, dtype = _device_dtype(args.device, args.dtype)
-    demo = args.checkpoint is None
-    bundle = None
-    if demo:
-        from .shapes import bundle as shapes_bundle
-        if shapes_bundle.available():
-            bundle = shapes_bundle.load_bundle(device=device, dtype=dtype, attention=args.attention)
-            model, sc = bundle.model, bundle.info.stream_config
-            height, width = args.height or bundle.height, args.width or bundle.width
-            log.info("no --checkpoint given: the embedded shapes-world model (%s)", bundle.root)
-        else:
-            log.warning("no --checkpoint given and no shapes-world bundle at %s: running a seeded random tiny Wan "
-                        "model to show the pipeline (its output is noise; pass a real checkpoint for real video)",
-                        shapes_bundle.bundle_dir())
-            model = random_student(WanConfig.tiny(), seed=0, device=device, dtype=dtype, attention=args.attention)
-            sc = StreamConfig.stream_r1()
-            height, width = args.height or DEMO_SIZE[0], args.width or DEMO_SIZE[1]
-    else:
-        model, info = load_student(args.checkpoint, device=device, dtype=dtype, attention=args.attention,
-                                   entry=args.entry, num_heads=args.num_heads, lora=args.lora)
-        sc = info.stream_config
-        height, width = args.height or 480, args.width or 832
-        log.info("checkpoint: %s / %s, default cache policy %s", info.format, info.family, sc.cache_policy)
+    _check_outputs(args)
+    noise = _load_tensor(args.noise, "noise") if args.noise else None
+    saved = _load_saved(args)
+    timeline = _timeline(args)
+    _check_plan(args, noise, saved, device, dtype)
+    model, sc, bundle, default_size = _load_model(args, device, dtype)
+    height, width = _size(args, default_size)
     check_resolution(height, width, model.cfg.pixel_multiple)
     if args.fp8:
         from .wan.fp8 import quantize_fp8_
         quantize_fp8_(model)
     _cudnn_setup(device, args.compile, args.conv_search)
     if args.compile:
+        from .compile_cache import use_compile_cache
+        use_compile_cache()                             # a second process reuses what the first compiled
         model.compile_blocks()
-    if args.cache_policy is not None:
-        sc = StreamConfig.for_policy(args.cache_policy).replace(
-            denoising_steps=sc.denoising_steps) if args.cache_policy != sc.cache_policy else sc
-    changes = {}
-    if args.denoising_steps is not None:
-        changes["denoising_steps"] = args.denoising_steps
-    if args.window is not None:
-        changes["window_frames"] = args.window
-    if args.sink is not None:
-        changes["sink_frames"] = args.sink
-    if args.sink_ema_source is not None:
-        changes["sink_ema_source"] = args.sink_ema_source
-
-    noise = _load_tensor(args.noise, "noise") if args.noise else None
-    latent_frames = _latent_frames(args, noise, sc.frames_per_block)
-    if sc.cache_policy == "full":
-        changes["full_cache_frames"] = max(sc.full_cache_frames,
-                                           chunks_for_frames(latent_frames, sc.frames_per_block) * sc.frames_per_block)
-    sc = sc.replace(**changes)
-
-    # text context: every prompt of the timeline encoded once
-    saved = None
-    if args.resume:
-        from .stream_state import load_stream_state
-        saved = load_stream_state(args.resume)
+    sc, changes, latent_frames = _stream_config(args, sc, noise)
+    if saved is not None:
         sc = _resumed_config(saved, sc, changes, args)
     if _state_path(args) is None:            # nothing continues this stream: its final clean cache pass is unused
         sc = sc.replace(skip_last_context_pass=True)
-    timeline = _timeline(args)
     prompts = timeline.prompts if timeline is not None else []
-    contexts = {}
-    if args.context:
-        if len(prompts) > 1:
-            raise SystemExit("error: --context holds one prompt embedding; a timeline needs --text-encoder")
-        context = _load_tensor(args.context, "context")
-        contexts = {p: context for p in prompts}
-    elif not prompts:
-        context = saved.tensors["context"]
-    elif args.text_encoder:
-        from .text_encoder import load_text_encoder
-        enc = load_text_encoder(args.text_encoder, tokenizer=args.tokenizer, device=device, dtype=dtype)
-        contexts = {p: enc.encode([p]) for p in prompts}
-        del enc
-    elif bundle is not None:
-        contexts = {p: bundle.text_encoder.encode([p]) for p in prompts}
-    elif demo:
-        contexts = {p: prompt_embedding(p, model.cfg.text_dim) for p in prompts}
-    else:
-        raise SystemExit("error: pass --text-encoder (umt5-xxl file) or --context (precomputed embeddings)")
-    if contexts:
-        context = contexts[prompts[0]]
-    if context.dim() != 3 or context.shape[-1] != model.cfg.text_dim:
-        raise SystemExit(f"error: context must be [1, L, {model.cfg.text_dim}], got {list(context.shape)}")
+    context, contexts = _contexts(args, model, prompts, saved, bundle, device, dtype)
 
     # decoder
     decoder = vae = None
@@ -327,7 +345,7 @@ def cmd_generate(args) -> int:
             vae = load_vae(args.vae, device=device, dtype=dtype)
         elif bundle is not None:
             vae = bundle.vae
-        elif demo:
+        elif args.checkpoint is None:
             with torch.random.fork_rng(devices=[]):                # seeded: runs and resumed runs decode alike
                 torch.manual_seed(0)
                 vae = WanVAE(VAEConfig.tiny())
@@ -341,6 +359,7 @@ def cmd_generate(args) -> int:
         if decoder is None and not args.no_decode:
             decoder = StreamingDecoder(vae)
 
+    # the stream
     if saved is not None:
         if args.init:
             raise SystemExit("error: --init starts a new stream; it cannot be combined with --resume")
@@ -370,53 +389,313 @@ def cmd_generate(args) -> int:
         from .timeline import PromptSchedule
         session.set_timeline(PromptSchedule.build(timeline, sc.frames_per_block, n_total, contexts=contexts))
     video_frames = 1 + 4 * (latent_frames - 1)
-    telemetry, state_path = _telemetry(args, session, saved), _state_path(args)
+    telemetry = _telemetry(args, session, saved)
     tts_run = _tts(args, session, device, dtype)
-    run = tts_run or session.run
-    if not args.no_overlap:
-        why_not = _overlap_blocker(args, tts_run is not None)
-        if why_not is not None:
-            if device.type == "cuda":
-                log.info("decode not overlapped with the DiT: %s", why_not)
-        elif session.enable_overlap(priority=True):
-            log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap: off)")
+    _overlap(args, session, tts_run is not None, device)
     log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
              width, height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
+    return _stream(args, session, tts_run or session.run, n_chunks=n_chunks, video_frames=video_frames,
+                   new_latents=new_latents, init_frames=init_frames, decode=decoder is not None, telemetry=telemetry)
 
+
+# ---- checks before anything is loaded ----------------------------------------------------------------------------
+def _check_outputs(args) -> None:
+    """Refuse an output that cannot be written now, not after the models load or the first chunk."""
+    if not args.no_decode:
+        from .video_io import VideoWriter
+        VideoWriter(args.out, fps=16)           # refuses an unknown extension or a missing folder; opens no file
+        _check_writable(args.out, "--out")
+    if args.latents_out:
+        _check_writable(args.latents_out, "--latents-out")
+    for flag, path in (("--save-state", _state_path(args)), ("--telemetry", args.telemetry)):
+        if path:
+            _check_writable(path, flag, make_parents=True)        # both create their folder
+
+
+def _check_writable(path: str, flag: str, make_parents: bool = False) -> None:
+    """Open `path` for appending (an existing file is left as it is, a new one removed again), or with
+    `make_parents` create a temporary file in the nearest existing folder above it."""
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{flag} {path} is not a regular file")
+    folder = p.parent
+    while make_parents and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: folder {p.parent} does not exist; create it first")
+    try:
+        if folder == p.parent:
+            existed = p.exists()
+            with open(p, "ab"):
+                pass
+            if not existed:
+                p.unlink()
+        else:
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise PermissionError(f"{flag} {path} cannot be written ({e.strerror or e})") from None
+
+
+def _load_saved(args):
+    """The --resume state (CPU tensors), read before the models so that its sizes can be checked first."""
+    if not args.resume:
+        return None
+    from .stream_state import load_stream_state
+    return load_stream_state(args.resume)
+
+
+_MEMORY_HINTS = {
+    "weights": "use --fp8 or --dtype bfloat16",
+    "kv_cache": "use a smaller --window or --width/--height",
+    "activations": "use a smaller --width/--height",
+    "decode": "use a smaller --width/--height, --preview-decoder or --no-decode",
+}
+
+
+def _check_plan(args, noise: Optional[torch.Tensor], saved, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse sizes, lengths and caches that cannot run before any weights are loaded or caches allocated: the model's
+    config from its file header, the flags applied as `_load_model` and `_stream_config` will, the memory this needs
+    (limits.py) against the device's."""
+    from .limits import device_memory, estimate_stream_memory, format_bytes
+
+    mc, sc, default_size, vae_dim = _describe_model(args)
+    if mc is None:                                   # no config in the header: loading the file will say why
+        return
+    height, width = _size(args, default_size)
+    check_resolution(height, width, mc.pixel_multiple)
+    sc, changes, _ = _stream_config(args, sc, noise)
+    if saved is not None:
+        sc = _resumed_config(saved, sc, changes, args)
+        height, width = int(saved.session["height"]), int(saved.session["width"])
+    if args.no_memory_check:
+        return
+    taehv = bool(args.preview_decoder) and not args.no_decode
+    est = estimate_stream_memory(mc, sc, height, width, dtype=dtype, fp8=args.fp8, taehv=taehv,
+                                 vae_dim=None if args.no_decode or taehv else vae_dim)
+    have = device_memory(device)
+    if have is None or est.total <= have[0]:
+        return
+    hint = _MEMORY_HINTS[est.largest]
+    if est.largest == "kv_cache" and sc.cache_policy == "full":
+        hint = "the full cache holds the whole video: ask for a shorter one or use --cache-policy window_sink"
+    raise UsageError(f"{width}x{height} with a {sc.cache_frames}-frame KV cache ({sc.cache_policy}) needs about "
+                     f"{format_bytes(est.total)} ({est.describe()}) but {have[1]}; {hint} (--no-memory-check runs it "
+                     "anyway)")
+
+
+def _describe_model(args) -> tuple[Optional[WanConfig], Optional[StreamConfig], tuple[int, int], int]:
+    """What `_load_model` will load, read from the file headers without the weights: (model config and the family's
+    stream config, both None when the header does not give them; default (height, width); the Wan VAE's width)."""
+    from .checkpoint import inspect_checkpoint
+    from .shapes import bundle as shapes_bundle
+    from .vae import VAEConfig
+
+    def header(path, **kw) -> dict:
+        try:
+            return inspect_checkpoint(path, **kw)
+        except Exception as e:                        # loading the file reports the problem, with its own message
+            log.debug("no config from the header of %s: %s", path, e)
+            return {}
+
+    vae_file = args.vae
+    if args.checkpoint is not None:
+        d, size = header(args.checkpoint, entry=args.entry, num_heads=args.num_heads), (480, 832)
+    elif shapes_bundle.available():
+        files, manifest = shapes_bundle.paths(), shapes_bundle.manifest()
+        d = header(files["student"])
+        size, vae_file = (int(manifest.get("height", 96)), int(manifest.get("width", 96))), vae_file or files["vae"]
+    else:
+        vae_dim = _vae_width(vae_file) if vae_file else VAEConfig.tiny().dim
+        return WanConfig.tiny(), StreamConfig.stream_r1(), DEMO_SIZE, vae_dim
+    config = d.get("config") or {}
+    mc = WanConfig.from_dict(config) if "error" not in d and config.get("num_heads") else None
+    if mc is None:
+        return None, None, size, VAEConfig().dim
+    names = {f.name for f in dataclasses.fields(StreamConfig)}
+    stream = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (d.get("stream_config") or {}).items()
+              if k in names}
+    sc = StreamConfig(**stream) if stream else StreamConfig.for_policy(d.get("cache_policy") or "window_sink")
+    return mc, sc, size, _vae_width(vae_file) if vae_file else VAEConfig().dim
+
+
+def _vae_width(path) -> int:
+    """The `dim` of a Wan VAE file from its safetensors header (96, the released VAE's, when it cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = next((k for k in f.keys() if k.endswith("decoder.head.0.gamma")), None)
+            if key is not None:
+                return int(f.get_slice(key).get_shape()[0])
+    except Exception:                                 # a .pth or a damaged file: loading it reports the problem
+        pass
+    return 96
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+def _load_model(args, device: torch.device, dtype: torch.dtype):
+    """The DiT: (model, its family's stream config, the shapes-world bundle or None, default (height, width)).
+    Without --checkpoint: the embedded shapes-world bundle, else a seeded random tiny model."""
+    from .loaders import load_student, random_student
+
+    if args.checkpoint is not None:
+        model, info = load_student(args.checkpoint, device=device, dtype=dtype, attention=args.attention,
+                                   entry=args.entry, num_heads=args.num_heads, lora=args.lora)
+        log.info("checkpoint: %s / %s, default cache policy %s", info.format, info.family,
+                 info.stream_config.cache_policy)
+        return model, info.stream_config, None, (480, 832)
+    from .shapes import bundle as shapes_bundle
+    if shapes_bundle.available():
+        bundle = shapes_bundle.load_bundle(device=device, dtype=dtype, attention=args.attention)
+        log.info("no --checkpoint given: the embedded shapes-world model (%s)", bundle.root)
+        return bundle.model, bundle.info.stream_config, bundle, (bundle.height, bundle.width)
+    log.warning("no --checkpoint given and no shapes-world bundle at %s: running a seeded random tiny Wan "
+                "model to show the pipeline (its output is noise; pass a real checkpoint for real video)",
+                shapes_bundle.bundle_dir())
+    model = random_student(WanConfig.tiny(), seed=0, device=device, dtype=dtype, attention=args.attention)
+    return model, StreamConfig.stream_r1(), None, DEMO_SIZE
+
+
+def _size(args, default: tuple[int, int]) -> tuple[int, int]:
+    """(height, width): the flags, else the model's default."""
+    return (args.height if args.height is not None else default[0],
+            args.width if args.width is not None else default[1])
+
+
+def _stream_config(args, sc: StreamConfig, noise: Optional[torch.Tensor]) -> tuple[StreamConfig, dict, int]:
+    """The family's stream config with the sampling flags applied: (config, the changed fields, latent frames)."""
+    from .stream import chunks_for_frames
+
+    if args.cache_policy is not None:
+        sc = StreamConfig.for_policy(args.cache_policy).replace(
+            denoising_steps=sc.denoising_steps) if args.cache_policy != sc.cache_policy else sc
+    changes = {}
+    if args.denoising_steps is not None:
+        changes["denoising_steps"] = args.denoising_steps
+    if args.window is not None:
+        changes["window_frames"] = args.window
+    if args.sink is not None:
+        changes["sink_frames"] = args.sink
+    if args.sink_ema_source is not None:
+        changes["sink_ema_source"] = args.sink_ema_source
+    latent_frames = _latent_frames(args, noise, sc.frames_per_block)
+    if sc.cache_policy == "full":
+        changes["full_cache_frames"] = max(sc.full_cache_frames,
+                                           chunks_for_frames(latent_frames, sc.frames_per_block) * sc.frames_per_block)
+    return sc.replace(**changes), changes, latent_frames
+
+
+def _contexts(args, model, prompts: list[str], saved, bundle, device: torch.device,
+              dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+    """The text context of the first prompt and {prompt: context} for the timeline (each prompt encoded once)."""
+    from .loaders import prompt_embedding
+
+    contexts = {}
+    if args.context:
+        if len(prompts) > 1:
+            raise SystemExit("error: --context holds one prompt embedding; a timeline needs --text-encoder")
+        context = _load_tensor(args.context, "context")
+        contexts = {p: context for p in prompts}
+    elif not prompts:
+        context = saved.tensors["context"]
+    elif args.text_encoder:
+        from .text_encoder import load_text_encoder
+        enc = load_text_encoder(args.text_encoder, tokenizer=args.tokenizer, device=device, dtype=dtype)
+        contexts = {p: enc.encode([p]) for p in prompts}
+        del enc
+    elif bundle is not None:
+        contexts = {p: bundle.text_encoder.encode([p]) for p in prompts}
+    elif args.checkpoint is None:
+        contexts = {p: prompt_embedding(p, model.cfg.text_dim) for p in prompts}
+    else:
+        raise SystemExit("error: pass --text-encoder (umt5-xxl file) or --context (precomputed embeddings)")
+    if contexts:
+        context = contexts[prompts[0]]
+    if context.dim() != 3 or context.shape[-1] != model.cfg.text_dim:
+        raise SystemExit(f"error: context must be [1, L, {model.cfg.text_dim}], got {list(context.shape)}")
+    return context, contexts
+
+
+def _overlap(args, session, tts: bool, device: torch.device) -> None:
+    """Decode on a side CUDA stream unless --no-overlap or something in this run needs chunk-boundary access."""
+    if args.no_overlap:
+        return
+    why_not = _overlap_blocker(args, tts)
+    if why_not is not None:
+        if device.type == "cuda":
+            log.info("decode not overlapped with the DiT: %s", why_not)
+    elif session.enable_overlap(priority=True):
+        log.info("decoding each chunk on a side CUDA stream during the next chunk's DiT (--no-overlap: off)")
+
+
+# ---- the stream ---------------------------------------------------------------------------------------------------
+def _stream(args, session, run, *, n_chunks: int, video_frames: int, new_latents: int,
+            init_frames: Optional[torch.Tensor], decode: bool, telemetry) -> int:
+    """Run the chunks, appending each to the video (and the latents file) at once; memory stays flat.
+
+    Returns the exit status: 0, or 128 + the signal number (Ctrl-C: 130, SIGTERM: 143) when a signal cut the stream
+    short; the video, latents and state written up to then stay readable.
+    """
+    from tqdm import tqdm
+
+    state_path = _state_path(args)
     writer = None
-    if decoder is not None:
+    if decode:
         from .video_io import VideoWriter
         writer = VideoWriter(args.out, fps=16)
-    latents = []
+    latents_out = _LatentsOut(args.latents_out, new_latents) if args.latents_out else None
     written = written0 = 1 + 4 * (session.frames_done - 1) if session.frames_done and init_frames is None else 0
     if writer is not None and init_frames is not None:
         writer.write(init_frames[0], layout="tchw")
         written += init_frames.shape[1]
+
+    def consume(frames, start, *latents):           # the copy worker (a GPU's frames): encode and store, in order
+        if frames.shape[1]:
+            writer.write(frames[0])
+        if latents:
+            latents_out.write(latents[0])
+
+    copier = HostCopier(consume, convert=uint8_thwc)     # the stream loop never waits for the GPU or the encoder
     stop = _StopOnSignal()
-    completed = False
+    delivered, completed, aborted = 0, False, False
     try:
-        from tqdm import tqdm
         bar = tqdm(total=n_chunks, unit="chunk", disable=args.quiet, file=sys.stderr)
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
+        first, gaps = None, []                      # the first 16 chunk periods (a bounded log line)
         with stop:
             for chunk in run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
-                latents.append(chunk.latents.float().cpu())
+                now, delivered = time.perf_counter(), delivered + 1
+                first = now - t0 if first is None else first
+                if len(gaps) < 16:
+                    gaps.append(now - last)
+                last = now
                 if writer is not None and chunk.frames is not None:
-                    frames = chunk.frames[0]
-                    frames = frames[: max(0, video_frames - written)]
-                    writer.write(frames, layout="tchw")
-                    written += frames.shape[0]
+                    frames = chunk.frames[:, : max(0, video_frames - written)]     # [B, T, 3, H, W]
+                    copier.put(frames, *([chunk.latents] if latents_out is not None else []))
+                    written += frames.shape[1]
+                elif latents_out is not None:
+                    latents_out.write(chunk.latents)
                 bar.update(1)
                 fps = max(written - written0, 1) / (time.perf_counter() - t0)
                 bar.set_postfix(fps=f"{fps:.1f}" if writer else None)
                 if state_path and args.save_state_every and session.chunk_index % args.save_state_every == 0:
                     _save_state(session, state_path, telemetry)
+        copier.close()
         bar.close()
         completed = True
+        if delivered:
+            log.info("streamed %d chunks in %.2f s (first frames after %.3f s; chunk seconds %s%s)", delivered,
+                     last - t0, first, ", ".join(f"{g:.3f}" for g in gaps), ", ..." if delivered > len(gaps) else "")
     except KeyboardInterrupt:
+        aborted = True
         log.warning("interrupted inside chunk %d; the video written so far stays playable%s", session.chunk_index,
                     "; the last saved state is kept" if state_path else "")
     finally:
+        copier.close(raise_errors=False)            # what was streamed reaches the file before it is finished
         if writer is not None:
             writer.close()
         if completed and state_path:
@@ -426,18 +705,76 @@ def cmd_generate(args) -> int:
         if telemetry is not None and telemetry.records:
             telemetry.save(args.telemetry)
             log.info("telemetry -> %s (+ .png)", args.telemetry)
-    if args.latents_out and latents:
-        from safetensors.torch import save_file
-        lat = torch.cat(latents, dim=1)[:, :new_latents].contiguous()
-        tmp = Path(args.latents_out).with_name(Path(args.latents_out).name + ".partial")
-        save_file({"latents": lat}, str(tmp))
-        tmp.replace(args.latents_out)                       # never a half-written file under the final name
-        log.info("latents %s -> %s", list(lat.shape), args.latents_out)
+        if latents_out is not None:
+            latents_out.close(keep=completed or aborted)  # an error mid-stream leaves no latents file, as before
+    if latents_out is not None and latents_out.shape is not None:
+        log.info("latents %s -> %s", latents_out.shape, args.latents_out)
     st = session.stats
     if writer is not None:
         log.info("wrote %d frames to %s (DiT %.2f s, decode %.2f s)", written, args.out, st.dit_seconds,
                  st.decode_seconds)
+    if aborted or (stop.signum is not None and delivered < n_chunks):
+        return 128 + (stop.signum or signal.SIGINT)
     return 0
+
+
+class _LatentsOut:
+    """--latents-out written as the chunks come, so memory stays flat however long the stream: float32 frames are
+    appended to `<path>.partial` behind a header slot of fixed size; `close` writes the safetensors header (key
+    'latents', [1, F, 16, h, w]) for the frames written and renames the file: the final name never holds a half-written
+    file. A batch above 1 is kept in memory and written at the end (frames of one batch entry are not contiguous)."""
+
+    HEADER = 1024           # bytes for the JSON header, padded with spaces as safetensors pads it (a multiple of 8)
+
+    def __init__(self, path: str, max_frames: int):
+        self.path, self.max_frames = Path(path), max_frames
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.frames = 0
+        self.shape: Optional[list[int]] = None
+        """[B, F, C, h, w] of the file once closed."""
+        self._chunk_shape: Optional[list[int]] = None
+        self._file = None
+        self._held: list[torch.Tensor] = []
+
+    def write(self, latents: torch.Tensor) -> None:
+        """latents: [B, f, C, h, w]; frames past `max_frames` (the last chunk's overshoot) are dropped."""
+        take = min(latents.shape[1], self.max_frames - self.frames)
+        if take <= 0:
+            return
+        x = latents[:, :take].float().cpu().contiguous()
+        if self._chunk_shape is None:
+            self._chunk_shape = list(x.shape)
+            if x.shape[0] == 1:
+                self._file = open(self.tmp, "wb")
+                self._file.write(b"\0" * (8 + self.HEADER))
+        if self._file is not None:
+            self._file.write(x.numpy().tobytes())
+        else:
+            self._held.append(x)
+        self.frames += take
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the file (keep) or remove it."""
+        f, self._file = self._file, None
+        if not keep or self._chunk_shape is None:
+            if f is not None:
+                f.close()
+                self.tmp.unlink(missing_ok=True)
+            return
+        self.shape = [self._chunk_shape[0], self.frames, *self._chunk_shape[2:]]
+        if f is None:
+            from safetensors.torch import save_file
+            save_file({"latents": torch.cat(self._held, dim=1)}, str(self.tmp))
+            self._held = []
+        else:
+            nbytes = 4 * math.prod(self.shape)
+            header = json.dumps({"latents": {"dtype": "F32", "shape": self.shape, "data_offsets": [0, nbytes]}},
+                                separators=(",", ":")).encode()
+            f.seek(0)
+            f.write(len(header.ljust(self.HEADER)).to_bytes(8, "little") + header.ljust(self.HEADER))
+            f.truncate(8 + self.HEADER + nbytes)                # a chunk cut off mid-write is not counted
+            f.close()
+        os.replace(self.tmp, self.path)
 
 
 def _cudnn_setup(device: torch.device, compile: bool, conv_search: str) -> None:
@@ -551,10 +888,12 @@ def _telemetry(args, session, saved):
 
 
 class _StopOnSignal:
-    """First Ctrl-C (or SIGTERM): stop after the current chunk (the state is saved); a second one aborts now."""
+    """First Ctrl-C (or SIGTERM): stop after the current chunk (the state is saved); a second one aborts now.
+    `signum` is the first signal received (None: none)."""
 
     def __init__(self):
         self.flag, self._old = False, {}
+        self.signum: Optional[int] = None
 
     def __call__(self) -> bool:
         return self.flag
@@ -562,11 +901,10 @@ class _StopOnSignal:
     def _handle(self, signum, frame):
         if self.flag:
             raise KeyboardInterrupt
-        self.flag = True
+        self.flag, self.signum = True, signum
         log.warning("stopping after this chunk (press Ctrl-C again to abort at once)")
 
     def __enter__(self):
-        import signal
         import threading
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -574,7 +912,6 @@ class _StopOnSignal:
         return self
 
     def __exit__(self, *exc):
-        import signal
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
@@ -588,15 +925,21 @@ def cmd_inspect(args) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run a command; returns its exit status: 0; 2 for a user error (bad flags, missing or invalid files, a run that
+    cannot fit: one line `error: ...` on stderr, the traceback with --debug); 128 + N when signal N cut a stream
+    short (Ctrl-C: 130, SIGTERM: 143; the partial video stays playable); `download` also uses 3 and 4.
+    An internal `SystemExit("error: ...")` is printed the same way and re-raised with code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
-        bench_main(argv[1:])
-        return 0
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    debug = "--debug" in argv if argv[:1] == ["bench"] else False
     try:
+        if argv[:1] == ["bench"]:
+            from .bench import main as bench_main
+            bench_main([a for a in argv[1:] if a != "--debug"])
+            return 0
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
         if args.command == "saliency":
             from .reward.cli import run_saliency
             return run_saliency(args)
@@ -604,6 +947,37 @@ def main(argv: Optional[list[str]] = None) -> int:
             from .download import run as run_download
             return run_download(args)
         return {"generate": cmd_generate, "inspect": cmd_inspect}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _user_errors() as e:
+        if debug:
+            raise
+        print(_error_line(e), file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if isinstance(e.code, str):             # raise SystemExit("error: ..."): a user error too
+            if debug:
+                import traceback
+                traceback.print_exc()
+            print(_error_line(e.code), file=sys.stderr)
+            e.code = 2
+        raise
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (flags, files, sizes): one line, exit status 2. Anything else is a bug and keeps
+    its traceback."""
+    from safetensors import SafetensorError
+
+    return ValueError, OSError, SafetensorError
+
+
+def _error_line(e: "BaseException | str") -> str:
+    text = e if isinstance(e, str) else (str(e) or type(e).__name__)
+    if isinstance(e, OSError) and e.strerror and e.filename and text.startswith("[Errno"):
+        text = f"{e.filename}: {e.strerror}"
+    text = " ".join(text.split())                                     # one line
+    return text if text.startswith("error:") else f"error: {text}"

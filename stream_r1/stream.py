@@ -311,8 +311,8 @@ class StreamSession:
         default-priority one, so the GPU schedules the decode's blocks only where the DiT leaves SMs free (its
         partial waves and launch gaps). Returns whether it is on: it needs CUDA and a decoder."""
         self.overlap_decode = self.decoder is not None and self.device.type == "cuda"
-        self._side = torch.cuda.Stream(self.device) if self.overlap_decode else None
-        self._dit_stream = torch.cuda.Stream(self.device, priority=-1) if self.overlap_decode and priority else None
+        side, dit = _overlap_streams(self.device) if self.overlap_decode else (None, None)
+        self._side, self._dit_stream = side, dit if priority else None
         return self.overlap_decode
 
     @classmethod
@@ -599,6 +599,19 @@ class StreamSession:
         if on_chunk is not None:
             on_chunk(chunk)
         return chunk
+
+
+_STREAMS: dict = {}
+
+
+def _overlap_streams(device: torch.device) -> tuple:
+    """(side stream, high-priority DiT stream) of `device`, made once per process: PyTorch's allocator keeps the
+    blocks freed on a stream for that stream, so streams made per run leave their cached blocks behind (measured in
+    ComfyUI on an H100, 2026-12-07: +33 MB of VRAM per run)."""
+    key = (device.type, device.index if device.index is not None else torch.cuda.current_device())
+    if key not in _STREAMS:
+        _STREAMS[key] = (torch.cuda.Stream(device), torch.cuda.Stream(device, priority=-1))
+    return _STREAMS[key]
 
 
 def chunks_for_frames(latent_frames: int, frames_per_block: int) -> int:

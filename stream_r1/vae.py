@@ -485,9 +485,13 @@ class StreamingDecoder:
 
         n = 4f, or 4f - 3 for the stream's first chunk (3 latents -> 9 frames, then 12 per chunk).
         """
-        check_stream_chunk(latents, self.cache[self.vae.decoder.conv1.slot])  # [B, 16, 2, h, w] once started
+        return self.decode_raw(denormalize(latents.to(self.vae.device, torch.float32)), clamp=clamp)
+
+    def decode_raw(self, mu: Tensor, clamp: bool = True) -> Tensor:
+        """`decode` of raw mu [B, 16, f, h, w] (ComfyUI's LATENT space: `denormalize` of the DiT's latents)."""
+        check_stream_chunk(mu, self.cache[self.vae.decoder.conv1.slot])  # [B, 16, 2, h, w] once started
         vae = self.vae
-        x = denormalize(latents.to(vae.device, torch.float32)).to(vae.dtype)  # raw mu [B, 16, f, h, w]
+        x = mu.to(vae.device, vae.dtype)  # raw mu [B, 16, f, h, w]
         x = x.contiguous(memory_format=vae.memory_format)  # activations follow the weights' layout on every device
         frames = []
         for i in range(x.shape[2]):  # one latent frame per call: same shapes however the stream is chunked
@@ -564,14 +568,21 @@ def _read_file(path: Path) -> dict[str, Tensor]:
     return read_tensors(path)
 
 
+_DECODER_PARTS = ("conv2.", "decoder.")
+
+
 def load_vae(
     path_or_state_dict: str | os.PathLike | Mapping[str, Tensor],
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    *,
+    decoder_only: bool = False,
 ) -> WanVAE:
     """Load a Wan2.1 VAE (.pth / .safetensors / state dict; fp32 or 16-bit; keys bare or `model.`-prefixed).
 
     Returns the model in eval mode with frozen parameters, on `device` (default: CPU) in `dtype`.
+    `decoder_only`: load `conv2` + `decoder` only (the encoder's keys are ignored and the model has no `encoder` /
+    `conv1`): what streaming decode needs, at 60 % of the weights.
     Raises ValueError when the weights are not a Wan2.1 VAE, saying what they look like.
     """
     is_path = isinstance(path_or_state_dict, (str, os.PathLike))
@@ -586,6 +597,9 @@ def load_vae(
     cfg = VAEConfig.from_state_dict(sd)
     with torch.device("meta"):
         vae = WanVAE(cfg)
+    if decoder_only:
+        del vae.encoder, vae.conv1
+        sd = {k: v for k, v in sd.items() if k.startswith(_DECODER_PARTS)}
     expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]

@@ -195,6 +195,15 @@ def build(models_dir: Path, output_dir: Path, rec: Recorder) -> dict[str, types.
     return mods
 
 
+def add_input_directory(mods: dict[str, types.ModuleType], input_dir: Path) -> str:
+    """Give the fake folder_paths of `build(...)` ComfyUI's input folder (`get_input_directory`), as ComfyUI 0.8.0
+    has it; returns the folder (absolute, created)."""
+    inp = str(input_dir.resolve())
+    os.makedirs(inp, exist_ok=True)
+    mods["folder_paths"].get_input_directory = lambda: inp
+    return inp
+
+
 # ---- a comfy.sd.VAE look-alike ------------------------------------------------------------------------------
 class _ComfyStyleDecoder(nn.Module):
     """The core's Decoder3d behind ComfyUI's signature `decoder(x, feat_cache=, feat_idx=)`."""
@@ -213,6 +222,11 @@ class _ComfyStyleWanVAE(nn.Module):
         super().__init__()
         self.conv2 = core.conv2
         self.decoder = _ComfyStyleDecoder(core.decoder)
+        self._core = [core]                              # a list: not registered as a submodule
+
+    def state_dict(self, *args, **kwargs):
+        """ComfyUI's WanVAE has the Wan file's own key names (decoder.middle.0.residual.0.gamma, ...)."""
+        return self._core[0].state_dict(*args, **kwargs)
 
 
 class FakeWanVAE:

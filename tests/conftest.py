@@ -14,6 +14,22 @@ if str(ROOT) not in sys.path:
 
 # The tests use tiny tensors: extra intra-op threads only add spin-waiting on a 2-core (often busy) machine.
 torch.set_num_threads(1)
+_COMPILE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "STREAM_R1_COMPILE_CACHE")
+
+
+@pytest.fixture(autouse=True)
+def _own_compile_cache(tmp_path_factory):
+    """Compile caches of the tests go to a temporary folder (never the user's ~/.cache/stream_r1), and a test that
+    points them elsewhere (`stream_r1.compile_cache`) does not move them for the next one."""
+    before = {k: os.environ.get(k) for k in _COMPILE_ENV}
+    if before["STREAM_R1_COMPILE_CACHE"] is None:
+        os.environ["STREAM_R1_COMPILE_CACHE"] = str(tmp_path_factory.getbasetemp() / "compile_cache")
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def pytest_configure(config):

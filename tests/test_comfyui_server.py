@@ -129,7 +129,7 @@ def _stop_process(proc: subprocess.Popen) -> None:
 
 
 class Server:
-    def __init__(self, base: Path, gpu: bool = False):
+    def __init__(self, base: Path, gpu: bool = False, extra_args: tuple = ()):
         """A ComfyUI process on loopback, on the CPU unless `gpu`. COMFYUI_FRONT_END_ROOT (optional) serves the
         frontend from that folder instead of the comfyui-frontend-package (a host without it can still run the API)."""
         self.base, self.port = base, _free_port()
@@ -137,7 +137,7 @@ class Server:
         self.log = base / "server.log"
         cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", *([] if gpu else ["--cpu"]),
                "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(base),
-               "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+               "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra_args]
         if os.environ.get("COMFYUI_FRONT_END_ROOT"):
             cmd += ["--front-end-root", os.environ["COMFYUI_FRONT_END_ROOT"]]
         self.proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,

@@ -172,8 +172,12 @@ def test_loader_compile_toggle_compiles_only_where_it_pays(comfy, nodes, monkeyp
                 attention="sdpa", entry="auto", compile=True)[0]                # this machine: CPU, no Triton
     m = eager.module
     assert m._pre is type(m)._pre and "running eager" in caplog.text            # the class's stage: not compiled
-    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: True)
+    caches = []
+    monkeypatch.setattr(importlib.import_module(PACK + ".stream_r1.compile_cache"), "use_compile_cache", caches.append)
+    assert "Triton" in loader.compile_unavailable(torch.device("cuda"))     # this machine: no Triton
+    monkeypatch.setattr(loader, "compile_unavailable", lambda device: None)  # (patching has_triton poisons inductor)
     assert loader.compile_student(m, torch.device("cuda")) and m._pre is not type(m)._pre
+    assert caches == [None]                                 # headless: the core's default folder
     assert "compile" in nodes["StreamR1ModelLoader"].INPUT_TYPES()["optional"]
 
 
@@ -201,7 +205,9 @@ def test_generate_streams_chunks_with_progress_previews_and_events(comfy, nodes,
     assert [(d["chunk"], d["frames"], d["node"]) for d in events] == [(0, 9, "7"), (1, 21, "7"), (2, 33, "7")]
     assert all(d["fps"] > 0 for d in events) and len(comfy.texts) == 3
     patchers, kw = comfy.loads[-1]
-    assert patchers == [model.patcher, vae.patcher] and kw["force_full_load"] and kw["memory_required"] > 0
+    fast = vae._stream_r1_fast_vae                                           # the stock VAE's fast decoder
+    assert patchers == [model.patcher, fast.patcher] and kw["force_full_load"] and kw["memory_required"] > 0
+    assert fast.patcher.model.held is fast.core and not hasattr(fast.core, "encoder")     # decoder only
     assert not state.alive                                                   # keep_state off: freed
 
 
@@ -251,7 +257,8 @@ def test_continue_gives_the_frames_of_one_longer_generate(comfy, nodes, model, v
     more = dict(state=state, positive=cond(), seconds=1.5, keep_state=True, unique_id="8")   # + 6 latent frames
     loads = len(comfy.loads)
     images2, latent2, state2 = run(nodes["StreamR1Continue"], **more)
-    assert len(comfy.loads) == loads + 1 and comfy.loads[-1][0] == [model.patcher, vae.patcher]   # reloaded
+    assert len(comfy.loads) == loads + 1 and comfy.loads[-1][0] == [model.patcher,
+                                                                  vae._stream_r1_fast_vae.patcher]   # reloaded
     n_lat = latent["samples"].shape[2] + 6
     full, full_latent, _ = generate(nodes, model, vae, frames=1 + 4 * (n_lat - 1))
     assert torch.equal(torch.cat([images, images2]), full)
@@ -503,3 +510,78 @@ def test_tts_node_lists_and_loads_hpsv3_and_states_the_cost(comfy, nodes, models
     assert type(tts.short_reward).__name__ == "HPSv3Model" and tts.reward is not tts.short_reward
     assert "tiny_stream_r1.safetensors" in nodes["StreamR1ModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
     assert not any("HPSv3" in n for n in nodes["StreamR1ModelLoader"].INPUT_TYPES()["required"]["model_name"][0])
+
+
+# ---- the fast decoder, overlap and compile on the node path --------------------------------------------------------
+def test_a_stock_vae_streams_through_the_fast_decoder_built_once(comfy, pack, nodes, model):
+    decode = sys.modules[PACK + ".nodes.decode"]
+    vae = stubs.FakeWanVAE(seed=5)
+    images, latent, _ = generate(nodes, model, vae, frames=21)
+    fast = vae._stream_r1_fast_vae
+    assert isinstance(fast, decode.CoreVAE) and fast.core.dtype == vae.vae_dtype
+    again, _, _ = generate(nodes, model, vae, frames=21)
+    assert vae._stream_r1_fast_vae is fast and torch.equal(again, images)         # cached, same frames
+    stock = decode.ComfyVAEStream(vae)                                          # the stock module, driven directly
+    frames = stock.frames(latent["samples"]).permute(0, 1, 3, 4, 2)[0]           # [T, H, W, 3]
+    torch.testing.assert_close(images, frames, atol=1e-6, rtol=0)
+
+
+def test_a_vae_on_another_device_decodes_eagerly_with_a_note(comfy, pack, nodes, model):
+    decode = sys.modules[PACK + ".nodes.decode"]
+    vae = stubs.FakeWanVAE(seed=5)
+    vae.device = torch.device("cpu", 1)                          # e.g. --cpu-vae while the model is on the GPU
+    stream = decode.vae_stream(vae, torch.device("cpu"))
+    assert isinstance(stream, decode.ComfyVAEStream) and "decoding with ComfyUI's VAE module" in stream.note
+    images, _, _ = generate(nodes, model, vae, frames=9)
+    assert images.shape[0] == 9 and not hasattr(vae, "_stream_r1_fast_vae")
+    assert any("ComfyUI's VAE module" in text for text, _ in comfy.texts)       # said on the node
+
+
+def test_compile_where_it_cannot_run_keeps_the_decoder_eager_with_a_note(comfy, pack, nodes, model):
+    decode = sys.modules[PACK + ".nodes.decode"]
+    vae = stubs.FakeWanVAE(seed=5)
+    stream = decode.vae_stream(vae, torch.device("cpu"), compile=True)            # CPU: no compile
+    assert isinstance(stream, decode.CoreVAEStream) and "running eager" in stream.note
+    assert not stream.wrapper.compiled and stream.vae.decoder._compiled_call_impl is None
+
+
+def test_overlap_is_off_on_the_cpu_and_under_test_time_scaling(comfy, pack, nodes, model):
+    generate_mod = sys.modules[PACK + ".nodes.generate"]
+    state, _ = generate_mod._start(model, cond(), 32, 32, 1.0, 0, 0, stubs.FakeWanVAE(), None, False)
+    assert generate_mod._overlap(state, tts=None) is False and not state.session.overlap_decode
+    assert generate_mod._overlap(state, tts=object()) is False
+    state.release()
+
+
+def test_a_state_saved_with_the_stock_decoder_still_loads_and_continues(comfy, pack, nodes, model, tmp_path):
+    decode = sys.modules[PACK + ".nodes.decode"]
+    state_mod = sys.modules[PACK + ".nodes.state"]
+    vae = stubs.FakeWanVAE(seed=5)
+    full, _, _ = generate(nodes, model, vae, frames=45)                          # 12 latent frames in one run
+    old_style = stubs.FakeWanVAE(seed=5)
+    old_style.device = torch.device("cpu", 1)                                     # saved by ComfyVAEStream
+    first, _, state = generate(nodes, model, old_style, frames=21, keep_state=True)
+    assert isinstance(state.vae_stream, decode.ComfyVAEStream)
+    path = state.save(str(tmp_path / "old.safetensors"))
+    loaded = state_mod.StreamState.load(model, path, vae)                        # a stock VAE on the model's device
+    assert isinstance(loaded.vae_stream, decode.ComfyVAEStream) and "saved with ComfyUI's decoder" in \
+        loaded.vae_stream.note
+    rest, _, _ = run(nodes["StreamR1Continue"], state=loaded, positive=cond(), seconds=1.5, keep_state=False,
+                     unique_id="8")
+    torch.testing.assert_close(torch.cat([first, rest]), full, atol=1e-6, rtol=0)
+
+
+def test_frames_copied_by_a_worker_thread_give_the_same_outputs(comfy, pack, nodes, model, monkeypatch):
+    """On a GPU the node copies frames to the host in a worker thread (inside ComfyUI's inference mode); forcing
+    that thread on the CPU gives the same IMAGE, LATENT and file as the in-line copy."""
+    import functools
+    gen = sys.modules[PACK + ".nodes.generate"]
+    vae = stubs.FakeWanVAE(seed=5)
+    inline = generate(nodes, model, vae, frames=33)
+    monkeypatch.setattr(gen, "HostCopier", functools.partial(gen.HostCopier, threaded=True))
+    threaded = generate(nodes, model, vae, frames=33)
+    assert torch.equal(inline[0], threaded[0]) and torch.equal(inline[1]["samples"], threaded[1]["samples"])
+    result = run(nodes["StreamR1GenerateToFile"], model=model, positive=cond(), vae=vae, **SIZE, seconds=1.0,
+                 frames=0, seed=3, filename_prefix="stream_r1/threaded", fps=16.0)
+    frames = read_video(result["result"][0])
+    assert frames.shape[0] == 21

@@ -123,3 +123,31 @@ def test_real_comfyui_cancel_and_file_output(comfyui):
         c.pack.nodes.host.send_event = original
         c.mm.interrupt_current_processing(False)
     assert len(c.progress) == before + 1 and len(c.events) == 1
+
+
+def test_real_comfyui_fast_decoder_matches_vae_decode_in_bf16(comfyui):
+    """The nodes decode a stock VAE through the core's decoder built from its weights (ComfyUI's dtype, its own
+    ModelPatcher); in bf16 its frames equal ComfyUI's own `vae.decode` within bf16 rounding."""
+    import comfy.sd
+    from stream_r1.vae import VAEConfig, WanVAE
+    c = comfyui
+    torch.manual_seed(1)
+    vae = comfy.sd.VAE(sd=WanVAE(VAEConfig.tiny()).state_dict(), dtype=torch.bfloat16)
+    model, = run(c.nodes["StreamR1ModelLoader"], model_name="tiny.safetensors", dtype="fp32", attention="sdpa",
+                 entry="auto")
+    images, latent, _ = _generate(c, model, vae=vae)
+    fast = vae._stream_r1_fast_vae
+    assert fast.core.dtype == torch.bfloat16 and type(fast.patcher).__name__ == "ModelPatcher"
+    assert fast.patcher is not vae.patcher                                   # ComfyUI manages both copies
+    with torch.inference_mode():
+        stock = vae.decode(latent["samples"])
+    stock = stock.reshape(images.shape)
+    exact = comfy.sd.VAE(sd=vae.first_stage_model.state_dict(), dtype=torch.float32)   # the same weights in fp32
+    with torch.inference_mode():
+        truth = exact.decode(latent["samples"]).reshape(images.shape)
+    ours, theirs = (images - truth).abs(), (stock - truth).abs()
+    print(f"bf16 vs fp32 decode: ours max {ours.max():.4f} mean {ours.mean():.5f}; "
+          f"ComfyUI's max {theirs.max():.4f} mean {theirs.mean():.5f}")
+    assert ours.mean() <= 1.25 * theirs.mean() and ours.max() <= 1.5 * theirs.max()   # bf16 rounding, no more
+    decoded, = run(c.nodes["StreamR1Decode"], vae=vae, samples=latent, unique_id="5")
+    assert torch.equal(decoded, images)                                     # the Decode node: the same decoder

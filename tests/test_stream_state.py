@@ -171,7 +171,9 @@ def test_foreign_state_files_are_clear_errors(tiny_model, state_file, tmp_path):
         StreamSession.from_state(retrained, state_file)
     bigger = WanModel(WanConfig.tiny().__class__(dim=96, ffn_dim=128, num_heads=3, num_layers=2, text_dim=32),
                       attention="sdpa").init_weights(seed=0)
-    with pytest.raises(ValueError, match=r"another model architecture: \{'dim': \(64, 96\)"):
+    with pytest.raises(ValueError, match=r"saved from a model with dim 64 / 2 layers / 2 heads / text_dim 32 \(another "
+                                         r"model architecture: dim 64 vs 96, num_heads 2 vs 3 in this model\): load "
+                                         r"the model it was made with"):
         StreamSession.from_state(bigger, state_file)
     with pytest.raises(ValueError, match="saved in float32; this stream runs in bfloat16"):
         StreamSession.from_state(tiny_model, state_file, dtype=torch.bfloat16)
@@ -182,6 +184,133 @@ def test_foreign_state_files_are_clear_errors(tiny_model, state_file, tmp_path):
     with pytest.raises(ValueError, match="holds no decoder state"):
         torch.manual_seed(0)
         StreamSession.from_state(tiny_model, state_file, decoder=StreamingDecoder(WanVAE(VAEConfig.tiny())))
+
+
+def _rewritten(path: Path, out: Path, meta=None, session=None, stream_config=None, model=None, tensors=None) -> Path:
+    """A copy of state file `path` with its metadata / JSON fields / tensors changed by the given functions."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        m, t = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    for key, fn in (("session", session), ("stream_config", stream_config), ("model", model)):
+        if fn is not None:
+            d = json.loads(m[key])
+            fn(d)
+            m[key] = json.dumps(d)
+    if meta is not None:
+        meta(m)
+    if tensors is not None:
+        tensors(t)
+    save_file(t, out, metadata=m)
+    return out
+
+
+def _set(key, value):
+    def f(d):
+        d[key] = value
+    return f
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+def _index(i, value):
+    def f(t):
+        t["cache.index"] = t["cache.index"].clone()
+        t["cache.index"][i] = value
+    return f
+
+
+BAD_STATES = {   # what a file says (edited, damaged, or written by someone else) -> the one-line error
+    "model is a list": (dict(meta=_set("model", "[64, 128, 2, 2]")), r"metadata 'model' must be a JSON object, got a list"),
+    "session is a list": (dict(meta=_set("session", "[]")), r"metadata 'session' must be a JSON object, got a list"),
+    "extra is a string": (dict(meta=_set("extra", '"x"')), r"metadata 'extra' must be a JSON object, got a str"),
+    "metadata key missing": (dict(meta=_drop("stream_config")), r"metadata 'stream_config' is missing"),
+    "session key missing": (dict(session=_drop("height")), r"session\.height is missing"),
+    "model key missing": (dict(model=_drop("num_layers")), r"model\.num_layers is missing"),
+    "string number": (dict(session=_set("chunk_index", "2")),
+                      r"session\.chunk_index must be an integer >= 0, got '2'"),
+    "string number in the config": (dict(stream_config=_set("frames_per_block", "3")),
+                                    r"stream_config\.frames_per_block must be an integer >= 0, got '3'"),
+    "string number in the model": (dict(model=_set("dim", "64")), r"model\.dim must be an integer >= 1, got '64'"),
+    "a bool for an int": (dict(session=_set("batch", True)), r"session\.batch must be an integer >= 1, got True"),
+    "negative frame offset": (dict(session=_set("frame_offset", -3)),
+                              r"session\.frame_offset must be an integer >= 0, got -3"),
+    "negative cache position": (dict(tensors=_index(1, -6)), r"cache\.index positions \(global_end 36, local_end -6"),
+    "cache past its capacity": (dict(tensors=_index(1, 600)), r"cache\.index positions .* within the 9-frame cache"),
+    "NaN": (dict(stream_config=_set("timestep_shift", float("nan"))),
+            r"stream_config\.timestep_shift must be a finite number, got nan"),
+    "a short patch size": (dict(model=_set("patch_size", [1, 2])), r"model\.patch_size must be a list of 3 numbers"),
+    "invalid settings": (dict(stream_config=_set("cache_policy", "bogus")),
+                         r"stream_config is not a valid StreamConfig \(cache_policy must be one of"),
+    "seed out of range": (dict(session=_set("seed", 2 ** 70)), r"session\.seed must be a 64-bit integer or null"),
+    "size off the grid": (dict(session=_set("width", 40)), r"session size 40x32 is not a multiple of 16"),
+    "absurd size": (dict(session=_set("height", 2 ** 20)), r"session size 48x1048576 is larger than 16384"),
+    "absurd schedule": (dict(stream_config=_set("num_train_timesteps", 10 ** 12)), r"over a 1000000000000-step grid"),
+    "pieces reversed": (dict(session=_set("pieces", [[3, 1]])), r"session\.pieces must be a list of \[start, end\]"),
+    "pieces past the stream": (dict(session=_set("pieces", [[0, 99]])),
+                               r"session\.pieces \[\[0, 99\]\] reach past the 6 frames"),
+    "unknown dtype": (dict(meta=_set("dtype", "nn")),
+                      r"metadata 'dtype' must be one of float32, bfloat16, float16, float64, got 'nn'"),
+    "dtype not the tensors'": (dict(meta=_set("dtype", "bfloat16")), r"tensor 'cache\.k' is float32, expected bfloat16"),
+    "version not a number": (dict(meta=_set("version", "two")), r"is stream state version 'two'; this code reads "
+                                                                 r"versions 1, 2: update the node pack"),
+    "keys of another shape": (dict(tensors=lambda t: t.update({"cache.k": t["cache.k"][:1]})),
+                              r"tensor 'cache\.k' has shape \[1, 1, 36, 2, 32\], expected \[2, 1, 36, 2, 32\] "
+                              r"\(cached keys"),
+    "context of another text_dim": (dict(tensors=lambda t: t.update({"context": torch.zeros(1, 9, 48)})),
+                                    r"tensor 'context' has shape \[1, 9, 48\], expected \[1, \*, 32\]"),
+    "index as floats": (dict(tensors=lambda t: t.update({"cache.index": t["cache.index"].float()})),
+                        r"tensor 'cache\.index' is float32, expected int64"),
+    "tokens per frame": (dict(tensors=_index(2, 7)), r"cache\.index says 7 tokens per frame; a 48x32 stream of this "
+                                                     r"model has 6"),
+    "half the text K/V": (dict(tensors=lambda t: t.pop("cache.cross_v")), r"only one of cache\.cross_k / cache\.cross_v"),
+    "generator state garbage": (dict(tensors=lambda t: t.update({"rng": torch.zeros_like(t["rng"])})),
+                                r"tensor 'rng' is not a CPU generator state"),
+    "generator state size": (dict(tensors=lambda t: t.update({"rng": t["rng"][:16].clone()})),
+                             r"tensor 'rng' holds 16 bytes; a CPU generator's state is 5056"),
+    "a tensor it never writes": (dict(tensors=lambda t: t.update({"evil": torch.zeros(1)})),
+                                 r"tensor 'evil' is not part of a stream state"),
+    "deeply nested JSON": (dict(meta=_set("session", "[" * 100_000 + "]" * 100_000)),
+                           r"metadata 'session' is not valid JSON"),
+    "an integer of 5000 digits": (dict(meta=_set("session", '{"height": ' + "9" * 5000 + "}")),
+                                  r"metadata 'session' is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATES))
+def test_state_metadata_and_tensors_are_checked_before_use(state_file, tmp_path, case):
+    """Each of these loaded before (and failed later with a misleading message, or not at all): now one line that
+    names the field, before anything uses the file."""
+    edits, message = BAD_STATES[case]
+    bad = _rewritten(state_file, tmp_path / "bad.safetensors", **edits)
+    with pytest.raises(ValueError, match=message) as e:
+        load_stream_state(bad)
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(str(bad)) and len(text) < 400
+    assert text.endswith(("save the stream again", "update the node pack to resume it"))
+
+
+def test_a_state_of_another_model_size_is_refused_before_any_cache_is_sized(state_file, monkeypatch):
+    """Before, the session (and its KV cache) was built for the new model first; in the CLI the context's width
+    was the first thing that disagreed, reported as a context-shape error."""
+    from stream_r1.kv_cache import KVCache
+    from stream_r1.stream_state import check_state_model
+
+    big = WanConfig.wan_1_3b()
+    with pytest.raises(ValueError, match=r"saved from a model with dim 64 / 2 layers / 2 heads / text_dim 32 \(another "
+                                         r"model architecture: dim 64 vs 1536, .*num_layers 2 vs 30.*\): load the model "
+                                         r"it was made with"):
+        check_state_model(load_stream_state(state_file), big)
+
+    def no_cache(*a, **k):
+        raise AssertionError("a cache was sized for a model the state does not belong to")
+
+    monkeypatch.setattr(KVCache, "for_model", no_cache)
+    other = WanModel(WanConfig.tiny().__class__(dim=64, ffn_dim=128, num_heads=2, num_layers=3, text_dim=48),
+                     attention="sdpa").init_weights(seed=0)
+    with pytest.raises(ValueError, match=r"another model architecture: num_layers 2 vs 3, text_dim 32 vs 48"):
+        StreamSession.from_state(other, state_file)
 
 
 def test_a_failed_save_keeps_the_previous_state(tiny_model, state_file, monkeypatch):
@@ -260,7 +389,7 @@ def test_cli_resume_after_ctrl_c_equals_the_uninterrupted_run(tmp_path, monkeypa
 
     monkeypatch.setattr(StreamSession, "_remember", ctrl_c_in_chunk_2)
     assert _cli(tmp_path, "b", "--frames", "57", "--telemetry", str(tmp_path / "b.json"),
-                "--save-state-every", "5") == 0
+                "--save-state-every", "5") == 128 + signal.SIGINT                # stopped by Ctrl-C: status 130
     monkeypatch.setattr(StreamSession, "_remember", real)
     state = tmp_path / "b.state.safetensors"
     assert load_stream_state(state).chunk_index == 2
@@ -345,15 +474,17 @@ def test_save_and_load_state_nodes_continue_exactly(pack, comfy, tmp_path):
                         frames=0, seed=3, keep_state=True, vae=vae, unique_id="1")
     out = _node(pack, "StreamR1SaveState", state=state, filename_prefix="stream_r1/state")
     path = out["result"][0]
-    assert path.endswith("state_00001_.safetensors") and os.path.isfile(path)
+    assert path == str(tmp_path / "output" / "stream_r1" / "state_00001_.safetensors") and os.path.isfile(path)
+    assert out["ui"]["text"] == ["stream_r1/state_00001_.safetensors"]            # the name Load State lists
     direct = _node(pack, "StreamR1Continue", state=state, positive=_cond(0), seconds=1.0, keep_state=False)
+    cls = pack.NODE_CLASS_MAPPINGS["StreamR1LoadState"]
+    assert cls.INPUT_TYPES()["required"]["state_file"][0] == ["stream_r1/state_00001_.safetensors"]
     loaded = _node(pack, "StreamR1LoadState", model=model, state_file="stream_r1/state_00001_.safetensors", vae=vae)[0]
     again = _node(pack, "StreamR1Continue", state=loaded, positive=_cond(0), seconds=1.0, keep_state=False)
     assert torch.equal(direct[0], again[0]) and torch.equal(direct[1]["samples"], again[1]["samples"])
-    cls = pack.NODE_CLASS_MAPPINGS["StreamR1LoadState"]
     assert cls.IS_CHANGED(state_file="stream_r1/state_00001_.safetensors") != ""
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        _node(pack, "StreamR1LoadState", model=model, state_file=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(FileNotFoundError, match="is not one of the listed state files"):     # a path: never opened
+        _node(pack, "StreamR1LoadState", model=model, state_file=path)
 
 
 # ---- flat cost --------------------------------------------------------------------------------------------------------

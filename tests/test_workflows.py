@@ -31,6 +31,9 @@ FILE_WIDGETS = {("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae
 FOLDER_RELEASE_WIDGETS = {("StreamR1RewardLoader", "model_file"): "videoreward"}
 """Combos listing a file inside a whole-repository release (VideoReward: weights + config + tokenizer), which
 ComfyUI's missing-model links cannot fetch: the value lies in the release's folder and the note links the release."""
+USER_FILE_WIDGETS = {("StreamR1LoadState", "state_file")}
+"""Combos listing the user's own files (stream states in output/ and input/): a shipped value names the file the
+workflow expects (Save State's first file), which no fresh install holds."""
 
 
 def _load(name: str, path: Path):
@@ -205,7 +208,7 @@ def test_ui_workflow_is_valid(path, defs):
                 assert {"name": value, "url": urls.get((value, folder)), "directory": folder} in models, \
                     f"{where}: {name}={value!r} has no download link in properties.models"
                 choices = None                     # the file list depends on the user's models folder
-            if (node["type"], name) in FOLDER_RELEASE_WIDGETS:
+            if (node["type"], name) in FOLDER_RELEASE_WIDGETS or (node["type"], name) in USER_FILE_WIDGETS:
                 choices = None
             check_value(f"{where} {name}", kind, options, choices, value)
             if has_control(name, kind, options):
@@ -291,7 +294,7 @@ def test_api_twin_is_a_valid_prompt(path, defs):
                 continue
             value = node["inputs"][name]
             if is_widget(kind, options):
-                files = (node["class_type"], name) in FILE_WIDGETS or (node["class_type"], name) in FOLDER_RELEASE_WIDGETS
+                files = (node["class_type"], name) in {*FILE_WIDGETS, *FOLDER_RELEASE_WIDGETS, *USER_FILE_WIDGETS}
                 check_value(f"{nid} {name}", kind, options, None if files else choices, value)
             else:
                 src, slot = value

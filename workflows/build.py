@@ -208,7 +208,7 @@ DISPLAY_COLOURS = {"models": "#3f789e", "prompt": "#8A8", "stream": "#b06634", "
 
 def _loaders(y: int = 80, compile: bool = False) -> list[Node]:
     """Load CLIP (umT5, type wan), Load VAE and Stream-R1 Load Model, stacked in the left column. `compile`: the
-    loader compiles the DiT (long videos, where a minute of compiling pays back)."""
+    loader compiles the DiT and the decoder (long videos, where the first run's compiling pays back)."""
     return [
         Node(1, "CLIPLoader", (40, y), (340, 106), {"clip_name": BY_NAME["umt5"].filename, "type": "wan",
                                                     "device": "default"}, models=("umt5",)),
@@ -246,7 +246,7 @@ def t2v_5s() -> Workflow:
 
 
 def stream_30s() -> Workflow:
-    nodes = _loaders() + [
+    nodes = _loaders(compile=True) + [
         _prompt(2, (420, 80), "A low drone shot flying over a winding river through an autumn forest, mist rising "
                               "from the water, golden hour, smooth continuous camera motion"),
         Node(5, "StreamR1GenerateToFile", (880, 80), (380, 560),
@@ -415,8 +415,8 @@ def resume_stream() -> Workflow:
              "State (Generate with keep_state on → Save State) or by `python -m stream_r1 generate --save-state "
              "FILE`: KV cache with its sink, positions, noise generator and VAE cache. Continue goes on from the "
              "exact frame where it stopped: the same prompt continues it as if it had never stopped, a new prompt "
-             "(or a Stream-R1 Prompt Timeline) branches it. `state_file` is relative to the output folder (or "
-             "absolute). Drift telemetry plots colour/exposure drift, sharpness, flicker and seams per chunk of the "
+             "(or a Stream-R1 Prompt Timeline) branches it. `state_file` lists the .safetensors files in "
+             "ComfyUI's output folder (and its input folder, marked [input]: copy a CLI state there). Drift telemetry plots colour/exposure drift, sharpness, flicker and seams per chunk of the "
              "new frames (chunks of 12 frames).\n\n" + files_markdown(GENERATION_FILES)),
     ]
     return Workflow("stream_r1_resume_stream", "Stream-R1: resume a saved stream",

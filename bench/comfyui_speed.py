@@ -1,0 +1,171 @@
+"""The node path's speed in a real ComfyUI server on a GPU: what a ComfyUI user runs, timed from the outside.
+
+A ComfyUI checkout ($COMFYUI_PATH) is started on CUDA with this pack and a base folder holding a seeded random
+Wan2.1-T2V-1.3B student (bf16, real size) and a random real-size Wan2.1 VAE, in the layouts users download (the
+text encoder is replaced by a seeded [1, 16, 4096] conditioning node: umT5-XXL weights cannot be had here, and text
+encoding is outside the stream). Then, with Load Model's compile on (DiT and decoder):
+
+  five_s     the shipped 5-second workflow (Generate -> Create Video -> Save Video, 81 frames at 832x480):
+             one warm-up run (compiles), then $RUNS runs with new seeds: queue -> execution_success wall time
+             (the saved MP4 written), the node's own streaming time and first-frame time (its INFO log line),
+             VRAM and RSS after each run (flat over twenty runs?)
+  to_file    the 30-second workflow (Generate to File) at 477 frames: one run after the warm-up
+
+    COMFYUI_PATH=... python3 bench/comfyui_speed.py --json out.json [--runs 20] [--seconds-to-file 29.8]
+
+bench/comfyui_speed.sh runs it beside the CLI bench and the public reference in one device call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+LINE = re.compile(r"streamed (\d+) chunks in ([\d.]+) s \(first frames after ([\d.]+) s; engine ([\d.]+) s, "
+                  r"node host ([\d.]+) s(?:, decode overlapped)?(?:, peak ([\d.]+) GiB)?")
+
+
+def timed_run(server, prompt: dict, timeout: float = 600) -> tuple[float, dict]:
+    """Queue `prompt`; (seconds until the server says execution_success for it (websocket, no polling lag),
+    {class_type: seconds} of each node, from the `executing` messages)."""
+    import websocket
+
+    client = uuid.uuid4().hex
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={client}", timeout=timeout)
+    try:
+        t0 = time.perf_counter()
+        pid = server.post("/prompt", {"prompt": prompt, "client_id": client})["prompt_id"]
+        marks: list = []
+        while True:
+            msg = ws.recv()
+            if isinstance(msg, bytes):
+                continue
+            msg = json.loads(msg)
+            if msg["data"].get("prompt_id") != pid:
+                continue
+            if msg["type"] == "executing":
+                marks.append((msg["data"].get("node"), time.perf_counter()))
+            if msg["type"] == "execution_success":
+                end = time.perf_counter()
+                marks.append((None, end))
+                nodes = {prompt[n]["class_type"]: round(b - a, 3) for (n, a), (_, b) in zip(marks, marks[1:])
+                         if n in prompt}
+                return end - t0, nodes
+            if msg["type"] == "execution_error":
+                raise RuntimeError(f"prompt failed: {msg['data'].get('exception_message')}\n{server.tail()}")
+    finally:
+        ws.close()
+
+
+def node_lines(server, since: int) -> list[dict]:
+    """The Generate nodes' summary lines logged after byte `since` of the server log."""
+    text = server.log.read_bytes()[since:].decode(errors="replace")
+    return [dict(zip(("chunks", "seconds", "first", "engine", "host", "peak_gib"),
+                     (float(g) if g is not None else None for g in m.groups())))
+            for m in LINE.finditer(text)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--seconds-to-file", type=float, default=29.75, help="477 frames = 29.75 s")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, 64x48, no GPU figures")
+    args = ap.parse_args()
+    import torch
+    from test_comfyui_server import WORKFLOWS, Server, _base_dir, _rss_mb, _vram_mib, tiny
+
+    from stream_r1.config import WanConfig
+    from stream_r1.vae import VAEConfig
+
+    base = Path(os.environ.get("COMFY_BASE", "/tmp/comfy_speed_base"))
+    if base.exists():
+        import shutil
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    t0 = time.perf_counter()
+    if args.tiny:
+        _base_dir(base, WanConfig.tiny_comfy(), VAEConfig.tiny(), torch.float32)
+    else:
+        _base_dir(base, WanConfig.wan_1_3b(), VAEConfig.wan21(), torch.bfloat16)
+    print(f"weights written in {time.perf_counter() - t0:.0f} s", flush=True)
+    server = Server(base, gpu=not args.tiny, extra_args=["--verbose", "DEBUG"])
+    import subprocess
+    smi_log = base / "smi.txt"
+    smi = subprocess.Popen(["true"] if args.tiny else ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "50"],
+                           stdout=open(smi_log, "w"), stderr=subprocess.DEVNULL)
+    size, dtype = ({"width": 64, "height": 48}, "fp32") if args.tiny else ({"width": 832, "height": 480}, "bf16")
+    vram = (lambda _: {}) if args.tiny else _vram_mib
+    result: dict = {"device": "cpu" if args.tiny else torch.cuda.get_device_name(0), "torch": torch.__version__, "comfyui": "0.8.0",
+                    "date": time.strftime("%Y-%m-%d"), "compile": not args.no_compile}
+    try:
+        five = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 5.0, size=size,
+                    dtype=dtype)
+        gen = next(n for n, v in five.items() if v["class_type"] == "StreamR1Generate")
+        load = next(n for n, v in five.items() if v["class_type"] == "StreamR1ModelLoader")
+        five[load]["inputs"]["compile"] = not args.no_compile
+        since = server.log.stat().st_size
+        warm, _ = timed_run(server, five)
+        result["warmup_seconds"] = round(warm, 2)
+        print(f"warm-up (load + compile + run): {warm:.1f} s", flush=True)
+        runs = []
+        for i in range(args.runs):
+            five[gen]["inputs"]["seed"] = 1000 + i
+            since = server.log.stat().st_size
+            wall, per_node = timed_run(server, five)
+            line = (node_lines(server, since) or [{}])[-1]
+            runs.append({"run": i + 1, "workflow_seconds": round(wall, 3), **line, "nodes": per_node,
+                         "node_fps": round(81 / line["seconds"], 2) if line else None,
+                         "rss_mib": round(_rss_mb(server.proc.pid), 1),
+                         **{k: round(v, 1) for k, v in vram(server).items()}})
+            print(json.dumps(runs[-1]), flush=True)
+        result["five_s"] = runs
+        walls, fps = [r["workflow_seconds"] for r in runs], [r["node_fps"] for r in runs if r["node_fps"]]
+        result["five_s_median"] = {"workflow_seconds": statistics.median(walls), "node_fps": statistics.median(fps),
+                                   "first_frame_seconds": statistics.median(r["first"] for r in runs if "first" in r)}
+        tf = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_30s_to_file.api.json").read_text()), 5.0, size=size,
+                  dtype=dtype)
+        tload = next(n for n, v in tf.items() if v["class_type"] == "StreamR1ModelLoader")
+        tgen = next(n for n, v in tf.items() if v["class_type"] == "StreamR1GenerateToFile")
+        tf[tload]["inputs"]["compile"] = not args.no_compile
+        short = []
+        for i in range(5):                   # 81 frames straight to an MP4: the file is done when the stream is
+            tf[tgen]["inputs"]["seed"] = 3000 + i
+            since = server.log.stat().st_size
+            wall, per_node = timed_run(server, tf)
+            short.append({"workflow_seconds": round(wall, 3), **(node_lines(server, since) or [{}])[-1]})
+            print("five_s_to_file", json.dumps(short[-1]), flush=True)
+        result["five_s_to_file"] = short
+        result["five_s_to_file_median"] = statistics.median(r["workflow_seconds"] for r in short)
+        tf[tgen]["inputs"]["seconds"] = args.seconds_to_file
+        since = server.log.stat().st_size
+        wall, _ = timed_run(server, tf)
+        line = (node_lines(server, since) or [{}])[-1]
+        frames = 1 + 4 * (3 * int(line.get("chunks", 0)) - 1) if line else 0
+        result["to_file"] = {"workflow_seconds": round(wall, 2), **line, "frames": frames,
+                             "node_fps": round(frames / line["seconds"], 2) if line else None}
+        print("to_file", json.dumps(result["to_file"]), flush=True)
+    finally:
+        server.stop()
+        smi.terminate()
+        used = [int(x) for x in Path(smi_log).read_text().split() if x.isdigit()]
+        result["peak_device_mib"] = max(used, default=None)       # nvidia-smi, every 50 ms: the whole process
+        result["server_log_tail"] = server.tail(40)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    m = result.get("five_s_median", {})
+    print(f"ComfyUI 5 s workflow: median {m.get('workflow_seconds')} s queue->MP4, node {m.get('node_fps')} FPS, "
+          f"first frame {m.get('first_frame_seconds')} s; to file 477: {result.get('to_file', {}).get('node_fps')} FPS")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
