@@ -227,11 +227,11 @@ def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 
 def _load_tensor(path: str, key: str) -> torch.Tensor:
-    from safetensors.torch import load_file
+    from .weights_io import read_tensors
 
     if not Path(path).is_file():
         raise SystemExit(f"error: {path} does not exist")
-    d = load_file(path)
+    d = read_tensors(path)                          # header validated first
     if key not in d:
         raise SystemExit(f"error: {path} has no key {key!r} (found {sorted(d)[:5]})")
     return d[key]
@@ -469,6 +469,8 @@ def _check_plan(args, noise: Optional[torch.Tensor], saved, device: torch.device
     check_resolution(height, width, mc.pixel_multiple)
     sc, changes, _ = _stream_config(args, sc, noise)
     if saved is not None:
+        from .stream_state import check_state_model
+        check_state_model(saved, mc)                 # another model's state: say so, not "context must be ..."
         sc = _resumed_config(saved, sc, changes, args)
         height, width = int(saved.session["height"]), int(saved.session["width"])
     if args.no_memory_check:

@@ -220,7 +220,11 @@ def _endpoint() -> str:
 
 def _remote(entry, where: str) -> RemoteFile:
     lfs = getattr(entry, "lfs", None)
-    return RemoteFile(safe_relative_path(entry.path, where), int(entry.size),
+    size = getattr(entry, "size", None)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UnsafeRemotePath(f"{where} lists {entry.path!r} with size {size!r}, not a byte count: the hub (or the "
+                               f"HF_ENDPOINT mirror) sent a broken listing")
+    return RemoteFile(safe_relative_path(entry.path, where), size,
                       getattr(lfs, "sha256", None) if lfs is not None else None, entry.blob_id)
 
 

@@ -271,9 +271,15 @@ def load_stream_state(path: "str | os.PathLike") -> SavedStream:
     CPU."""
     from safetensors import safe_open
 
+    from .weights_io import read_safetensors_header
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stream state {path} does not exist")
+    try:
+        read_safetensors_header(path)               # a regular file with a sound header, before safetensors reads it
+    except ValueError as e:
+        raise ValueError(f"not a readable stream state (damaged, or not a state file): {e}") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

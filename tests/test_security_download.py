@@ -118,6 +118,18 @@ def test_a_name_listed_as_file_and_folder_is_refused():
         dl.remote_files(dl.BY_NAME["videoreward"], Api())
 
 
+@pytest.mark.parametrize("size", [None, "12", -1, 1.5, True])
+def test_a_size_that_is_not_a_byte_count_is_refused(size):
+    class Api:
+        def list_repo_tree(self, repo_id, recursive, revision):
+            entry = RepoFile(path="model_config.json", size=1, oid="0" * 40)
+            entry.size = size                                    # what a broken or hostile mirror may send
+            return [entry]
+
+    with pytest.raises(dl.UnsafeRemotePath, match="not a byte count"):
+        dl.remote_files(dl.BY_NAME["videoreward"], Api())
+
+
 def test_command_line_refusal_in_a_fresh_process_is_one_line(evil_hub, tmp_path):
     hub = evil_hub({REPO: {"../../escape.txt": (b"pwned\n", False)}})
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home"),

@@ -525,3 +525,23 @@ def test_flat_cost_over_ten_times_the_window(tiny_model, vae):
     assert abs(live[1] - live[0]) < 64 * 2 ** 10, f"live tensors went {live[0]} -> {live[1]} bytes"
     assert rss[1] - rss[0] < 64 * 2 ** 20, f"RSS grew by {(rss[1] - rss[0]) / 2 ** 20:.1f} MB"
     assert len(tel.records) == 30
+
+
+def test_cli_resume_with_another_model_names_the_model_not_the_context(tmp_path, capsys):
+    """A state saved from another model architecture is refused before anything is sized for it, saying so."""
+    from safetensors.torch import save_file
+
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.config import WanConfig
+    from stream_r1.wan.model import WanModel
+
+    tiny = tmp_path / "tiny.safetensors"
+    save_dit_export(tiny, WanModel(WanConfig.tiny()).init_weights(seed=0).state_dict(), WanConfig.tiny(),
+                    StreamConfig.stream_r1())
+    save_file({"context": torch.randn(1, 8, WanConfig.tiny().text_dim)}, str(tmp_path / "ctx.safetensors"))
+    assert _cli(tmp_path, "a", "--frames", "9", "--checkpoint", str(tiny), "--context", str(tmp_path / "ctx.safetensors"),
+                "--no-decode", "--save-state", str(tmp_path / "s.safetensors")) == 0
+    capsys.readouterr()
+    assert _cli(tmp_path, "b", "--frames", "21", "--resume", str(tmp_path / "s.safetensors"), "--no-decode") == 2
+    err = capsys.readouterr().err
+    assert "made with" in err and "context must be" not in err and err.count("\n") == 1
