@@ -57,3 +57,18 @@ def test_the_readme_main_job_runs_as_written(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / cmd[cmd.index("--out") + 1]
     assert out.stat().st_size > 10_000 and "shapes" in r.stderr.lower()
+
+
+def test_the_tests_run_from_a_folder_named_as_the_readme_says(tmp_path):
+    """Cloned into `ComfyUI-Stream-R1` (no Python identifier), pytest imports the root __init__.py as a lone module:
+    it must not fail there (it used to error every test at collection)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "ComfyUI-Stream-R1"
+    shutil.copytree(root, clone, ignore=shutil.ignore_patterns(".git", "bench", "workflows", "docs", "bundle",
+                                                               "__pycache__", ".hypothesis", "*.mp4"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_package.py",
+                        "-k", "not from_a_folder"], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
