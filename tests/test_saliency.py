@@ -176,3 +176,39 @@ def test_activation_checkpointing_gives_the_same_saliency(tiny_reward):
     ckpt = gradient_saliency(tiny_reward, x, ["a"], checkpointing=True)
     torch.testing.assert_close(ckpt.maps, plain.maps, rtol=1e-4, atol=1e-7)
     assert not tiny_reward.qwen.training
+
+
+def test_reference_order_is_the_public_row_major_view(tiny_reward):
+    """order='reference' = the public code's `norms.view(t, h, w)` (spec-algorithm §5.1 step 5): the same values as
+    the image order, permuted within each frame by (h/2, w/2, 2, 2) -> row-major. Per-frame sums (so the temporal
+    weights) agree exactly; the spatial maps do not, except on a single 2 x 2 merge block."""
+    from stream_r1.reward.dmd_weights import reward_weights
+
+    region = RegionReward((slice(1, 3), slice(3, 5)))
+    x = torch.rand(1, 4, 3, 56, 84, generator=torch.Generator().manual_seed(6)) + 0.1
+    for model in (region, tiny_reward):
+        img = gradient_saliency(model, x, ["a"], target="patches")
+        ref = gradient_saliency(model, x, ["a"], target="patches", order="reference")
+        assert img.maps.shape == ref.maps.shape == (1, 3, 2, 4, 6)
+        torch.testing.assert_close(img.scores.raw, ref.scores.raw, rtol=0, atol=0)
+        rows = rearrange(img.maps, "b a t (hb mh) (wb mw) -> b a t (hb wb mh mw)", mh=2, mw=2)
+        assert torch.equal(ref.maps, rows.view(ref.maps.shape))       # exactly the documented permutation
+        torch.testing.assert_close(img.maps.sum((3, 4)), ref.maps.sum((3, 4)))   # same per-frame totals (up to
+        #                                                                    the summation order's rounding)
+        assert not torch.equal(img.maps, ref.maps)
+    inside = torch.zeros(4, 6, dtype=torch.bool)
+    inside[1:3, 3:5] = True
+    ref_region = gradient_saliency(region, x, ["a"], target="patches", order="reference").maps[0, 0]
+    assert (ref_region[:, ~inside] > 0).any()                          # the scrambled view leaves the region
+    # a single merge block (2 x 2 patches): row-major and merge-block order coincide
+    one = torch.rand(1, 2, 3, 28, 28, generator=torch.Generator().manual_seed(7))
+    a = gradient_saliency(tiny_reward, one, ["a"], target="patches")
+    b = gradient_saliency(tiny_reward, one, ["a"], target="patches", order="reference")
+    assert a.maps.shape[-2:] == (2, 2) and torch.equal(a.maps, b.maps)
+    # through the DMD weights: temporal profile identical, W_intra differs; 'pixels' has no patch order
+    ri = reward_weights(tiny_reward, x, ["a"], (2, 7, 10), reward_mode="Overall")
+    rr = reward_weights(tiny_reward, x, ["a"], (2, 7, 10), reward_mode="Overall", order="reference")
+    torch.testing.assert_close(ri.intra.temporal, rr.intra.temporal)
+    assert not torch.allclose(ri.w_intra, rr.w_intra)
+    with pytest.raises(ValueError, match="reference"):
+        gradient_saliency(tiny_reward, x, ["a"], target="pixels", order="reference")

@@ -1,4 +1,5 @@
 """W_intra / W_inter algebra and the BalancedOverall penalty (spec-algorithm §4.3-4.5, §5.3-5.5, §13.8)."""
+import math
 import os
 import socket
 
@@ -101,6 +102,31 @@ def test_inter_weight_and_reward_modes():
         reward_signal(z, axes, "Aesthetic")
     with pytest.raises(ValueError, match="balancer"):
         reward_signal(z, axes, "BalancedOverall")
+
+
+def test_batch_inter_norm_cancels_the_balanced_overall_penalty():
+    """reward.inter_norm='batch' (the shapes recipes) divides W_inter by its batch mean; BalancedOverall's penalty
+    is one factor exp(-beta lambda p) on every rollout of the batch, so it drops out exactly: the normalised
+    weights equal Overall's. Without the normalisation (the paper's form) they differ by that factor."""
+    from stream_r1.reward.weights import normalize_inter
+    g = torch.Generator().manual_seed(1)
+    bal = BalancedOverall(window=8, warmup=4, lam=0.5)
+    axes = bal.axes
+    for step in range(8):                                         # axes that improve at different rates
+        bal.update(torch.randn(4, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.3, -0.2]) * step)
+    z = torch.randn(4, 3, generator=g)
+    r_bal = reward_signal(z, axes, "BalancedOverall", bal)
+    p = bal.penalty()
+    assert p > 0.1
+    r_all = reward_signal(z, axes, "Overall")
+    w_bal, w_all = inter_weight(r_bal, beta=2.0), inter_weight(r_all, beta=2.0)
+    torch.testing.assert_close(w_bal, w_all * math.exp(-2.0 * 0.5 * p), rtol=1e-5, atol=0)   # paper: penalised
+    assert not torch.allclose(w_bal, w_all, rtol=1e-2)
+    torch.testing.assert_close(normalize_inter(w_bal), normalize_inter(w_all), rtol=1e-6, atol=0)   # cancelled
+    torch.testing.assert_close(normalize_inter(w_all).mean(), torch.tensor(1.0))
+    calls = []
+    normalize_inter(w_all, lambda t: calls.append(t.tolist()))    # the all_reduce sees [sum, count] in float64
+    assert calls == [[float(w_all.sum()), 4.0]]
 
 
 def _hand_penalty(hist):

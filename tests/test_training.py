@@ -33,6 +33,18 @@ def test_every_recipe_validates_and_round_trips_through_json():
         assert TrainConfig.from_dict(json.loads(cfg.to_json())).to_dict() == cfg.to_dict()
 
 
+def test_reference_recipe_switches_only_the_documented_deviations():
+    a, b = get_recipe("stream_r1_1.3b").to_dict(), get_recipe("stream_r1_1.3b_reference").to_dict()
+    diff = {(k, f) for k in a if isinstance(a[k], dict) for f in a[k] if a[k][f] != b[k][f]}
+    diff |= {k for k in a if not isinstance(a[k], dict) and a[k] != b[k]}
+    assert diff == {"name", "output_dir", ("reward", "saliency_order"), ("reward", "normalize_axes"),
+                    ("reward", "balance_sync"), ("rollout", "text_kv_grad")}
+    assert (b["reward"]["saliency_order"], b["reward"]["normalize_axes"], b["rollout"]["text_kv_grad"]) == \
+        ("reference", False, "reference")
+    assert (a["reward"]["saliency_order"], a["reward"]["normalize_axes"], a["rollout"]["text_kv_grad"]) == \
+        ("image", True, "every_call")
+
+
 def test_paper_recipe_values():
     c = get_recipe("stream_r1_1.3b")
     assert (c.reward.enabled, c.reward.beta, c.reward.mode) == (True, 2.0, "BalancedOverall")
@@ -223,12 +235,12 @@ def test_rollout_at_the_last_exit_step_is_the_inference_stream():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def _grads(model, chunk, grad_chunks, exit_step=2):
+def _grads(model, chunk, grad_chunks, exit_step=2, text_kv_grad="every_call"):
     model.zero_grad(set_to_none=True)
     g = torch.Generator().manual_seed(3)
     noise = lambda c, d: torch.randn((2, 3, 16, 4, 6), generator=g)      # noqa: E731
     out = self_forcing_rollout(model, _ctx(2), StreamConfig(), num_frames=12, latent_hw=(4, 6), noise=noise,
-                               exit_step=exit_step, grad_chunks=grad_chunks)
+                               exit_step=exit_step, grad_chunks=grad_chunks, text_kv_grad=text_kv_grad)
     w = torch.randn(out[:, 3 * chunk:3 * chunk + 3].shape, generator=torch.Generator().manual_seed(5))
     loss = (out[:, 3 * chunk:3 * chunk + 3] * w).sum()
     if loss.requires_grad:
@@ -249,6 +261,25 @@ def test_rollout_gradient_flows_only_through_the_exit_forward():
     # the text path carries gradient too: the exit step recomputes the cross-attention K/V
     assert float(all_chunks["blocks.0.cross_attn.k.weight"].abs().sum()) > 0
     assert float(all_chunks["text_embedding.0.weight"].abs().sum()) > 0
+
+
+def test_reference_text_kv_gradient_only_at_exit_step_zero():
+    """text_kv_grad='reference' (the public code's assigned cross-attention cache): with e > 0 the text K/V come
+    from chunk 0's no-grad step 0, so exactly the text path (text embedding, cross-attention k / v / norm_k) gets
+    no gradient and everything else is unchanged; with e = 0 the shared tensor gives the every-call gradient."""
+    model = _model().requires_grad_(True)
+    text_path = ("text_embedding.", "cross_attn.k.", "cross_attn.v.", "cross_attn.norm_k.")
+    for e in (0, 1, 3):
+        every = _grads(model, 3, None, exit_step=e)
+        ref = _grads(model, 3, None, exit_step=e, text_kv_grad="reference")
+        for n in every:
+            on_text_path = any(t in n for t in text_path)
+            if e > 0 and on_text_path:
+                assert float(every[n].abs().sum()) > 0 and float(ref[n].abs().max()) == 0.0, n
+            else:
+                torch.testing.assert_close(ref[n], every[n], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="text_kv_grad"):
+        _grads(model, 0, None, text_kv_grad="cached")
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

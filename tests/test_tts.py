@@ -52,8 +52,9 @@ def _brightness(v):
 def test_reward_steers_the_search(tiny_model, vae, beams, children):
     """A brightness reward makes the search output brighter video than plain streaming (same seeds), and a
     darkness reward darker than the brightness one. The tiny random VAE varies little, so the margins are small
-    but systematic; chunk 0 (pure selection among candidates incl. the plain one) is ordered up to the rounding of
-    the batched decode."""
+    but systematic; with beams = 1 chunk 0 (pure selection among candidates incl. the plain one) is ordered up to
+    the rounding of the batched decode (with beams > 1 the emitted chunk 0 is the one of the lineage that wins
+    later, which need not be the best first chunk)."""
     sc = StreamConfig.stream_r1()
     cfg = T1Config(beams=beams, children=children)
     seeds = (5, 6, 7)
@@ -63,7 +64,8 @@ def test_reward_steers_the_search(tiny_model, vae, beams, children):
     for p, u, d in zip(plain, up, down):
         assert _brightness(u) > _brightness(p)
         tol = 1e-6                      # candidates are decoded as one batch: float rounding differs from B = 1
-        assert _brightness(d[:, :9]) <= _brightness(p[:, :9]) + tol <= _brightness(u[:, :9]) + 2 * tol
+        if beams == 1:
+            assert _brightness(d[:, :9]) <= _brightness(p[:, :9]) + tol <= _brightness(u[:, :9]) + 2 * tol
     assert sum(map(_brightness, up)) > sum(map(_brightness, down))
 
 
@@ -127,6 +129,33 @@ def test_fork_does_not_alias(tiny_model, vae):
     assert f.local_end == 12 * f.frame_seqlen and c.local_end == 6 * c.frame_seqlen
     f.k.fill_(7.0)
     assert torch.equal(c.k[:, :, :c.local_end], k0)
+
+
+def test_short_weight_ramp_is_the_reference_sequence():
+    """a_b = min(3b / (F - 3), 0.4) (spec-stream-t1 §3, stream_t1.py `_compute_hybrid_score`), exact fractions."""
+    cfg = T1Config()
+    seq = lambda f, n: [cfg.short_weight(b, f, 3) for b in range(n)]      # noqa: E731
+    assert seq(21, 7) == [0.0, 3 / 18, 6 / 18, 0.4, 0.4, 0.4, 0.4]           # F = 21 (5 s): 0, 1/6, 1/3, then 0.4
+    f120 = seq(120, 18)
+    assert f120[:16] == [3 * b / 117 for b in range(16)] and f120[15] < 0.4   # 45/117 = 0.385 at b = 15
+    assert f120[16:] == [0.4, 0.4]                                           # reaches 0.4 at b = 16
+    assert seq(9, 3) == [0.0, 0.4, 0.4]                                      # F = 9: 3/6 = 0.5 is capped at b = 1
+    assert seq(3, 1) == [0.4]                                                # one chunk: unused (L alone)
+    assert T1Config(short_weight_max=0.25).short_weight(2, 21, 3) == 0.25   # the cap is short_weight_max
+
+
+def test_search_ramps_over_the_searched_clip(tiny_model, vae):
+    """run(num_chunks) sets F = num_chunks x frames_per_block (the clip), cfg.ramp_frames overrides it, and the
+    logged score of every later chunk is a_b S + (1 - a_b) L with that a_b."""
+    sc = StreamConfig.stream_r1()
+    for cfg, frames in [(T1Config(beams=1, children=2), 12), (T1Config(beams=1, children=2, ramp_frames=21), 21)]:
+        _, _, t1 = generate_t1(_session(tiny_model, vae, sc), BrightnessReward(), 12, cfg)
+        assert t1.ramp_frames == frames
+        for rec in t1.log:
+            a = cfg.short_weight(rec["chunk"], frames, sc.frames_per_block)
+            for c in rec["candidates"]:
+                want = c["long"] if rec["chunk"] == 0 else a * c["short"] + (1 - a) * c["long"]
+                assert c["score"] == want
 
 
 def test_noise_mix_is_variance_preserving_and_exact_at_zero():

@@ -112,6 +112,10 @@ class RolloutConfig:
     telling the model t=context_noise, as Self-Forcing training does (spec-models §2.8); False = inference."""
     exit_step: int = -1
     """Gradient (exit) step index; -1 = uniform random per micro-step, shared by all chunks and ranks."""
+    text_kv_grad: Literal["every_call", "reference"] = "every_call"
+    """Gradient into the cross-attention text K/V: 'every_call' = every exit forward recomputes them with gradient
+    (cross-attention k/v weights learn from every rollout); 'reference' = the public code's cached K/V, assigned
+    by the rollout's first call, which carries gradient only when the exit step is 0 (training/rollout.py)."""
 
     def stream_config(self) -> StreamConfig:
         """The inference settings this rollout trains for (written into the export)."""
@@ -184,6 +188,10 @@ class RewardConfig:
     """Divide each axis map by its mean before mixing (§8.4 fix); False = reference."""
     target: Literal["patches", "pixels"] = "patches"
     """Saliency target: ViT patch rows (reference granularity) or decoded pixels."""
+    saliency_order: Literal["image", "reference"] = "image"
+    """Patch order of the saliency maps (target 'patches'): 'image' = each patch where it is in the frame;
+    'reference' = the public code's row-major view (spec-algorithm §8.1: spatially scrambled, but what the released
+    checkpoint was trained with), for an exact reproduction of the paper's run. Temporal weights are the same."""
     frames: Literal["all", "fps"] = "all"
     """Reward input frames: all (reference) or uniform 2-fps sampling (§8.3)."""
     odd_frames: Literal["drop", "pad"] = "drop"

@@ -10,10 +10,21 @@ the EMA sink never runs, as in the reference), attended with the inference patte
 it: it runs through a `FrozenCacheView` that concatenates the detached prefix with the call's own K/V and
 recomputes the text K/V with gradient. That view is pure (spec §8 item 15), so activation checkpointing may
 re-run a block in backward after the store has moved on; earlier slots are never written again.
+
+Text (cross-attention) K/V and their gradient, `text_kv_grad`:
+
+* "every_call" (default): every exit forward recomputes the text K/V with gradient, so the cross-attention
+  `k`, `v`, `norm_k` weights (and the text embedding) get gradient from every rollout, whatever the exit step.
+* "reference": as the public code (Self-Forcing `CausalWanCrossAttention`, unchanged in Reward Forcing /
+  Stream-R1): the crossattn cache is *assigned* the K/V of the rollout's first model call (chunk 0, step 0) and
+  every later call reads that same tensor. With exit step e > 0 that call runs under no_grad, so the text K/V
+  are constants of the rollout and those weights get no generator gradient (3 rollouts in 4); with e = 0 it is
+  chunk 0's exit forward, and all chunks back-propagate into that one shared tensor, which gives the same
+  gradient as "every_call". Values (and so the rollout) are identical in both modes; only the gradient differs.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 from einops import rearrange
@@ -22,6 +33,7 @@ from torch import Tensor
 from stream_r1.config import StreamConfig, WanConfig
 from stream_r1.schedule import FlowMatchSchedule
 
+TextKVGrad = Literal["every_call", "reference"]
 NoiseFn = Callable[[int, int], Tensor]
 """noise(chunk, draw) -> [B, f, C, h, w]: draw 0 is the chunk's initial noise, draw i in 1..S-1 the re-noise
 before step i, draw S the context-pass noise (S = number of denoising steps)."""
@@ -104,16 +116,18 @@ class RolloutCache:
             self.cross_v[layer].copy_(v)
         self.cross_valid[layer] = True
 
-    def frozen(self) -> "FrozenCacheView":
-        return FrozenCacheView(self)
+    def frozen(self, reuse_text_kv: bool = False) -> "FrozenCacheView":
+        return FrozenCacheView(self, reuse_text_kv)
 
 
 class FrozenCacheView:
     """Read-only view of a `RolloutCache` for one gradient-carrying call: writes nothing, keeps no state that
-    a later call changes, and leaves the text K/V to be recomputed (so they carry gradient)."""
+    a later call changes, and leaves the text K/V to be recomputed (so they carry gradient) unless
+    `reuse_text_kv`, which reads the cache's detached text K/V (text_kv_grad="reference", exit step > 0)."""
 
-    def __init__(self, cache: RolloutCache):
+    def __init__(self, cache: RolloutCache, reuse_text_kv: bool = False):
         self.cache = cache
+        self.reuse_text_kv = reuse_text_kv
         self.relative_rope = cache.relative_rope
         self.cross_valid = [False] * len(cache.cross_valid)
         self._plan: Optional[tuple[int, int, list[range]]] = None
@@ -134,8 +148,8 @@ class FrozenCacheView:
     def commit(self) -> None:
         pass
 
-    def cross(self, layer: int) -> None:
-        return None
+    def cross(self, layer: int) -> Optional[tuple[Tensor, Tensor]]:
+        return self.cache.cross(layer) if self.reuse_text_kv else None
 
     def set_cross(self, layer: int, k: Tensor, v: Tensor) -> None:
         pass
@@ -174,13 +188,16 @@ def frame_seqlen(cfg: WanConfig, latent_hw: tuple[int, int]) -> int:  # 60x104 l
 def self_forcing_rollout(model, context: Tensor, sc: StreamConfig, *, num_frames: int, latent_hw: tuple[int, int],
                          noise: NoiseFn, exit_step: int, grad: bool = True,
                          grad_chunks: Optional[Iterable[int]] = None, context_pass_noise: bool = True,
-                         dtype: Optional[torch.dtype] = None) -> Tensor:
+                         dtype: Optional[torch.dtype] = None, text_kv_grad: TextKVGrad = "every_call") -> Tensor:
     """Roll the causal student out over `num_frames` latent frames; returns x [B, F, C, h, w].
 
     exit_step e: chunks use steps 0..e (all but e under no_grad); with `grad`, step e of every chunk in
     `grad_chunks` (default all) carries gradient. context_pass_noise: Self-Forcing's training quirk (the clean
     pass input gets noise at the grid sigma nearest to context_noise while the model is told context_noise).
+    text_kv_grad: which exit forwards back-propagate into the text K/V (module docstring).
     """
+    if text_kv_grad not in ("every_call", "reference"):
+        raise ValueError(f"text_kv_grad must be 'every_call' or 'reference', got {text_kv_grad!r}")
     cfg: WanConfig = model.cfg
     fpb = sc.frames_per_block
     schedule = FlowMatchSchedule.from_config(sc)
@@ -193,13 +210,14 @@ def self_forcing_rollout(model, context: Tensor, sc: StreamConfig, *, num_frames
                          device=context.device, dtype=dtype)
     chunks = num_frames // fpb
     with_grad = set(range(chunks) if grad_chunks is None else grad_chunks) if grad else set()
+    reuse_text_kv = text_kv_grad == "reference" and exit_step > 0   # chunk 0 step 0 filled them under no_grad
     out = []
     for c in range(chunks):
         start = c * fpb
         x = noise(c, 0).to(dtype)                                          # [B, f, C, h, w]
         for i in range(exit_step + 1):
             if i == exit_step and c in with_grad:
-                x0 = denoise(model, x, ts[i], context, cache.frozen(), start, schedule)
+                x0 = denoise(model, x, ts[i], context, cache.frozen(reuse_text_kv), start, schedule)
                 break
             with torch.no_grad():
                 x0 = denoise(model, x, ts[i], context, cache, start, schedule)

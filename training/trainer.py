@@ -205,7 +205,8 @@ class Trainer:
                                (f, self.student.cfg.in_dim, *self.latent_hw), self.device, self.dtype)
         return self_forcing_rollout(self.student, ctx, self.sc, num_frames=self.cfg.rollout.latent_frames,
                                     latent_hw=self.latent_hw, noise=noise, exit_step=exit_step, grad=grad,
-                                    context_pass_noise=self.cfg.rollout.context_pass_noise, dtype=self.dtype)
+                                    context_pass_noise=self.cfg.rollout.context_pass_noise, dtype=self.dtype,
+                                    text_kv_grad=self.cfg.rollout.text_kv_grad)
 
     def _noised(self, x: Tensor, positions: list[int], tag: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Score timestep per sample and x_tau = (1 - sigma) x + sigma n. Returns (x_tau, t [B, F], sigma5, n)."""
@@ -258,7 +259,7 @@ class Trainer:
                                 spatial_floor=r.spatial_floor, temporal_floor=r.temporal_floor)
             rw = reward_weights(self.reward, frames, prompts, (x.shape[1], *self.latent_hw), intra=intra,
                                 reward_mode=r.mode, balancer=self.balancer, beta=r.beta, clip=r.clip,
-                                target=r.target, checkpointing=r.checkpointing)
+                                target=r.target, checkpointing=r.checkpointing, order=r.saliency_order)
             w_inter, w_intra, scores = rw.w_inter, rw.w_intra.to(self.device), rw.scores
             tau = rw.intra.temporal
             acc.extrema("w_intra_temporal", tau.min().item(), tau.max().item())
@@ -272,9 +273,8 @@ class Trainer:
             w_intra = None
         w_inter = w_inter.to(self.device)
         if r.inter_norm == "batch":                                     # mean 1 over the global micro-batch
-            tot = torch.tensor([float(w_inter.sum()), float(w_inter.numel())], dtype=torch.float64)
-            parallel.all_reduce_(tot, "sum")
-            w_inter = w_inter * (tot[1] / tot[0]).item()
+            from stream_r1.reward.weights import normalize_inter       # (cancels the BalancedOverall penalty)
+            w_inter = normalize_inter(w_inter, lambda t: parallel.all_reduce_(t, "sum"))
         b = x.shape[0]
         for j, a in enumerate(scores.axes):
             acc.mean(f"reward_{a}", scores.normalized[:, j].mean().item(), b)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .model import RewardModel, RewardScores
+from .preprocess import PatchOrder
 from .saliency import SALIENCY_AXES, SaliencyTarget, gradient_saliency, latent_saliency
 from .weights import BalancedOverall, IntraConfig, IntraWeights, RewardMode, inter_weight, intra_weights, \
     reward_signal
@@ -37,9 +38,13 @@ def reward_weights(model: RewardModel, frames: Tensor, prompts: Sequence[str], l
                    intra: IntraConfig = IntraConfig(), reward_mode: RewardMode = "BalancedOverall",
                    balancer: BalancedOverall | None = None, beta: float = 2.0, clip: float | None = None,
                    target: SaliencyTarget = "patches", axes: Sequence[str] = SALIENCY_AXES,
-                   temporal_stride: int = 4, checkpointing: bool = False) -> RewardWeights:
-    """frames [B, T, 3, H, W] in [0, 1] (decoded rollouts), latent_shape (F_lat, H_lat, W_lat) -> weights."""
-    sal = gradient_saliency(model, frames, prompts, axes=axes, target=target, checkpointing=checkpointing)
+                   temporal_stride: int = 4, checkpointing: bool = False,
+                   order: PatchOrder = "image") -> RewardWeights:
+    """frames [B, T, 3, H, W] in [0, 1] (decoded rollouts), latent_shape (F_lat, H_lat, W_lat) -> weights.
+    order: patch order of the saliency maps ("reference" = the public code's row-major view, see
+    `gradient_saliency`)."""
+    sal = gradient_saliency(model, frames, prompts, axes=axes, target=target, checkpointing=checkpointing,
+                            order=order)
     iw = intra_weights(latent_saliency(sal, latent_shape, temporal_stride), sal.z(), intra)
     r = reward_signal(sal.scores.normalized, sal.scores.axes, reward_mode, balancer)
     return RewardWeights(inter_weight(r, beta, clip), iw.w_intra, r, sal.scores, iw, sal.mode)

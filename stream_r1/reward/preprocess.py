@@ -147,15 +147,26 @@ def patchify(video: Tensor, patch_size: int = 14, temporal_patch_size: int = 2, 
                      tp=temporal_patch_size, mh=merge_size, mw=merge_size, ph=patch_size, pw=patch_size)
 
 
-def patch_values_to_grid(values: Tensor, grid_thw: Tensor, merge_size: int = 2) -> Tensor:
-    """Per-patch values [B*t*h*w, ...] -> [B, t, h, w, ...] in image order (the inverse of `patchify`'s rows).
+PatchOrder = Literal["image", "reference"]
 
-    Every video of the batch must have the same grid. The reference's `values.view(t, h, w)` is wrong
-    (spec-algorithm §8.1): rows are merge-block-major, not row-major.
+
+def patch_values_to_grid(values: Tensor, grid_thw: Tensor, merge_size: int = 2, order: PatchOrder = "image") -> Tensor:
+    """Per-patch values [B*t*h*w, ...] -> [B, t, h, w, ...].
+
+    order="image" (default): image order, the inverse of `patchify`'s merge-block-major rows (t, h/2, w/2, 2, 2).
+    order="reference": the public code's plain row-major `values.view(t, h, w)` (`compute_pixel_spatial_saliency`),
+    which scrambles space (spec-algorithm §8.1) but is what the released checkpoint was trained with. The two
+    differ by one permutation within each frame: reference[t].flatten() == image[t] read as (h/2, w/2, 2, 2),
+    i.e. rearrange(image, "b t (hb mh) (wb mw) -> b t (hb wb mh mw)") viewed as (h, w); per-frame sums agree.
+    Every video of the batch must have the same grid.
     """
     t, h, w = (int(v) for v in grid_thw[0].tolist())
     if not bool((grid_thw == grid_thw[0]).all()):
         raise ValueError(f"all videos of a batch must share one patch grid, got {grid_thw.tolist()}")
+    if order == "reference":
+        return rearrange(values, "(b t h w) ... -> b t h w ...", t=t, h=h, w=w)
+    if order != "image":
+        raise ValueError(f"order must be 'image' or 'reference', got {order!r}")
     return rearrange(values, "(b t hb wb mh mw) ... -> b t (hb mh) (wb mw) ...",
                      t=t, hb=h // merge_size, wb=w // merge_size, mh=merge_size, mw=merge_size)
 

@@ -4,7 +4,8 @@
 
 * `target="patches"` (reference granularity, VideoRewardModel only): s_a = ||d rho_a / d P||_2 per ViT
   patch row (3 channels x 2 frames x 14 x 14 values), put back on the (t, h, w) patch grid in the right
-  order (`preprocess.patch_values_to_grid`, not the reference's scrambled view);
+  order (`preprocess.patch_values_to_grid`; `order="reference"` reproduces the public code's scrambled
+  row-major view, which the released checkpoint was trained with);
 * `target="pixels"` (any differentiable `RewardModel`): s_a = ||d rho_a / d x||_2 over RGB per source pixel,
   on the frames the model actually reads.
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import RewardModel, RewardScores
-from .preprocess import VideoInputConfig, patch_values_to_grid, sample_frame_indices
+from .preprocess import PatchOrder, VideoInputConfig, patch_values_to_grid, sample_frame_indices
 
 SaliencyTarget = Literal["patches", "pixels"]
 SALIENCY_AXES: tuple[str, ...] = ("MQ", "VQ", "TA")
@@ -56,8 +57,11 @@ class AxisSaliency:
 
 def gradient_saliency(model: RewardModel, frames: Tensor, prompts: Sequence[str],
                       axes: Sequence[str] = SALIENCY_AXES, target: SaliencyTarget = "patches",
-                      checkpointing: bool = False) -> AxisSaliency:
+                      checkpointing: bool = False, order: PatchOrder = "image") -> AxisSaliency:
     """frames [B, T, 3, H, W] in [0, 1] -> per-axis saliency. Runs 1 forward + len(axes) backward passes.
+
+    order (target="patches" only): "image" puts each patch row back where it is in the frame; "reference" reads
+    the rows row-major like the public code (spec-algorithm §5.1 step 5, §8.1), for exact reproduction runs.
 
     checkpointing: recompute activations in backward (models with `activation_checkpointing()`); trades
     about one extra forward per axis for most of the activation memory.
@@ -79,10 +83,12 @@ def gradient_saliency(model: RewardModel, frames: Tensor, prompts: Sequence[str]
             pv = video.pixel_values.detach().requires_grad_(True)        # [B*N, 1176]
             raw = model.forward_patches(pv, video.grid_thw, model.encode_prompts(prompts, video))
             grads = _per_axis_grads(raw, cols, pv)                        # A x [B*N, 1176]
-            maps = torch.stack([patch_values_to_grid(g.float().norm(dim=-1), video.grid_thw, video.merge_size)
-                                for g in grads], dim=1)                   # [B, A, t, h, w]
+            maps = torch.stack([patch_values_to_grid(g.float().norm(dim=-1), video.grid_thw, video.merge_size,
+                                                     order) for g in grads], dim=1)   # [B, A, t, h, w]
             sets, n_src, mode = video.frame_sets(), video.num_source_frames, video.mode
         elif target == "pixels":
+            if order != "image":
+                raise ValueError("order='reference' applies to target='patches' (the public code's patch rows)")
             x = frames.detach().float().requires_grad_(True)              # [B, T, 3, H, W]
             raw = model.score(x, prompts)
             grads = _per_axis_grads(raw, cols, x)                         # A x [B, T, 3, H, W]

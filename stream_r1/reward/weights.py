@@ -3,7 +3,8 @@
 Pure functions on per-sample tensors (the reference handled sample 0 only, §8.2):
 
 * `combine_axes`: S = sum_a w_a S_a with w = softmax(-z / T) (the weaker axis weighs more); by default each
-  S_a is first divided by its own mean (§8.4 fix), `normalize_axes=False` mixes raw maps like the reference.
+  S_a is first divided by its own mean (§8.4 fix, a deviation from the public code), `normalize_axes=False`
+  mixes raw maps like the public code and the paper.
 * `intra_weights`: S -> temporal profile tau_f and per-frame spatial maps sigma_f with strengths and floors,
   W_intra = tau_f sigma_f / mean, shape [B, F, 1, H, W] fp32, mean 1 per sample.
 * `inter_weight`: W_inter = exp(beta r), [B, 1, 1, 1, 1] fp32.
@@ -13,7 +14,7 @@ Pure functions on per-sample tensors (the reference handled sample 0 only, §8.2
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +35,9 @@ class IntraConfig:
     temperature: float = 1.0
     """T_s of the adaptive softmax."""
     normalize_axes: bool = True
-    """Divide each axis map by its mean before mixing (§8.4); False = reference (raw gradient scales)."""
+    """Divide each axis map by its mean before mixing (§8.4 fix). A deviation from the public code and the paper,
+    which mix the raw gradient maps (so the axis with the largest gradients dominates whatever the softmax says);
+    False = their form (training: `reward.normalize_axes=false`, the `stream_r1_1.3b_reference` recipe)."""
     factorized: bool = True
     """Temporal x per-frame spatial factorisation (shipped); False = one global min-max (§5.5)."""
     spatial_strength: float = 1.0
@@ -132,6 +135,19 @@ def inter_weight(r: Tensor, beta: float = 2.0, clip: float | None = None) -> Ten
     if clip is not None:
         r = r.clamp(-clip, clip)
     return torch.exp(beta * r).view(-1, 1, 1, 1, 1)
+
+
+def normalize_inter(w_inter: Tensor, all_reduce: Callable[[Tensor], None] | None = None) -> Tensor:
+    """W_inter / mean(W_inter) over the global batch (`all_reduce` sums a float64 [sum, count] over ranks in
+    place; None = this batch only). Not in the paper (training `reward.inter_norm='batch'`).
+
+    It cancels any factor shared by the whole batch, so BalancedOverall's penalty, exp(-beta lambda penalty) on
+    every rollout alike (history synchronised over ranks), drops out exactly: under it BalancedOverall trains
+    as Overall (tests/test_saliency_weights.py)."""
+    tot = torch.tensor([float(w_inter.sum()), float(w_inter.numel())], dtype=torch.float64)
+    if all_reduce is not None:
+        all_reduce(tot)
+    return w_inter * (tot[1] / tot[0]).item()
 
 
 RewardMode = Literal["VQ", "MQ", "TA", "Overall", "BalancedOverall"]

@@ -14,8 +14,8 @@ Per chunk, every surviving beam gets `children` candidates. A candidate:
    its own streaming-decoder state;
 4. is scored (unit 2): short reward S on its own frames, long reward L on the frames of its lineage's last
    `window_chunks` chunks (a sliding ring), both as normalised Overall (sum of the reward's z-scores), mixed
-   score = a_b * S + (1 - a_b) * L with a_b = short_weight_max * min(1, b / short_ramp_chunks) (defined for
-   endless streams);
+   score = a_b * S + (1 - a_b) * L with the reference's ramp a_b = min(f_b / (F - f), short_weight_max), f_b = b * f
+   the chunk's first latent frame, f = frames_per_block, F the clip's latent frames (`ramp_frames`);
 5. gets a memory-sinking route for its chunk (unit 3), applied when the chunk leaves the KV window.
 
 The best `beams` candidates survive (parents compete jointly); the rewards are batched too. Candidates whose
@@ -44,6 +44,8 @@ from ..stream import Chunk, StreamSession
 from ..wan.rope import rotate_frames
 
 ROUTES = ("discard", "ema", "append")
+DEFAULT_RAMP_FRAMES = 21
+"""F of the short-weight ramp when the clip's length is unknown: the reference's 5 s clip (21 latent frames)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ class T1Config:
     """Long-reward window in chunks, the current one included (slides)."""
     short_weight_max: float = 0.4
     """Cap of the short-reward weight a_b (short_score_fusion_threshold)."""
-    short_ramp_chunks: int = 6
-    """a_b reaches short_weight_max at this chunk (the reference ramps over the clip's length, F - 3 frames;
-    6 chunks = its 5 s ramp, which also works for endless streams)."""
+    ramp_frames: Optional[int] = None
+    """F of the short weight's ramp a_b = min(f_b / (F - f), short_weight_max) (spec-stream-t1 §3): the clip's
+    latent frames. None = the searched clip (`run(num_chunks)`: its chunks x frames_per_block, counted from
+    chunk 0 of the session), or 21 (the reference's 5 s clip) for endless runs and bare `step` calls. For F = 21
+    a_b = 0, 1/6, 1/3, then 0.4; for F = 120 it reaches 0.4 at b = 16."""
     sinking: Optional[bool] = None
     """Memory sinking; None = on for the longlive cache policy, off otherwise (window_sink students were trained
     with their own EMA sink and relative positions)."""
@@ -90,8 +94,11 @@ class T1Config:
             raise ValueError("beams and children must be >= 1")
         if not -1.0 <= self.rho <= 1.0:
             raise ValueError("rho must be in [-1, 1]")
-        if self.window_chunks < 1 or self.max_delay < 1 or self.short_ramp_chunks < 1:
-            raise ValueError("window_chunks, max_delay and short_ramp_chunks must be >= 1")
+        if self.window_chunks < 1 or self.max_delay < 1:
+            raise ValueError("window_chunks and max_delay must be >= 1")
+        if self.ramp_frames is not None and self.ramp_frames < 1:
+            raise ValueError(f"ramp_frames must be >= 1 latent frames (None = the searched clip), "
+                             f"got {self.ramp_frames}")
         if self.candidates_per_call < 0:
             raise ValueError(f"candidates_per_call must be >= 0 (0 = all in one call), got {self.candidates_per_call}")
         if self.decode_rows < 0:
@@ -100,8 +107,13 @@ class T1Config:
     def replace(self, **kw) -> "T1Config":
         return replace(self, **kw)
 
-    def short_weight(self, chunk: int) -> float:
-        return self.short_weight_max * min(1.0, chunk / self.short_ramp_chunks)
+    def short_weight(self, chunk: int, ramp_frames: int = DEFAULT_RAMP_FRAMES, frames_per_block: int = 3) -> float:
+        """a_b = min(f_b / (F - f), short_weight_max), f_b = chunk * f (stream_t1.py `_compute_hybrid_score`);
+        F = ramp_frames, f = frames_per_block. Chunk 0 is ranked by the long reward alone (not by this)."""
+        f_b, span = chunk * frames_per_block, ramp_frames - frames_per_block
+        if span <= 0:                                   # a one-chunk clip: no later chunk to weigh
+            return self.short_weight_max
+        return min(f_b / span, self.short_weight_max)
 
 
 def mix_noise(parent: Optional[Tensor], fresh: Tensor, rho: float) -> Tensor:
@@ -192,6 +204,8 @@ class StreamT1:
         self.beams = [Beam(state=session.branch_state(), sink_segments=[(0, s0)] if s0 else [])]
         self.log: list[dict] = []
         """Per chunk: candidates' S, L, score, route and the kept ranks."""
+        self.ramp_frames = cfg.ramp_frames or DEFAULT_RAMP_FRAMES
+        """F of the short weight's ramp; `run(num_chunks)` sets it to the searched clip unless cfg.ramp_frames."""
 
     # ---- rewards ----------------------------------------------------------------------------------------------
     def _prompts(self, b: int) -> list:
@@ -342,7 +356,7 @@ class StreamT1:
         rings = [(c[1].ring + [ch.frames])[-cfg.window_chunks:] for c, ch in zip(cands, chunks)]
         shorts = self._overall_batch(self.short_reward, [ch.frames for ch in chunks])
         longs = self._overall_batch(self.reward, [torch.cat(r, dim=1) for r in rings])
-        a = cfg.short_weight(b_idx)
+        a = cfg.short_weight(b_idx, self.ramp_frames, sess.cfg.frames_per_block)
         kept: list[Beam] = []
         for (j, parent, i, state, noise), chunk, ring, s, l in zip(cands, chunks, rings, shorts, longs):
             score = l if b_idx == 0 else a * s + (1 - a) * l
@@ -403,6 +417,8 @@ class StreamT1:
     def run(self, num_chunks: Optional[int] = None, *, on_chunk: Optional[Callable[[Chunk], None]] = None,
             should_stop: Optional[Callable[[], bool]] = None) -> Iterator[Chunk]:
         """Yield final chunks in order; `num_chunks` None = forever (until `should_stop()`)."""
+        if self.cfg.ramp_frames is None and num_chunks is not None:    # F = the clip, from the session's chunk 0
+            self.ramp_frames = (self.beams[0].state["chunk_index"] + num_chunks) * self.session.cfg.frames_per_block
         i = 0
         while num_chunks is None or i < num_chunks:
             if should_stop is not None and should_stop():
