@@ -151,7 +151,8 @@ class RewardConfig:
     """Weight the generator loss with the reward model (False = plain DMD)."""
     path: str = ""
     """VideoReward folder (model_config.json + checkpoint-*/), or 'synthetic' (seeded tiny VideoReward with the
-    real layout, built in memory) or 'synthetic-2b' (random weights at Qwen2-VL-2B size, for speed runs)."""
+    real layout, built in memory) or 'synthetic-2b' (random weights at Qwen2-VL-2B size, for speed runs), or
+    'analytic-shapes' (the shapes world's differentiable analytic reward; needs target 'pixels')."""
     beta: float = 2.0
     """W_inter = exp(beta * r)."""
     mode: Literal["VQ", "MQ", "TA", "Overall", "BalancedOverall"] = "BalancedOverall"
@@ -438,7 +439,10 @@ class TrainConfig:
         if self.reward.enabled and self.model.vae == "none":
             raise ValueError("reward.enabled needs a VAE to decode rollouts: set model.vae to a file or 'random'")
         if self.reward.enabled and not self.reward.path:
-            raise ValueError("reward.enabled needs reward.path (a VideoReward folder, or 'synthetic')")
+            raise ValueError("reward.enabled needs reward.path (a VideoReward folder, 'synthetic' or 'analytic-shapes')")
+        if self.reward.enabled and self.reward.path == "analytic-shapes" and self.reward.target != "pixels":
+            raise ValueError("reward.path=analytic-shapes scores decoded pixels (it has no ViT patches): set "
+                             "reward.target=pixels")
         if self.method in ("vae", "teacher", "reward"):
             w = self.world
             check_resolution(w.height, w.width)

@@ -104,9 +104,18 @@ def build_vae(spec: str, arch: str, *, seed: int, device: torch.device, dtype: t
     return vae.eval().requires_grad_(False)
 
 
+ANALYTIC_SHAPES = "analytic-shapes"
+
+
 def build_reward(cfg: RewardConfig, *, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """VideoReward from its folder, or a seeded synthetic one ('synthetic' tiny, 'synthetic-2b' real size)."""
+    """VideoReward from its folder, a seeded synthetic one ('synthetic' tiny, 'synthetic-2b' real size), or the shapes
+    world's analytic reward ('analytic-shapes': colour, motion and stability of the prompted shape, differentiable in
+    the pixels; `training/shapes/analytic_reward.py`)."""
     from stream_r1.reward.preprocess import VideoInputConfig
+
+    if cfg.path == ANALYTIC_SHAPES:
+        from .shapes.analytic_reward import AnalyticShapesReward
+        return AnalyticShapesReward()
 
     video = VideoInputConfig(frames=cfg.frames, odd_frames=cfg.odd_frames)
     if cfg.path in ("synthetic", "synthetic-2b"):

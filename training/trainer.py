@@ -54,7 +54,7 @@ def check_inputs(cfg: TrainConfig, world_size: int) -> list[str]:
         check_model_path("model.critic", m.critic)
     check_model_path("model.vae", m.vae, ("random", "none"))
     check_model_path("text.encoder", cfg.text.encoder, ("hash",))
-    if cfg.reward.enabled and cfg.reward.path not in ("synthetic", "synthetic-2b"):
+    if cfg.reward.enabled and cfg.reward.path not in ("synthetic", "synthetic-2b", "analytic-shapes"):
         from stream_r1.reward.checkpoint import resolve_reward_files
         try:
             resolve_reward_files(cfg.reward.path)

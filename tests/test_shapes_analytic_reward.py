@@ -1,0 +1,124 @@
+"""The analytic shapes reward (training/shapes/analytic_reward.py) and the gate's statistics (gate.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_r1.reward.model import RewardModel
+from stream_r1.shapes import render, sample_scene
+from stream_r1.shapes.prompts import background_rows
+from stream_r1.shapes.sample import allowed_colors
+from training.shapes.analytic_reward import AnalyticShapesReward
+from training.shapes.gate import correlations, rankdata, spearman
+
+SIZE, FRAMES = 48, 13
+OPPOSITE = {"moving right": "moving left", "moving left": "moving right", "moving up": "moving down",
+            "moving down": "moving up"}
+
+
+def _scene(seed: int, motion: str = "moving right"):
+    sc = sample_scene(seed, num_frames=FRAMES, width=SIZE, height=SIZE, num_shapes=1, motions=[motion])
+    return sc, render(sc, supersample=2), sc.prompt_at(0)
+
+
+def _background(sc) -> torch.Tensor:
+    rows = torch.tensor(background_rows(sc.background, sc.gradient, SIZE))             # [H, 3]
+    return rows.T[:, :, None].expand(3, SIZE, SIZE)
+
+
+def test_implements_the_reward_protocol():
+    r = AnalyticShapesReward()
+    assert isinstance(r, RewardModel) and r.differentiable and r.axes == ("VQ", "MQ", "TA")
+    sc, v, p = _scene(0)
+    raw = r.score(v[None], [p])
+    assert raw.shape == (1, 3) and raw.dtype == torch.float32
+    assert torch.allclose(r.normalize(raw), (raw - r.norm_mean) / r.norm_std)
+    with pytest.raises(ValueError, match="one per video"):
+        r.score(v[None], [p, p])
+
+
+def test_gradients_reach_the_foreground_pixels():
+    r = AnalyticShapesReward()
+    sc, v, p = _scene(1)
+    x = v[None].clone().requires_grad_(True)
+    raw = r.score(x, [p])
+    fg = ((v - _background(sc)).norm(dim=1) > 0.2)                                     # [T, H, W] shape pixels
+    assert fg.any()
+    for j, axis in enumerate(r.axes):
+        (g,) = torch.autograd.grad(raw[0, j], x, retain_graph=True)
+        assert torch.isfinite(g).all(), axis
+        on_fg = g[0].norm(dim=1)[fg]
+        assert on_fg.abs().sum() > 1e-4, axis
+
+
+@pytest.mark.parametrize("seed,motion", [(2, "moving right"), (3, "moving up"), (4, "moving left")])
+def test_each_axis_prefers_the_matching_video(seed, motion):
+    r = AnalyticShapesReward()
+    sc, v, p = _scene(seed, motion)
+    color = sc.shapes[0].color
+    wrong_color = next(c for c in allowed_colors(sc.background, sc.gradient) if c != color)
+    p_color = p.replace(f"a {color} ", f"a {wrong_color} ", 1)
+    p_motion = p.replace(motion, OPPOSITE[motion])
+    flicker = v.clone()
+    flicker[1::2] = _background(sc)
+    raw = r.score(torch.stack([v, v, v, flicker]), [p, p_color, p_motion, p])
+    vq, mq, ta = raw.unbind(1)
+    assert ta[0] > ta[1] + 0.3, (p, p_color, ta)                                        # colour mismatch
+    assert mq[0] > mq[2] + 0.5, (p, p_motion, mq)                                       # opposite direction
+    assert vq[0] > vq[3] + 0.3, (p, vq)                                                 # flickering
+    assert ta[0] > 0.3 and mq[0] > 0.3 and vq[0] > 0.4
+
+
+def test_saliency_through_pixels():
+    from stream_r1.reward.saliency import gradient_saliency
+
+    sc, v, p = _scene(5)
+    sal = gradient_saliency(AnalyticShapesReward(), v[None], [p], target="pixels")
+    assert sal.maps.shape == (1, 3, FRAMES, SIZE, SIZE) and torch.isfinite(sal.maps).all()
+    assert (sal.maps.flatten(2).amax(-1) > 0).all()
+
+
+def test_spearman_exact_values():
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)                  # 1 - 6*2/(4*15)
+    assert rankdata([1, 2, 2, 3]).tolist() == [1, 2.5, 2.5, 4]
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))     # ties: Pearson of ranks
+    assert spearman([4, 3, 2, 1], [1, 2, 3, 4]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, 30), rng.normal(size=30)
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b)[0])
+
+
+def test_gate_correlations_pass_and_fail():
+    rows = []
+    for i, (c, m) in enumerate([(0, 0), (0.5, 0), (0.5, 1), (1, 1)]):
+        rows.append({"prompt": "x", "score": (c + m) / 2, "targeted": (c + m) / 2, "color": c, "motion": m,
+                     "temporal": 0.2 * i, "shape": 0.0, "background": 1.0, "pass": 0.0,
+                     "a_r": float(i), "a_TA": float(i), "a_MQ": float(i), "a_VQ": float(-i)})
+    out = correlations(rows, "a_", 0.3)
+    assert out["passed"] and out["overall"]["score"]["rho"] == pytest.approx(1.0)
+    assert out["axes"]["TA"]["rho"] == pytest.approx(spearman([0, 1, 2, 3], [0, 0.5, 0.5, 1]))
+    assert out["axes"]["MQ"]["passed"] and not out["axes"]["VQ"]["passed"]
+    assert math.isnan(out["collateral"]["shape"]["rho_r"])
+
+
+def test_the_trainer_builds_it_by_name_and_needs_pixel_saliency():
+    import torch
+
+    from training.config import TrainConfig
+    from training.models import build_reward
+    from training.recipes import RECIPES
+    from training.shapes.analytic_reward import AnalyticShapesReward
+
+    cfg: TrainConfig = RECIPES["shapes_stream_r1"]()
+    cfg.reward.path = "analytic-shapes"
+    cfg.reward.target = "patches"
+    with pytest.raises(ValueError, match="set reward.target=pixels"):
+        cfg.validate()
+    cfg.reward.target = "pixels"
+    cfg.validate()
+    assert isinstance(build_reward(cfg.reward, device=torch.device("cpu"), dtype=torch.float32), AnalyticShapesReward)
