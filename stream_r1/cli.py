@@ -661,7 +661,7 @@ def _stream(args, session, run, *, n_chunks: int, video_frames: int, new_latents
         if latents:
             latents_out.write(latents[0])
 
-    copier = HostCopier(consume, convert=uint8_thwc)     # the stream loop never waits for the GPU or the encoder
+    copier = HostCopier(consume, convert=uint8_thwc, preview_size=0)   # the loop never waits for GPU or encoder
     stop = _StopOnSignal()
     delivered, completed, aborted = 0, False, False
     try:

@@ -38,7 +38,7 @@ class HostCopier:
     encoder: 1/4 of the bytes). `extras` (e.g. the chunk's latents) are copied as they are. At most `depth` chunks
     wait (their GPU memory is held). `close()` waits for all and re-raises an error of the worker; use as a context
     manager. `preview`: the newest frame of batch row 0, [h, w, 3] float in [0, 1] on the host with its longest side
-    at most `preview_size`, or None before the first copy.
+    at most `preview_size`, or None before the first copy (and always with `preview_size=0`).
     """
 
     def __init__(self, consume: Callable[..., None], convert: Callable[[Tensor], Tensor] = lambda f: f,
@@ -107,11 +107,13 @@ class HostCopier:
 
     def _copy(self, frames: Tensor, start: int, extras: tuple) -> None:
         """On the device: convert and shrink the preview; then the (blocking) copies and `consume`."""
-        newest = frames[0, -1:].float()                                                  # [1, 3, H, W]
-        scale = self.preview_size / max(newest.shape[-2:])
-        if scale < 1:
-            newest = F.interpolate(newest, scale_factor=scale, mode="area")
-        preview = newest[0].permute(1, 2, 0).clamp(0, 1).cpu()                           # [h, w, 3]
+        preview = None
+        if self.preview_size:
+            newest = frames[0, -1:].float()                                              # [1, 3, H, W]
+            scale = self.preview_size / max(newest.shape[-2:])
+            if scale < 1:
+                newest = F.interpolate(newest, scale_factor=scale, mode="area")
+            preview = newest[0].permute(1, 2, 0).clamp(0, 1).cpu()                       # [h, w, 3]
         self.consume(self.convert(frames).cpu(), start, *(t.cpu() for t in extras))
         self.preview = preview
 
