@@ -13,9 +13,18 @@
 #           before the first: whole-command time, first frames and per-chunk times of the first-ever and the second
 #   tests   pytest -m gpu tests/test_gpu.py
 #
-# Prepare here (ignored folders): .gpu_comfy/ComfyUI (ComfyUI 0.8.0, ../shared/docs/gpu-comfyui.md), .gpu_comfy/whl
-# (cp312 wheels), .gpu_comfy/frontend/index.html, .ref/reward_forcing; .gpu_av/ holds the av wheel (35 MB, carried in
-# a call of its own: the tree plus everything exceeds one call's 64 MiB).
+# Prepare here (ignored folders; list them in .git/info/exclude):
+#   .gpu_comfy/ComfyUI        `git archive fc0cb10b` of a ComfyUI mirror (0.8.0), without tests/, tests-unit/, .github/,
+#                             .ci/ and the tokenizer files over 300 kB (../shared/docs/gpu-comfyui.md)
+#   .gpu_comfy/frontend/index.html   a placeholder page
+#   .gpu_comfy/whl            pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+#                             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+#                             alembic Mako SQLAlchemy greenlet kornia kornia_rs pydantic pydantic_core pydantic-settings
+#                             python-dotenv annotated-types typing-inspection spandrel torchsde trampoline websocket-client
+#   .gpu_av                   the same for av (35 MB): carried in a call of its own just before (`setup` of that call
+#                             installs it into /tmp/comfy_site, which stays while the machine is warm): the tree plus
+#                             everything exceeds one call's 64 MiB
+#   .ref/reward_forcing       the public reference's files (bench/reference_side_by_side.py lists them)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
