@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..stream_r1.shapes import bundle as shapes_bundle
+from ..stream_r1.shapes import unknown_words
 from . import host
 from .decode import CoreVAE
 from .loader import DTYPES, StreamR1Model
@@ -51,6 +52,10 @@ class ShapesCLIP:
 
     def _cond(self, tokens: dict) -> Tensor:
         (text,) = tokens["shapes_umt5"]
+        unknown = unknown_words(text)
+        if unknown:
+            log.warning("the shapes-world model does not know %s in %r: it draws coloured shapes (see the README's "
+                        "shapes-world vocabulary)", ", ".join(repr(w) for w in unknown), text)
         with torch.inference_mode(False), torch.no_grad():       # cached rows must be usable outside inference
             cond = self.encoder.encode([text])
         return cond.to(host.intermediate_device(), torch.float32)

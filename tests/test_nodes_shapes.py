@@ -210,3 +210,15 @@ def test_the_shipped_shapes_workflow_runs_on_the_bundle(bundle_root, nodes, monk
     (gen,) = [i for i, n in api.items() if n["class_type"] == "StreamR1Generate"]
     (sal,) = [i for i, n in api.items() if n["class_type"] == "StreamR1RewardSaliency"]
     assert outputs[sal][0].shape == outputs[gen][0].shape and "VQ" in outputs[sal][3]
+
+
+def test_a_prompt_outside_the_vocabulary_is_named_on_encoding(demo, caplog):
+    import logging
+    _, clip, _, _, _ = demo
+    with caplog.at_level(logging.WARNING):
+        encode(clip, "a cat playing the piano")
+    assert "does not know 'cat', 'playing', 'piano'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        encode(clip, PROMPT)
+    assert "does not know" not in caplog.text

@@ -107,3 +107,22 @@ def test_drift_and_temporal_scores():
     faded = f.clone()
     faded[8:] *= torch.linspace(1, 0.55, 8)[:, None, None, None]  # colour drifts over the stream
     assert not check(faded, sc.prompt)["passed"]
+
+
+def test_words_outside_the_vocabulary_are_named():
+    from stream_r1.shapes import SceneAttrs, ShapeAttrs, unknown_words
+    assert unknown_words("a cat playing the piano") == ["cat", "playing", "piano"]
+    assert unknown_words("A red circle bouncing around on a dark blue gradient background.") == []
+    assert unknown_words("two red circles, a Cat and a cat") == ["two", "cat"]          # plural forgiven, once each
+    scene = SceneAttrs((ShapeAttrs("cyan", "star", "moving to the left".replace("to the ", "")),), "grey", True)
+    assert unknown_words(scene.to_prompt()) == []
+
+
+def test_the_cli_says_which_words_the_shapes_model_does_not_know(tmp_path, caplog):
+    import logging
+
+    from stream_r1.cli import main
+    with caplog.at_level(logging.WARNING):
+        assert main(["generate", "--prompt", "a cat playing the piano", "--frames", "9", "--no-decode",
+                     "--width", "48", "--height", "32", "--latents-out", str(tmp_path / "z.safetensors")]) == 0
+    assert "does not know 'cat', 'playing', 'piano'" in caplog.text

@@ -77,6 +77,28 @@ _SHAPE_RE = re.compile(rf"^an? ({_C}) ({_S})(?: ({_M}))?$")
 _BG_RE = re.compile(rf"^(.*) on an? ({_B})( gradient)? background$")
 
 
+GRAMMAR_WORDS = ("a", "an", "and", "on", "background", "gradient", "to", "the", "around", "spinning", "gray")
+"""Words of the prompt grammar besides the colours, shapes, motions and backgrounds."""
+
+
+def vocabulary() -> set[str]:
+    """Every word the shapes-world model was trained on."""
+    words = set(GRAMMAR_WORDS) | set(SHAPES)
+    for phrase in (*COLORS, *BACKGROUNDS, *MOTIONS):
+        words.update(phrase.split())
+    return words
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of `text` outside the shapes world's vocabulary, in order, each once (a plural 's' is forgiven):
+    the model renders those prompts from the words it knows and ignores the rest."""
+    known, out = vocabulary(), []
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w not in known and w.rstrip("s") not in known and w not in out:
+            out.append(w)
+    return out
+
+
 def _norm_motion(m: str) -> str:
     m = m.replace("to the ", "").replace(" around", "")
     return "rotating" if m == "spinning" else m
