@@ -71,11 +71,10 @@ def _overlap(state: StreamState, tts: Any) -> bool:
     """Decode chunk k on a side CUDA stream during chunk k+1's DiT, as `generate` does (same frames). Nothing in the
     node reads the session between chunks (the chunk events count chunks themselves), so it is on wherever the
     session can (a GPU and a VAE), except under test-time scaling, which decodes its candidates itself."""
-    session = state.session
-    if tts is not None or session.device.type != "cuda":
-        session.overlap_decode = False
+    if tts is not None:
+        state.session.overlap_decode = False
         return False
-    return session.enable_overlap(priority=True)
+    return state.session.enable_overlap(priority=True)                  # off by itself without CUDA or a VAE
 
 
 def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
@@ -95,9 +94,10 @@ def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
     device = state.session.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    progress, t0, chunks, waits, hosts, first = host.Progress(total, node_id), time.perf_counter(), 0, [], [], None
+    progress, t0, chunks, first = host.Progress(total, node_id), time.perf_counter(), 0, None
+    engine = node_host = 0.0                                  # running sums: nothing grows with the stream
     try:
-        with _conv_search(state.session.device):
+        with _conv_search(device):
             pieces = state.take(latent_frames, should_stop=host.interrupted, tts=tts)
             t_ready = time.perf_counter()
             for latents, frames, computed in pieces:
@@ -117,15 +117,14 @@ def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
                     "node": node_id, "chunk": first_chunk + chunks - 1, "chunks_done": chunks, "chunks": total,
                     "frames": frames_out, "latent_frames": state.latents_emitted, "fps": fps, "seconds": seconds})
                 t_ready, wait = time.perf_counter(), t_got - t_ready
-                waits.append(wait)
-                hosts.append(t_ready - t_got)
-                log.debug("chunk %d: engine %.1f ms, node host %.1f ms", chunks, 1e3 * wait, 1e3 * hosts[-1])
+                engine, node_host = engine + wait, node_host + (t_ready - t_got)
+                log.debug("chunk %d: engine %.1f ms, node host %.1f ms", chunks, 1e3 * wait, 1e3 * (t_ready - t_got))
     finally:
         progress.close()
     if chunks:
         peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
         log.info("streamed %d chunks in %.2f s (first frames after %.3f s; engine %.2f s, node host %.2f s%s%s)",
-                 chunks, time.perf_counter() - t0, first, sum(waits), sum(hosts),
+                 chunks, time.perf_counter() - t0, first, engine, node_host,
                  ", decode overlapped" if overlapped else "", peak)
 
 

@@ -612,10 +612,11 @@ def _contexts(args, model, prompts: list[str], saved, bundle, device: torch.devi
     elif bundle is not None:
         from .shapes import unknown_words
         for p in prompts:
-            if unknown_words(p):
+            unknown = unknown_words(p)
+            if unknown:
                 log.warning("the shapes-world model does not know %s in %r: it draws coloured shapes (words it knows: "
                             "README, 'The shapes world'); pass --checkpoint for a real model",
-                            ", ".join(repr(w) for w in unknown_words(p)), p)
+                            ", ".join(repr(w) for w in unknown), p)
         contexts = {p: bundle.text_encoder.encode([p]) for p in prompts}
     elif args.checkpoint is None:
         contexts = {p: prompt_embedding(p, model.cfg.text_dim) for p in prompts}
