@@ -1,16 +1,15 @@
-"""Interleaved A/B of stream settings in one process, for effects smaller than the spread between runs (issue #3).
+"""Interleaved A/B of stream settings in one process, for effects smaller than the spread between runs.
 
-    python3 bench/ab.py --variants "base:;rot:--rotate-keys-once;split:--attention split" --rounds 6 \
+    python3 bench/ab.py --variants "base:;ovp:--overlap-priority;sdpa:--attention sdpa" --rounds 6 \
         --compile --cudnn-benchmark --compile-vae --skip-last-context-pass --json $OUT/ab.json
 
-Separate `bench` processes differ by up to 5 % on one machine (bench/RESULTS.md, session 8), more than the effects
-being measured. Here one model and one decoder are built and compiled once (the `bench` arguments after the
-variants), every variant is warmed up, then each round runs every variant once, in an order that rotates from round
-to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
+Separate `bench` processes differ by up to 5 % on one machine (bench/RESULTS.md, 2026-12-07, "steady-state
+chunks"), more than the effects being measured. Here one model and one decoder are built and compiled once (the
+`bench` arguments after the variants), every variant is warmed up, then each round runs every variant once, in an
+order that rotates from round to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
 first variant (paired, so drift of the machine cancels) with that ratio's range. A variant may set only what a
-session can change: --attention, --rotate-keys-once, --cuda-graphs, --skip-last-context-pass, --vae-subpixel (the
-VAE's upsample convs in sub-pixel form), --overlap / --overlap-priority (decode on a side stream) and
---no-split-times (time it as a user runs it, without the syncs that split DiT from decode time).
+session can change: --attention, --skip-last-context-pass, --overlap / --overlap-priority (decode on a side
+stream) and --no-split-times (time it as a user runs it, without the syncs that split DiT from decode time).
 """
 from __future__ import annotations
 
@@ -23,20 +22,15 @@ import time
 import torch
 
 from stream_r1.bench import build, parser, run_once
-from stream_r1.vae import Resample
 
 
 def variant_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="variant", add_help=False)
     ap.add_argument("--attention", default=None)
-    ap.add_argument("--rotate-keys-once", action="store_true")
-    ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--skip-last-context-pass", action="store_true")
     ap.add_argument("--no-split-times", action="store_true", help="no syncs around the decode (DiT/decode read 0)")
     ap.add_argument("--overlap", action="store_true", help="decode chunk k on a side stream during chunk k+1")
     ap.add_argument("--overlap-priority", action="store_true", help="--overlap with the DiT on a high-priority stream")
-    ap.add_argument("--vae-subpixel", action="store_true", help="the VAE's upsample convs in sub-pixel form "
-                    "(vae.Resample.subpixel)")
     return ap
 
 
@@ -63,11 +57,8 @@ def main(argv=None) -> None:
     default_attention = args.attention
 
     def run(flags) -> dict:
-        sc = b.sc.replace(rotate_keys_once=flags.rotate_keys_once or args.rotate_keys_once,
-                          cuda_graphs=flags.cuda_graphs or args.cuda_graphs,
-                          skip_last_context_pass=flags.skip_last_context_pass or args.skip_last_context_pass)
+        sc = b.sc.replace(skip_last_context_pass=flags.skip_last_context_pass or args.skip_last_context_pass)
         b.model.set_attention(flags.attention or default_attention)
-        Resample.subpixel = flags.vae_subpixel or args.vae_subpixel      # a class flag: the compiled decoder re-guards
         if b.decoder is not None:
             b.decoder.reset()
         return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,

@@ -1,8 +1,8 @@
-"""One DiT block's compiled stages at the stream's shape, kernel by kernel, against the bytes floor (issue #3).
+"""One DiT block's compiled stages at the stream's shape, kernel by kernel, against the bytes floor.
 
     python3 bench/block_micro.py --json $OUT/block_micro.json --code $OUT/block_code
 
-The session-6 profile (results/2026-11-22_h200_s6_profile_new81.json) put ~270 ms of the 81-frame DiT in fused
+The 2026-11-22 H200 profile (results/2026-11-22_h200_s6_profile_new81.json) put ~270 ms of the 81-frame DiT in fused
 elementwise kernels (LayerNorm + modulation, RoPE, RMSNorm), e.g. 78 us a call for a LayerNorm kernel whose bytes
 floor is ~12 us. This runs `WanModel._pre` / `_post` compiled as `compile_blocks` does (1.3B block, bf16, B=1,
 L = 3 frames x 30 x 52 = 4,680 queries, window keys Lk = 14,040), profiles them, and prints each kernel's mean time per
@@ -27,11 +27,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--code", default=None, help="folder for inductor's generated code of both stages")
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--inductor-tuning", action="store_true", help="inductor's coordinate-descent kernel tuning")
     args = ap.parse_args()
-    if args.inductor_tuning:
-        import torch._inductor.config as inductor_config
-        inductor_config.coordinate_descent_tuning = True
     dev, dt = torch.device("cuda"), torch.bfloat16
     cfg = WanConfig(num_layers=1)
     model = WanModel(cfg, attention="auto").init_weights(0).to(dev, dt).eval()

@@ -22,8 +22,6 @@ from .loaders import random_student
 from .stream import StreamSession, chunks_for_frames
 
 VAE_DECODE_TFLOP_PER_FRAME = 3.39          # Wan VAE at 832x480 (spec-models §8.3), scaled by pixel count
-VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL = 3.23  # the same decoder with the sub-pixel upsample convs (vae.Resample.subpixel):
-#                                             12.93 instead of 13.55 TFLOP per latent frame (FlopCounterMode, meta tensors)
 
 
 def dit_tflop(cfg: WanConfig, sc: StreamConfig, fs: int, latent_frames: int) -> float:
@@ -80,8 +78,7 @@ def run_once(model, sc, context, height, width, latent_frames, decoder, seed=0, 
     sync()
     total = time.perf_counter() - t0
     after = alloc()
-    graphs = dict(sess.graphs.counts) if sess.graphs is not None else None
-    return dict(allocator={k: after[k] - before[k] for k in after}, graphs=graphs, peak_after_chunk_gib=peak_after,
+    return dict(allocator={k: after[k] - before[k] for k in after}, peak_after_chunk_gib=peak_after,
                 total_s=total, ttff_s=first_frame[0] if first_frame else per_chunk[0], first_chunk_s=per_chunk[0],
                 chunk_s=per_chunk, dit_s=sess.stats.dit_seconds, decode_s=sess.stats.decode_seconds)
 
@@ -152,10 +149,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--no-vae", action="store_true")
-    ap.add_argument("--compile", nargs="?", const="default", default=None,
-                    help="torch.compile the DiT's per-block stages (optional mode, e.g. max-autotune-no-cudagraphs)")
-    ap.add_argument("--compile-vae", nargs="?", const="default", default=None,
-                    help="torch.compile the VAE decoder (optional mode)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the DiT's per-block stages")
+    ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder")
     ap.add_argument("--vae-layout", choices=("auto", "ndhwc", "ncdhw"), default="auto",
                     help="memory layout of the Wan VAE's 3-D convs (auto: channels-last NDHWC on CUDA)")
     ap.add_argument("--fp8", action="store_true", help="fp8 (e4m3) block linears")
@@ -173,45 +168,25 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup-frames", type=int, default=None,
                     help="video frames of the warm-up run (default: the timed length)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--rotate-keys-once", action="store_true",
-                    help="window_sink: store the window's keys rotated and write new K/V in place "
-                         "(StreamConfig.rotate_keys_once) instead of re-rotating the whole window every call")
-    ap.add_argument("--cuda-graphs", action="store_true",
-                    help="replay each cached DiT pass as one CUDA graph (StreamConfig.cuda_graphs)")
     ap.add_argument("--skip-last-context-pass", action="store_true",
                     help="skip the clean cache pass after the final chunk (same frames; the reference runs it)")
-    ap.add_argument("--unfused-gelu", action="store_true",
-                    help="run the FFN's GELU as its own kernel (the default fuses it into the GEMM epilogue on CUDA)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after the timed runs, profile one more with torch.profiler and report the N costliest "
                          "GPU kernels and the time per kernel class (attention, GEMM, conv, fused elementwise)")
-    ap.add_argument("--vae-subpixel", action="store_true",
-                    help="the VAE's upsample convs in sub-pixel form (vae.Resample.subpixel: same frames, 4/9 of their FLOPs)")
-    ap.add_argument("--inductor-tuning", action="store_true",
-                    help="let inductor tune its Triton kernels' block sizes (coordinate descent; slower compile)")
     return ap
 
 
 def build(args: argparse.Namespace) -> argparse.Namespace:
     """Model, decoder, context and stream settings of a bench run (shared with bench/ab.py)."""
-    if args.inductor_tuning:
-        import torch._inductor.config as inductor_config
-        inductor_config.coordinate_descent_tuning = True
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
         if args.cudnn_benchmark_limit is not None:
             torch.backends.cudnn.benchmark_limit = args.cudnn_benchmark_limit
-    from .vae import Resample
-    Resample.subpixel = args.vae_subpixel
-    from .wan import model as wan_model
-    wan_model.FUSED_GELU = not args.unfused_gelu
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     cfg = WanConfig.preset(args.model)
-    sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass,
-                                                      rotate_keys_once=args.rotate_keys_once,
-                                                      cuda_graphs=args.cuda_graphs)
+    sc = StreamConfig.for_policy(args.policy).replace(skip_last_context_pass=args.skip_last_context_pass)
     lat = latent_frames_for(args.frames)
     if sc.cache_policy == "full":
         sc = sc.replace(full_cache_frames=max(sc.full_cache_frames, chunks_for_frames(lat, 3) * 3))
@@ -221,14 +196,14 @@ def build(args: argparse.Namespace) -> argparse.Namespace:
         from .wan.fp8 import quantize_fp8_
         quantize_fp8_(model)
     if args.compile:
-        model.compile_blocks(None if args.compile == "default" else args.compile)
+        model.compile_blocks()
     context = torch.randn(1, cfg.text_len, cfg.text_dim, device=dev, dtype=dtype)
     decoder = taehv = vae = None
     if args.taehv:
         from .taehv import TAEHVStreamingDecoder, load_taehv, random_taehv
         taehv = (random_taehv(0, dev, dtype) if args.taehv == "random" else load_taehv(args.taehv, dev, dtype))
         if args.compile_vae:
-            taehv.decoder.compile(**({} if args.compile_vae == "default" else {"mode": args.compile_vae}))
+            taehv.decoder.compile()
         decoder = TAEHVStreamingDecoder(taehv)
     elif not args.no_vae:
         from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
@@ -236,7 +211,7 @@ def build(args: argparse.Namespace) -> argparse.Namespace:
         if args.vae_layout == "ndhwc" or (args.vae_layout == "auto" and dev.type == "cuda"):
             vae.to_channels_last()
         if args.compile_vae:
-            vae.decoder.compile(**({} if args.compile_vae == "default" else {"mode": args.compile_vae}))
+            vae.decoder.compile()
         decoder = StreamingDecoder(vae)
     return argparse.Namespace(dev=dev, dtype=dtype, cfg=cfg, sc=sc, lat=lat, model=model, context=context,
                               decoder=decoder, taehv=taehv, vae=vae)
@@ -276,8 +251,8 @@ def main(argv=None) -> None:
     if taehv is not None:
         vae_tflop = taehv.flop_per_video_frame(args.height, args.width) * video_frames / 1e12
     else:
-        per_frame = VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL if args.vae_subpixel else VAE_DECODE_TFLOP_PER_FRAME
-        vae_tflop = 0 if args.no_vae else per_frame * video_frames * (args.height * args.width) / (480 * 832)
+        pixels = args.height * args.width / (480 * 832)
+        vae_tflop = 0 if args.no_vae else VAE_DECODE_TFLOP_PER_FRAME * video_frames * pixels
     out = dict(
         device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", date=time.strftime("%Y-%m-%d"),
         command="python -m stream_r1 bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -289,9 +264,7 @@ def main(argv=None) -> None:
         vae_channels_last=vae is not None and vae.memory_format == torch.channels_last_3d,
         cudnn_benchmark=args.cudnn_benchmark,
         cudnn_benchmark_limit=torch.backends.cudnn.benchmark_limit if args.cudnn_benchmark else None,
-        fused_gelu=not args.unfused_gelu, skip_last_context_pass=args.skip_last_context_pass,
-        rotate_keys_once=sc.rotate_keys_once, cuda_graphs=sc.cuda_graphs, inductor_tuning=args.inductor_tuning,
-        vae_subpixel=args.vae_subpixel,
+        skip_last_context_pass=args.skip_last_context_pass,
         ttff_s=round(best["ttff_s"], 4), first_chunk_s=round(best["first_chunk_s"], 4), total_s=round(best["total_s"], 4),
         dit_s=round(best["dit_s"], 4), decode_s=round(best["decode_s"], 4),
         fps_end_to_end=round(video_frames / best["total_s"], 2),
@@ -302,7 +275,7 @@ def main(argv=None) -> None:
         tflops_sustained=round((tflop + vae_tflop) / best["total_s"], 1),
         chunk_s=[round(c, 4) for c in best["chunk_s"]],
         peak_after_chunk_gib=[round(m, 3) for m in best["peak_after_chunk_gib"]],
-        all_totals=[round(r["total_s"], 4) for r in results], allocator=best["allocator"], graphs=best["graphs"],
+        all_totals=[round(r["total_s"], 4) for r in results], allocator=best["allocator"],
     )
     if profile is not None:
         out["profile"] = profile

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiple of 16 (default 480; 128 for the demo model)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "split", "flash"])
+    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash"])
     g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks and the VAE decoder "
                    "(GPU; ~1 min of compilation, then ~1.6x faster)")
     g.add_argument("--no-overlap", action="store_true", help="decode each chunk after its DiT instead of on a side "

@@ -173,14 +173,6 @@ class StreamConfig:
     """Timestep of the clean pass that writes a finished chunk's K/V into the cache."""
     skip_last_context_pass: bool = False
     """Skip the clean cache pass after the final chunk (saves one DiT pass; output unchanged)."""
-    rotate_keys_once: bool = False
-    """window_sink: store the window's keys rotated (each key rotated once when written, straight into the cache,
-    turned back as it slides) instead of re-rotating the whole window every call; same attention up to the cache
-    dtype's rounding. Off by default: measured 2 % slower end to end on an H100 (bench/RESULTS.md, session 7)."""
-    cuda_graphs: bool = False
-    """On CUDA, replay each cached DiT pass as one CUDA graph once its shape has been seen (`stream_r1.pass_graphs`):
-    same output, without the host's launch cost per kernel. Off by default: no faster on an H100, where the DiT is
-    GPU-bound at a full window (bench/RESULTS.md, session 9)."""
 
     def __post_init__(self) -> None:
         if self.cache_policy not in CACHE_POLICIES:

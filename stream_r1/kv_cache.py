@@ -17,10 +17,6 @@ Policies (see `StreamConfig.cache_policy`), each reproducing the public code its
   commit (4317f5a, 2025-12-15). `sink_ema_source="newest"` reproduces the code before that fix, which
   blended the slice ``[sink + n_rolled, sink + n_rolled + n_evicted)`` of the buffer before it slides
   (in steady state the most recent finished chunk, which also stays in the window).
-  With `use_rotated_keys` (`StreamConfig.rotate_keys_once`) the same window-relative keys are stored already
-  rotated: each new key once, at its slot's position, and the keys that slide left by e frames are turned
-  back by e frames as they move (once per chunk, not every call over the whole window). Attention is the
-  same up to the rounding of the cache's dtype; `state_dict` records the RoPE layout with the keys.
 
 In every policy the current chunk attends to ``buffer[0 : local_end]`` (sink + window incl. itself).
 """
@@ -34,7 +30,6 @@ import torch
 from torch import Tensor
 
 from .config import StreamConfig
-from .wan.rope import rotate_frames, rotate_slots
 
 
 @dataclass(frozen=True)
@@ -77,10 +72,6 @@ class KVCache:
         self.global_end = 0
         self.local_end = 0
         self._plan: Optional[WritePlan] = None
-        self.rope_split: Optional[tuple[int, int, int]] = None
-        """Set by `use_rotated_keys`: window_sink keys are stored rotated at their slot's position."""
-        self.rope_grid: Optional[tuple[int, int]] = None
-        """Token grid (rows, columns) of a frame, for turning stored keys back (with `rope_split`)."""
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -96,43 +87,6 @@ class KVCache:
     @property
     def relative_rope(self) -> bool:
         return self.cfg.relative_rope
-
-    @property
-    def rotated_keys(self) -> bool:
-        """True when window-relative keys are stored rotated (the model then rotates only the new keys)."""
-        return self.rope_split is not None
-
-    def use_rotated_keys(self, split: tuple[int, int, int], grid: tuple[int, int]) -> "KVCache":
-        """Store window_sink keys rotated at their slot's frame (RoPE split (t, h, w) of the head dim, token grid
-        (rows, columns) of a frame); keys already cached are rotated now. No effect for absolute-position
-        policies (their keys are stored rotated already)."""
-        if self.relative_rope and not self.rotated_keys:
-            if grid[0] * grid[1] != self.frame_seqlen:
-                raise ValueError(f"token grid {grid} does not make the cache's {self.frame_seqlen} tokens per frame")
-            self._rotate_slots(+1, (*split, *grid))
-            self.rope_split, self.rope_grid = tuple(split), tuple(grid)
-        return self
-
-    def use_plain_keys(self) -> "KVCache":
-        """Back to un-rotated window keys (re-rotated every call), e.g. before a search that shares pages."""
-        if self.rotated_keys:
-            self._rotate_slots(-1, self.rope_layout)
-            self.rope_split = self.rope_grid = None
-        return self
-
-    @property
-    def rope_layout(self) -> Optional[tuple[int, ...]]:
-        """(t, h, w split, grid rows, grid columns) of rotated keys, else None."""
-        return (*self.rope_split, *self.rope_grid) if self.rotated_keys else None
-
-    def _rotate_slots(self, sign: int, layout: tuple[int, ...], k: Optional[Tensor] = None) -> Tensor:
-        """Rotate [L, B, local_end, n, d] keys by sign x their slot's RoPE (in place on the buffer when k is None)."""
-        n = self.local_end
-        src = self.k[:, :, :n] if k is None else k
-        out = rotate_slots(src, sign, tuple(layout[:3]), tuple(layout[3:])) if n else src
-        if k is None and n:
-            self.k[:, :, :n] = out
-        return out
 
     @property
     def num_layers(self) -> int:
@@ -178,41 +132,28 @@ class KVCache:
         return self._plan
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write this layer's new K/V [B, N, n, d] per the current plan; return the attended K/V views.
+        """Write this layer's new K/V [B, N, n, d] per the current plan (after this layer's eviction: the window rolls
+        left, the sink is blended); return the attended K/V views [B, local_end, n, d].
 
         For absolute policies `k` must already be rotated; for window_sink it is un-rotated and the
-        caller rotates the returned keys with positions 0..n-1 (or, with `rotated_keys`, rotated at q's positions).
+        caller rotates the returned keys with positions 0..n-1.
         """
-        k_slot, v_slot = self.prepare_write(layer)
-        k_slot.copy_(k)
-        v_slot.copy_(v)
-        return self.attended(layer)
-
-    def prepare_write(self, layer: int) -> tuple[Tensor, Tensor]:
-        """`update` in two steps, for a caller that writes the new K/V in place: apply this layer's eviction (roll
-        the window, blend the sink) and return the views [B, N, n, d] the new K/V go into; then `attended`."""
         p = self._plan
         assert p is not None, "call plan() before update()"
         kb, vb = self.k[layer], self.v[layer]                   # [B, S, n, d]
         if p.evict:
             sink, ev, ro = self.sink_tokens, p.evict, p.rolled
-            fs, rot = self.frame_seqlen, self.rope_split
             blend = self.cfg.cache_policy == "window_sink" and sink > 0
             if blend:
                 lo = sink if self.cfg.sink_ema_source == "evicted" else sink + ro     # pre-roll slice
-                e_k = kb[:, lo: lo + ev].clone() if rot is None else rotate_frames(kb[:, lo: lo + ev], -(lo // fs), rot)
-                e_v = vb[:, lo: lo + ev].clone()
-            moved = kb[:, sink + ev: sink + ev + ro]                           # slides left by ev tokens
-            kb[:, sink: sink + ro] = moved.clone() if rot is None else rotate_frames(moved, -(ev // fs), rot)
+                e_k, e_v = kb[:, lo: lo + ev].clone(), vb[:, lo: lo + ev].clone()
+            kb[:, sink: sink + ro] = kb[:, sink + ev: sink + ev + ro].clone()     # slides left by ev tokens
             vb[:, sink: sink + ro] = vb[:, sink + ev: sink + ev + ro].clone()
             if blend:                                           # the sink [0, sink) lies before the write slice
                 self._blend_sink(kb, vb, e_k, e_v)
-        return kb[:, p.write_slice], vb[:, p.write_slice]
-
-    def attended(self, layer: int) -> tuple[Tensor, Tensor]:
-        """K/V views [B, local_end, n, d] this call attends to (after `prepare_write` and the write)."""
-        end = self._plan.local_end
-        return self.k[layer][:, :end], self.v[layer][:, :end]
+        kb[:, p.write_slice].copy_(k)
+        vb[:, p.write_slice].copy_(v)
+        return kb[:, :p.local_end], vb[:, :p.local_end]
 
     def _blend_sink(self, kb: Tensor, vb: Tensor, e_k: Tensor, e_v: Tensor) -> None:
         sink, a = self.sink_tokens, self.cfg.sink_ema_alpha
@@ -258,15 +199,12 @@ class KVCache:
     def state_dict(self) -> dict[str, Tensor]:
         """The stream's cache as tensors: the valid part of the K/V buffers [L, B, local_end, n, d], the indices
         [global_end, local_end, frame_seqlen, capacity, sink_tokens], when computed for every layer the text
-        K/V, and `rotated` (RoPE split and token grid) when window keys are stored rotated. Nothing past local_end is ever
-        read, so nothing else is needed to continue."""
+        K/V. Nothing past local_end is ever read, so nothing else is needed to continue."""
         state = {"k": self.k[:, :, :self.local_end], "v": self.v[:, :, :self.local_end],
                  "index": torch.tensor([self.global_end, self.local_end, self.frame_seqlen, self.capacity,
                                         self.sink_tokens], dtype=torch.int64)}
         if all(self.cross_valid):
             state["cross_k"], state["cross_v"] = self.cross_k, self.cross_v
-        if self.rotated_keys:                                           # keys stored rotated: RoPE split + grid
-            state["rotated"] = torch.tensor(self.rope_layout, dtype=torch.int64)
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -287,12 +225,6 @@ class KVCache:
         self.k[:, :, :local_end] = state["k"].to(self.k.device, self.k.dtype)
         self.v[:, :, :local_end] = state["v"].to(self.v.device, self.v.dtype)
         self.global_end, self.local_end, self._plan = global_end, local_end, None
-        saved = tuple(state["rotated"].tolist()) if "rotated" in state else None
-        if saved != self.rope_layout:                                   # stored one way, used the other
-            if saved is not None:
-                self._rotate_slots(-1, saved)
-            if self.rotated_keys:
-                self._rotate_slots(+1, self.rope_layout)
         self.reset_cross()
         if "cross_k" in state and "cross_v" in state:
             if state["cross_k"].shape != self.cross_k.shape:

@@ -78,8 +78,6 @@ class PagedKVCache:
     frames_cached = KVCache.frames_cached
     frames_seen = KVCache.frames_seen
     relative_rope = KVCache.relative_rope
-    rotated_keys = False
-    """Pages hold un-rotated window_sink keys (`from_cache` turns a rotated cache's keys back)."""
 
     def __init__(self, *, cfg, frame_seqlen: int, capacity: int, sink_tokens: int, reserved: int,
                  shape: tuple, device, dtype, text_len: int, pool: Optional[PagePool] = None):
@@ -105,9 +103,7 @@ class PagedKVCache:
         new = cls(cfg=kv.cfg, frame_seqlen=kv.frame_seqlen, capacity=kv.capacity, sink_tokens=kv.sink_tokens,
                   reserved=kv.buffer_tokens, shape=(layers, b, n, d), device=kv.k.device, dtype=kv.k.dtype,
                   text_len=kv.cross_k.shape[2], pool=pool)
-        keys = kv.k[:, :, :kv.local_end]
-        if kv.rotated_keys:
-            keys = kv._rotate_slots(-1, kv.rope_layout, keys)          # [L, B, local_end, n, d] un-rotated copy
+        keys = kv.k[:, :, :kv.local_end]                               # [L, B, local_end, n, d]
         for lo in range(0, kv.local_end, new.page_tokens):
             hi = min(lo + new.page_tokens, kv.local_end)
             new._add(new.pool.new(keys[:, :, lo:hi].clone(), kv.v[:, :, lo:hi].clone()), 0, hi - lo)
@@ -362,8 +358,6 @@ class BatchedKV:
         if len(keys) != 1:
             raise ValueError(f"caches of different layouts {sorted(keys)} cannot share a model call; group them "
                              "by stream_r1.kv_pages.layout_key")
-        if len({bool(getattr(c, "rotated_keys", False)) for c in caches}) != 1:
-            raise ValueError("caches with rotated and un-rotated window keys cannot share a model call")
         self.caches = list(caches)
         self.batch = caches[0].shape[1] if isinstance(caches[0], PagedKVCache) else caches[0].k.shape[1]
         self._cross: dict[int, tuple[Tensor, Tensor]] = {}
@@ -371,7 +365,6 @@ class BatchedKV:
 
     frame_seqlen = property(lambda self: self.caches[0].frame_seqlen)
     relative_rope = property(lambda self: self.caches[0].relative_rope)
-    rotated_keys = property(lambda self: bool(getattr(self.caches[0], "rotated_keys", False)))
 
     @property
     def cross_valid(self) -> list[bool]:

@@ -40,7 +40,6 @@ from torch import Tensor
 
 from .config import StreamConfig, check_resolution
 from .kv_cache import KVCache
-from .pass_graphs import PassGraphs
 from .schedule import FlowMatchSchedule
 from .timeline import TRANSITIONS, PromptSchedule
 from .wan.model import WanModel
@@ -102,8 +101,6 @@ class StreamSession:
         self.timesteps = self.schedule.sampling_timesteps(cfg.denoising_steps, cfg.warp_denoising_step)
         self.cache = KVCache.for_model(model, cfg, batch=self.batch, height=height, width=width,
                                        device=self.device, dtype=self.dtype)
-        if cfg.rotate_keys_once:
-            self.cache.use_rotated_keys(mc.rope_split(), mc.token_grid(height, width))   # rotated once, not per call
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.noise = None
         if noise is not None:
@@ -119,8 +116,6 @@ class StreamSession:
         self.overlap_decode, self._side, self._dit_stream = False, None, None
         if overlap_decode:
             self.enable_overlap(priority=overlap_priority)
-        self.graphs = PassGraphs(model) if cfg.cuda_graphs and self.device.type == "cuda" else None
-        """Whole cached DiT passes as CUDA graphs (`StreamConfig.cuda_graphs`; `stream_r1.pass_graphs`)."""
         self.on_frames: Optional[Callable[[Tensor], None]] = None
         """Called with each decoded piece [B, t, 3, H, W] (t = 1 for the stream's first latent frame, else 4)."""
         self.chunk_index = 0
@@ -345,10 +340,7 @@ class StreamSession:
         tt = torch.full((b, f), t, device=self.device, dtype=torch.float32)
         context = self.context if context is None else context
         cache = self.cache if cache is None else cache
-        if self.graphs is not None:                   # replays the pass as a CUDA graph where it can
-            flow = self.graphs(x, tt, context, cache, start)
-        else:
-            flow = self.model(x, tt, context, cache=cache, start_frame=start)
+        flow = self.model(x, tt, context, cache=cache, start_frame=start)
         flow = rearrange(flow, "b c f h w -> b f c h w")
         return self.schedule.x0_from_flow(noisy, flow, t)
 

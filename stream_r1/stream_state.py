@@ -16,9 +16,6 @@ Tensors (all on CPU, contiguous):
 | cache.index                 | int64 [5]                                   | global_end, local_end, frame_seqlen,     |
 |                             |                                             | capacity, sink_tokens (in tokens)        |
 | cache.cross_k, cache.cross_v| [layers, B, text_len, heads, head_dim]      | text K/V (when computed)                 |
-| cache.rotated               | int64 [5] (optional, version 2)             | RoPE split (t, h, w) + token grid (rows, |
-|                             |                                             | columns) when window_sink keys are       |
-|                             |                                             | stored rotated at their slots            |
 | context                     | [B, L, text_dim]                            | current prompt embedding                 |
 | rng                         | uint8 [n]                                   | `torch.Generator.get_state()`            |
 | recent_latents              | [B, <= cache_frames, 16, h, w]              | clean latents of the last frames         |
@@ -74,11 +71,11 @@ log = logging.getLogger(__name__)
 FORMAT = "stream_r1.stream_state"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
-"""Version 2 added cache.rotated (version 1 caches hold un-rotated window_sink keys, which is what its absence
-means)."""
+"""Version 2 added cache.rotated, window_sink keys stored rotated (`rotate_keys_once`, since retired: such a file is
+refused with a message); version 1 and 2 files without it hold un-rotated keys."""
 LAYOUT_FIELDS = ("cache_policy", "frames_per_block", "window_frames", "sink_frames", "num_train_timesteps")
 """StreamConfig fields a saved cache depends on: they must match to resume."""
-SPEED_FIELDS = ("skip_last_context_pass", "rotate_keys_once", "cuda_graphs")
+SPEED_FIELDS = ("skip_last_context_pass",)
 """StreamConfig fields that change how fast a stream runs, never what it generates: free to differ on resume."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 """Compute dtypes a stream can run in: the metadata's `dtype`, which the cache, context and latents are stored in."""
@@ -510,12 +507,9 @@ def _check_tensors(where: str, tensors: dict[str, Tensor], mc: WanConfig, sc: St
     for key in ("cache.cross_k", "cache.cross_v"):
         t.get(key, (mc.num_layers, b, mc.text_len, mc.num_heads, mc.head_dim), dtype,
               "text K/V [layers, B, text_len, heads, head_dim]", required=False)
-    rotated = t.get("cache.rotated", (5,), torch.int64, "RoPE split and token grid", required=False)
-    if rotated is not None:
-        want = (*mc.rope_split(), *mc.token_grid(height, width))
-        if sc.cache_policy != "window_sink" or tuple(rotated.tolist()) != want:
-            _fail(where, f"cache.rotated {rotated.tolist()} does not match a {sc.cache_policy} stream of "
-                         f"{width}x{height} on this model (expected {list(want)}, window_sink only)")
+    if "cache.rotated" in tensors:
+        _fail(where, "its window keys are stored rotated (StreamConfig.rotate_keys_once, retired on 2026-12-07: it "
+                     "measured no faster); this version cannot continue it: start a new stream")
     t.get("context", (b, _ANY, mc.text_dim), dtype, "prompt embedding [B, L, text_dim]")
     rng = t.get("rng", (_ANY,), torch.uint8, "the random generator's state")
     if s.get("rng_device", "cpu") == "cpu":

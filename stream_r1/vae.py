@@ -248,19 +248,13 @@ class Resample(nn.Module):
             self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
             self.slot = -1  # holds the last (spatially downsampled) input frame [B, C, 1, H/2, W/2]
 
-    subpixel = False
-    """Upsampling: run the 3x3 conv of the x2 nearest-upsampled frame as one 2x2 conv of the frame itself (`_upsample`):
-    the same result with 4/9 of the FLOPs and no upsampled copy of the input. Off until timed on a GPU (exact on the
-    CPU; `bench/ab.py ... --variants "nearest:;sub:--vae-subpixel"` measures it)."""
-
     def forward(self, x: Tensor, cache: Cache, first: bool) -> Tensor:  # [B, C, T, H, W]
         if self.mode == "upsample3d" and not first:
             x = self.time_conv(x, cache)  # [B, 2C, T, H, W]
             x = rearrange(x, "b (two c) t h w -> b c (t two) h w", two=2)  # [B, C, 2T, H, W]
         t = x.shape[2]
         frames = rearrange(x, "b c t h w -> (b t) c h w")
-        up = self.mode.startswith("upsample") and self.subpixel
-        x = self._upsample(frames) if up else self.resample(frames)
+        x = self.resample(frames)
         x = rearrange(x, "(b t) c h w -> b c t h w", t=t)  # [B, C', T, 2H, 2W] or [B, C, T, H/2, W/2]
         if self.mode == "downsample3d":
             past = cache[self.slot]
@@ -268,26 +262,6 @@ class Resample(nn.Module):
             if past is not None:
                 x = self.time_conv(torch.cat([past, x], dim=2))  # [B, C, T/2, H/2, W/2]
         return x
-
-    def _upsample(self, x: Tensor) -> Tensor:
-        """conv3x3(nearest_x2(x)) computed at x's resolution: [N, C, H, W] -> [N, C', 2H, 2W].
-
-        Output pixel (2y+a, 2x+b) of the upsampled conv sees input rows y-1, y (a = 0) or y, y+1 (a = 1), the kernel's
-        rows summed where they land on the same input row (likewise for columns). So the four output phases (a, b)
-        are four 2x2 kernels, stacked as the 4C' output channels of one conv over x padded by 1: phase (a, b) of pixel
-        (y, x) is that conv's output at (y + a, x + b).
-        """
-        conv = self.resample[1]
-        n, _, h, w = x.shape
-        acc = torch.promote_types(conv.weight.dtype, torch.float32)                   # the kernel sums in >= fp32
-        rows = x.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], dtype=acc)    # [a, r, dy]
-        k = torch.einsum("ari,ocij,bsj->abocrs", rows, conv.weight.to(acc), rows)     # [2, 2, C', C, 2, 2]
-        k = k.flatten(0, 2).to(conv.weight.dtype).contiguous(memory_format=_layout(conv.weight))  # [4C', C, 2, 2]
-        o = F.conv2d(x, k, conv.bias.repeat(4), padding=1)                                     # [N, 4C', H+1, W+1]
-        o = o.unflatten(1, (2, 2, -1))                                                         # [N, a, b, C', H+1, W+1]
-        phases = torch.stack([torch.stack([o[:, a, b, :, a:a + h, b:b + w] for b in (0, 1)], -1)
-                              for a in (0, 1)], -3)                                            # [N, C', H, a, W, b]
-        return phases.reshape(n, -1, 2 * h, 2 * w).contiguous(memory_format=_layout(conv.weight))
 
 
 def _assign_slots(root: nn.Module) -> int:

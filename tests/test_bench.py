@@ -53,43 +53,34 @@ def test_ab_runs_every_variant_each_round_and_reports_paired_ratios(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_ab", Path(__file__).parents[1] / "bench" / "ab.py")
     ab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ab)
-    got = ab.parse_variants("base:; rot:--rotate-keys-once;g:--cuda-graphs --attention sdpa")
-    assert [n for n, _ in got] == ["base", "rot", "g"]
-    assert got[1][1].rotate_keys_once and got[2][1].cuda_graphs and got[2][1].attention == "sdpa"
+    got = ab.parse_variants("base:; skip:--skip-last-context-pass;o:--overlap-priority --attention sdpa")
+    assert [n for n, _ in got] == ["base", "skip", "o"]
+    assert got[1][1].skip_last_context_pass and got[2][1].overlap_priority and got[2][1].attention == "sdpa"
     with pytest.raises(SystemExit):
-        ab.parse_variants("a:;a:--cuda-graphs")
+        ab.parse_variants("a:;a:--overlap")
     calls = []
     real = ab.run_once
-    ab.run_once = lambda model, sc, *a, **k: calls.append(sc.rotate_keys_once) or real(model, sc, *a, **k)
+    ab.run_once = lambda model, sc, *a, **k: calls.append(sc.skip_last_context_pass) or real(model, sc, *a, **k)
     out = tmp_path / "ab.json"
-    ab.main(["--variants", "base:;rot:--rotate-keys-once", "--rounds", "3", "--json", str(out), "--model", "tiny",
+    ab.main(["--variants", "base:;skip:--skip-last-context-pass", "--rounds", "3", "--json", str(out), "--model", "tiny",
              "--frames", "13", "--height", "32", "--width", "48", "--no-vae", "--attention", "sdpa"])
     assert calls == [False, True] + [False, True] + [True, False] + [False, True]     # warm-up, then rotated order
     rows = json.loads(out.read_text())["variants"]
-    assert rows["base"]["speedup_vs_first"] == 1.0 and len(rows["rot"]["totals"]) == 3
-    lo, hi = rows["rot"]["speedup_range"]
-    assert lo <= rows["rot"]["speedup_vs_first"] <= hi and len(rows["rot"]["chunk_median_s"]) == 2
+    assert rows["base"]["speedup_vs_first"] == 1.0 and len(rows["skip"]["totals"]) == 3
+    lo, hi = rows["skip"]["speedup_range"]
+    assert lo <= rows["skip"]["speedup_vs_first"] <= hi and len(rows["skip"]["chunk_median_s"]) == 2
 
 
-def test_vae_flop_constants_are_the_decoders_counted_flops():
+def test_vae_flop_constant_is_the_decoders_counted_flops():
     """The bench's decode FLOPs per video frame, counted on meta tensors for the real Wan2.1 VAE at 832x480: a latent
-    frame after the first makes 4 video frames; the sub-pixel upsample convs save 0.62 TFLOP of 13.55 per latent frame."""
+    frame after the first makes 4 video frames."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from stream_r1.bench import VAE_DECODE_TFLOP_PER_FRAME, VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL
-    from stream_r1.vae import Resample, VAEConfig, WanVAE
+    from stream_r1.bench import VAE_DECODE_TFLOP_PER_FRAME
+    from stream_r1.vae import VAEConfig, WanVAE
     with torch.device("meta"):
         vae = WanVAE(VAEConfig.wan21()).to(torch.bfloat16)
-    counted = {}
-    default = Resample.subpixel
-    try:
-        for sub in (False, True):
-            Resample.subpixel = sub
-            with FlopCounterMode(display=False) as fc:
-                vae.decoder(torch.empty(1, 16, 1, 60, 104, device="meta", dtype=torch.bfloat16),
-                            [None] * vae.decoder.num_slots, False)
-            counted[sub] = fc.get_total_flops() / 1e12 / 4
-    finally:
-        Resample.subpixel = default
-    assert abs(counted[False] - VAE_DECODE_TFLOP_PER_FRAME) < 0.01
-    assert abs(counted[True] - VAE_DECODE_TFLOP_PER_FRAME_SUBPIXEL) < 0.01
+    with FlopCounterMode(display=False) as fc:
+        vae.decoder(torch.empty(1, 16, 1, 60, 104, device="meta", dtype=torch.bfloat16),
+                    [None] * vae.decoder.num_slots, False)
+    assert abs(fc.get_total_flops() / 1e12 / 4 - VAE_DECODE_TFLOP_PER_FRAME) < 0.01

@@ -48,14 +48,13 @@ def _real_chunk_inputs(seed=0):
     return cfg, ctx
 
 
-@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
-def test_compiled_blocks_match_eager(mode):
-    """Compiled stages, and the same stages replayed as CUDA graphs, give the eager stream (bf16 bounds)."""
+def test_compiled_blocks_match_eager():
+    """Compiled stages give the eager stream (bf16 bounds)."""
     cfg, ctx = _real_chunk_inputs()
     model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
     sc = StreamConfig.stream_r1()
     ref, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
-    model.compile_blocks(mode)
+    model.compile_blocks()
     out, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
     assert _rel(out, ref) < 2e-2
 
@@ -138,82 +137,3 @@ def test_fused_gelu_ffn_matches_the_module():
         fused, ref = ffn(mlp, h), mlp(h)
         exact = mlp.float()(h.float())
     assert _rel(fused, exact) < 1e-2 and abs(_rel(fused, exact) - _rel(ref, exact)) < 5e-3
-
-
-def test_split_kv_attention_matches_cudnn_at_stream_shapes():
-    from stream_r1.wan.attention import attention_with_lse, resolve_attention, sdpa_attention, wave_plan
-    q = torch.randn(1, 4680, 12, 128, device="cuda", dtype=torch.bfloat16)
-    kk, vv = (torch.randn(1, 14040, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    ref = sdpa_attention(q, kk, vv)
-    out, lse = attention_with_lse(q, kk, vv)
-    assert _rel(out, ref) < 1e-2 and lse.shape == (1, 12, 4680) and torch.isfinite(lse).all()
-    for backend in ("split", "auto", "cudnn"):
-        assert _rel(resolve_attention(backend)(q, kk, vv), ref) < 1e-2
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert sms != 132 or wave_plan(4680, 14040, 12, 1, sms) == (4224, 2)
-    from stream_r1.wan.attention import split_kv_attention
-    for s, main in ((2, 0), (3, 0), (2, 4224), (3, 4224)):
-        assert _rel(split_kv_attention(q, kk, vv, splits=s, main_rows=main), ref) < 1e-2
-
-
-def test_wave_split_stream_matches_plain_cudnn():
-    """The wave split (on 132 SMs: 4224 rows whole, 456 over 2 key ranges) over a real-size stream whose window
-    fills (Lk 4680, 9360, 14040): the plain cuDNN stream within bf16 bounds."""
-    cfg, ctx = _real_chunk_inputs()
-    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
-    sc = StreamConfig.stream_r1()
-    model.set_attention("cudnn")
-    ref, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
-    model.set_attention("split")
-    out, _ = generate(model, ctx, sc, 12, height=480, width=832, seed=1)
-    assert _rel(out, ref) < 2e-2
-
-
-def _graph_stream(model, ctx, sc, chunks, height, width):
-    from stream_r1.stream import StreamSession
-    sess = StreamSession(model, sc, ctx, height=height, width=width, seed=1)
-    with torch.no_grad():
-        lat = torch.cat([c.latents for c in sess.run(chunks)], 1)
-    return lat, sess
-
-
-@pytest.mark.parametrize("rotate_once", [False, True])
-def test_cuda_graph_passes_give_the_eager_stream_exactly(rotate_once):
-    """Captured and replayed passes (window filling, then evicting with the EMA sink) run the eager kernels: the
-    same latents and cache, bit for bit."""
-    cfg = WanConfig.tiny()
-    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16)
-    ctx = torch.randn(1, 12, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
-    sc = StreamConfig.stream_r1().replace(rotate_keys_once=rotate_once)
-    ref, ref_sess = _graph_stream(model, ctx, sc, 7, 32, 48)
-    out, sess = _graph_stream(model, ctx, sc.replace(cuda_graphs=True), 7, 32, 48)
-    assert ref_sess.graphs is None and sess.graphs.counts == dict(eager=5, captured=4, replayed=26)
-    assert torch.equal(out, ref)
-    assert torch.equal(sess.cache.k, ref_sess.cache.k) and torch.equal(sess.cache.v, ref_sess.cache.v)
-
-
-@pytest.mark.parametrize("attention", ["cudnn", "split"])
-def test_cuda_graph_passes_of_the_compiled_real_size_model(attention):
-    """1.3B at 832x480, compiled stages, 5 chunks (the first eviction is captured): graphs equal the eager passes."""
-    cfg, ctx = _real_chunk_inputs()
-    model = random_student(cfg, seed=0, device="cuda", dtype=torch.bfloat16, attention=attention)
-    model.compile_blocks()
-    sc = StreamConfig.stream_r1()
-    ref, _ = _graph_stream(model, ctx, sc, 5, 480, 832)
-    out, sess = _graph_stream(model, ctx, sc.replace(cuda_graphs=True), 5, 480, 832)
-    assert sess.graphs.counts["captured"] == 4 and sess.graphs.counts["replayed"] == 25 - 5 - 4
-    assert _rel(out, ref) < 1e-3
-
-
-def test_subpixel_upsample_compiled_matches_the_nearest_conv():
-    """The last upsample of the real decoder (192 -> 96 channels, 240x416 -> 480x832, 4 frames), bf16 NHWC, compiled:
-    the sub-pixel form against nearest x2 + the 3x3 conv (bf16 bounds)."""
-    from stream_r1.vae import Resample
-    r = Resample(192, "upsample2d").to("cuda", torch.bfloat16)
-    r.resample[1].to(memory_format=torch.channels_last)
-    x = torch.randn(4, 192, 240, 416, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        ref = r.resample(x)
-        out = torch.compile(r._upsample)(x)
-    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
-    assert _rel(out, ref) < 1e-2

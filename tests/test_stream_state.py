@@ -58,28 +58,27 @@ def test_save_at_chunk_k_and_resume_equals_the_uninterrupted_stream(tiny_model, 
     assert torch.equal(frames_b, frames[:, 1 + 4 * (3 * k - 1):])              # decoder state
 
 
-def test_version_1_files_and_either_key_storage_resume(tiny_model, tmp_path):
-    """A version-1 file (un-rotated window keys, no rotate_keys_once in its settings) resumes into a session that
-    stores keys rotated: the keys are converted on load and the stream goes on as uninterrupted up to rounding;
-    a file of the other storage resumes bit for bit where the settings match."""
+def test_version_1_files_resume_and_rotated_key_files_are_refused(tiny_model, tmp_path):
+    """A version-1 file resumes bit for bit; a file whose window keys were stored rotated (the retired
+    rotate_keys_once) is refused with a message; an unknown version is refused."""
     from safetensors import safe_open
-    sc = StreamConfig.stream_r1().replace(rotate_keys_once=True)
+    sc = StreamConfig.stream_r1()
     lat, _ = _take(_session(tiny_model, sc=sc), 6)
-    plain = sc.replace(rotate_keys_once=False)
-    a = _session(tiny_model, sc=plain)
+    a = _session(tiny_model, sc=sc)
     _take(a, 4)
     a.save_state(tmp_path / "s.safetensors")
     with safe_open(str(tmp_path / "s.safetensors"), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     assert "cache.rotated" not in tensors
-    cfg = json.loads(meta["stream_config"])
-    del cfg["rotate_keys_once"]
-    save_file(tensors, tmp_path / "v1.safetensors", metadata={**meta, "version": "1", "stream_config": json.dumps(cfg)})
+    save_file(tensors, tmp_path / "v1.safetensors", metadata={**meta, "version": "1"})
     b = _session(tiny_model, sc=sc)
     b.load_state(tmp_path / "v1.safetensors")
-    assert b.cache.rotated_keys
     lat_b, _ = _take(b, 2)
-    assert torch.allclose(lat_b, lat[:, 12:], atol=1e-4)
+    assert torch.equal(lat_b, lat[:, 12:])
+    rotated = {**tensors, "cache.rotated": torch.tensor([*tiny_model.cfg.rope_split(), 2, 3])}
+    save_file(rotated, tmp_path / "rot.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match="rotate_keys_once, retired"):
+        load_stream_state(tmp_path / "rot.safetensors")
     save_file(tensors, tmp_path / "v3.safetensors", metadata={**meta, "version": "3"})
     with pytest.raises(ValueError, match="reads versions 1, 2"):
         load_stream_state(tmp_path / "v3.safetensors")

@@ -238,8 +238,6 @@ def test_recache_equals_a_fresh_context_pass_over_the_window(tiny_model, policy,
 
     # reference: a fresh cache holding only the sink, then clean passes over the window's latents, new prompt
     ref = KVCache.for_model(tiny_model, sc, batch=1, height=H, width=W)
-    if c.rotated_keys:                                                   # window_sink: keys stored rotated, as c
-        ref.use_rotated_keys(c.rope_split, c.rope_grid)
     ref.k[:, :, :sink], ref.v[:, :, :sink] = before_k[:, :, :sink], s.cache.v[:, :, :sink]
     first = lat.shape[1] - n
     ref.global_end, ref.local_end = first * fs, sink

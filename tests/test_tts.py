@@ -31,8 +31,7 @@ def _plain(model, vae, sc, chunks, seed=5):
 
 @pytest.mark.parametrize("policy", ["window_sink", "longlive"])
 def test_width_one_rho_zero_no_sinking_is_plain_streaming(tiny_model, vae, policy):
-    # the search keeps window keys un-rotated (beams share pages); plain streaming does the same with this flag
-    sc = StreamConfig.for_policy(policy).replace(rotate_keys_once=False)
+    sc = StreamConfig.for_policy(policy)
     lat0, vid0 = _plain(tiny_model, vae, sc, 5)
     sess = _session(tiny_model, vae, sc)
     lat, vid, t1 = generate_t1(sess, BrightnessReward(), 15, T1Config(beams=1, children=1, rho=0.0, sinking=False))
@@ -296,8 +295,8 @@ def test_cow_pages_equal_the_copying_fork(tiny_model, vae, policy):
 
 def test_width_one_batched_path_is_plain_streaming_with_pages(tiny_model, vae):
     """The paged cache and the batched sampler with one row reproduce plain streaming bit for bit (window_sink:
-    sink EMA on pages; plain streaming with un-rotated window keys, as the search keeps them)."""
-    sc = StreamConfig.stream_r1().replace(rotate_keys_once=False)
+    sink EMA on pages)."""
+    sc = StreamConfig.stream_r1()
     lat0, vid0 = _plain(tiny_model, vae, sc, 6)
     rows, handle = _rows_per_call(tiny_model)
     try:
@@ -350,15 +349,3 @@ def test_candidates_decode_as_one_batch_like_one_at_a_time(tiny_model, vae):
                 assert (a is None) == (b is None)
                 if a is not None:
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)     # inner activations: larger values
-
-
-def test_search_from_a_default_session_keeps_plain_keys_and_matches_up_to_rounding(tiny_model, vae):
-    """A session that stores window keys rotated: the search turns them back (pages are shared) and its width-1
-    result is the rotated stream up to float rounding."""
-    sc = StreamConfig.stream_r1().replace(rotate_keys_once=True)
-    lat0, _ = _plain(tiny_model, vae, sc, 5)
-    sess = _session(tiny_model, vae, sc)
-    assert sess.cache.rotated_keys
-    lat, _, t1 = generate_t1(sess, BrightnessReward(), 15, T1Config(beams=1, children=1, rho=0.0, sinking=False))
-    assert not getattr(sess.cache, "rotated_keys", False)
-    assert torch.allclose(lat, lat0, atol=1e-4)

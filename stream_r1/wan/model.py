@@ -112,10 +112,6 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
 
 
-FUSED_GELU = True
-"""Inference on CUDA: run the FFN's bias + GELU in the first GEMM's cuBLASLt epilogue (`ffn`)."""
-
-
 def ffn(mlp: nn.Sequential, h: Tensor) -> Tensor:
     """The block FFN, Linear -> GELU(tanh) -> Linear: [B, L, C] -> [B, L, C].
 
@@ -124,22 +120,10 @@ def ffn(mlp: nn.Sequential, h: Tensor) -> Tensor:
     separate GELU kernel was 3.4 % of the compiled DiT's GPU time at 832x480 (H200, bench/RESULTS.md session 6).
     """
     up, _, down = mlp
-    if FUSED_GELU and h.is_cuda and type(up) is nn.Linear and not torch.is_grad_enabled():
+    if h.is_cuda and type(up) is nn.Linear and not torch.is_grad_enabled():
         hidden = torch._addmm_activation(up.bias, h.flatten(0, 1), up.weight.t(), use_gelu=True)  # [B*L, ffn_dim]
         return down(hidden.unflatten(0, h.shape[:2]))                                            # [B, L, C]
     return mlp(h)
-
-
-def _compiled(fn, mode: Optional[str]):
-    """torch.compile(fn); under a CUDA-graph mode, its outputs are cloned out of the graph's static buffers."""
-    f = torch.compile(fn, mode=mode, dynamic=False)
-    if mode not in ("reduce-overhead", "max-autotune"):
-        return f
-    from torch.utils._pytree import tree_map
-
-    def run(*args, **kwargs):
-        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, f(*args, **kwargs))
-    return run
 
 
 class WanModel(nn.Module):
@@ -267,18 +251,9 @@ class WanModel(nn.Module):
                cache: Optional[KVCache], grid: tuple[int, int, int], cos_q: Tensor, sin_q: Tensor,
                mask: Optional[Tensor]) -> Tensor:
         fs = grid[1] * grid[2]                                               # tokens per latent frame
-        # window-relative keys are rotated here over the whole window every call, unless the cache stores
-        # them rotated (then, like absolute positions, only the new keys are rotated, at q's positions)
-        relative = cache is not None and cache.relative_rope
-        rotated = relative and getattr(cache, "rotated_keys", False)           # window keys stored rotated
-        rerotate = relative and not rotated
-        prepare = getattr(cache, "prepare_write", None) if rotated and self._write_in_place else None
-        if prepare is not None:                                               # 1. self-attention: new K/V go
-            k_slot, v_slot = prepare(i)                                       #    straight into the cache slots
-            q = self._pre_into(blk, x, e0, cos_q, sin_q, k_slot, v_slot)
-            k_all, v_all = cache.attended(i)                                  # [B, S, n, d]
-            att = self.attn_fn(q, k_all, v_all)
-        elif cache is None:
+        # 1. self-attention; window-relative keys are cached un-rotated and rotated here over the whole window
+        rerotate = cache is not None and cache.relative_rope
+        if cache is None:
             q, k, v = self._pre(blk, x, e0, cos_q, sin_q, True)
             att = self.attn_fn(q, k, v, mask) if mask is not None else self.attn_fn(q, k, v)
         else:
@@ -297,9 +272,6 @@ class WanModel(nn.Module):
 
     # ---- the pure stages of a block (what `compile_blocks` compiles) ------------------------------
     _rope = staticmethod(apply_rope)
-    _write_in_place = True
-    """With rotated window keys, cached passes write the new K/V into the cache inside `_pre_into` (off under
-    CUDA-graph compile modes)."""
 
     @staticmethod
     def _pre(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor,
@@ -312,16 +284,6 @@ class WanModel(nn.Module):
         q, k, v = blk.self_attn.qkv(h)
         q = apply_rope(q, cos, sin)
         return q, (apply_rope(k, cos, sin) if rotate_k else k), v
-
-    @staticmethod
-    def _pre_into(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor, k_slot: Tensor,
-                  v_slot: Tensor) -> Tensor:
-        """`_pre` with rotated keys, writing k and v into the cache's slots [B, L, n, d]; returns q. Compiled, the
-        RoPE and the value projection store straight into the cache (no separate copy kernels)."""
-        q, k, v = WanModel._pre(blk, x, e0, cos, sin, True)
-        k_slot.copy_(k)
-        v_slot.copy_(v)
-        return q
 
     @staticmethod
     def _post(blk: Block, x: Tensor, att: Tensor, e0: Tensor, ck: Tensor, cv: Tensor,
@@ -337,14 +299,9 @@ class WanModel(nn.Module):
         h = (per_frame(blk.norm2(x)) * (1 + sc2) + sh2).flatten(1, 2)
         return x + (per_frame(ffn(blk.ffn, h)) * g2).flatten(1, 2)
 
-    def compile_blocks(self, mode: Optional[str] = None) -> "WanModel":
+    def compile_blocks(self) -> "WanModel":
         """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):
-        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager. Modes that capture
-        CUDA graphs ("reduce-overhead", "max-autotune") replay each stage as a graph; their outputs are copied out
-        of the graph's buffers (block i's output x is block i+1's residual input, and the replay of the same
-        stage for block i+1 would overwrite it)."""
-        self._pre, self._post, self._rope, self._pre_into = (
-            _compiled(f, mode) for f in (WanModel._pre, WanModel._post, apply_rope, WanModel._pre_into))
-        # CUDA-graph modes replay static buffers: a stage that writes into the cache is not one of theirs
-        self._write_in_place = mode not in ("reduce-overhead", "max-autotune")
+        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager."""
+        self._pre, self._post, self._rope = (torch.compile(f, dynamic=False)
+                                             for f in (WanModel._pre, WanModel._post, apply_rope))
         return self

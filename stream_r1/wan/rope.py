@@ -87,15 +87,6 @@ def _temporal_rotation(delta: int, split: tuple[int, int, int], device: str) -> 
     return ang.cos().float()[None, None].to(device), ang.sin().float()[None, None].to(device)
 
 
-def rotate_slots(k: Tensor, sign: int, split: tuple[int, int, int], grid: tuple[int, int]) -> Tensor:
-    """k [..., F*h*w, n, d] (tokens in (frame, row, column) order) rotated by sign x the full 3-D RoPE of frames
-    0..F-1 on a grid of h x w tokens: +1 turns un-rotated window keys into keys rotated at their slots, -1 back."""
-    h, w = grid
-    frames = k.shape[-3] // (h * w)
-    ang = rope_angles(split, range(0, frames), h, w, positions=max(1, frames)) * sign        # [N, d/2]
-    return _rotate(k, ang.cos().float()[:, None].to(k.device), ang.sin().float()[:, None].to(k.device))
-
-
 def _rotate(k: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """`apply_rope` over any leading dims: k [..., N, n, d], cos/sin [N or 1, 1, d/2]."""
     flat = k.reshape(-1, *k.shape[-3:])                                                  # [prod(lead), N, n, d]
