@@ -41,6 +41,8 @@ from torch import Tensor
 from .config import StreamConfig, check_resolution
 from .kv_cache import KVCache
 from .schedule import FlowMatchSchedule
+from .stream_state import (DTYPES, LAYOUT_FIELDS, SavedStream, check_state_model, load_stream_state, restore_session,
+                           save_stream_state)
 from .timeline import TRANSITIONS, PromptSchedule
 from .wan.model import WanModel
 
@@ -102,13 +104,8 @@ class StreamSession:
         self.cache = KVCache.for_model(model, cfg, batch=self.batch, height=height, width=width,
                                        device=self.device, dtype=self.dtype)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.noise = None
-        if noise is not None:
-            want = (self.batch, mc.in_dim, self.lat_h, self.lat_w)
-            if noise.dim() != 5 or (noise.shape[0], noise.shape[2], noise.shape[3], noise.shape[4]) != want:
-                raise ValueError(f"noise must be [B, F, {mc.in_dim}, {self.lat_h}, {self.lat_w}] for "
-                                 f"{width}x{height}, got {list(noise.shape)}")
-            self.noise = noise.to(self.device, self.dtype)
+        self.noise = self._checked_noise(noise)
+        """Initial noise [B, F, 16, h, w] of the first F generated latent frames, or None."""
         self.decoder = decoder
         self.timing_sync = timing_sync and self.device.type == "cuda"
         """Synchronise the GPU before each clock read so `stats` split DiT and decode time exactly
@@ -137,6 +134,15 @@ class StreamSession:
         self._sink_pieces: list[tuple[int, int]] = []
         self._skipped_context_pass = False
         self.set_context(context)
+
+    def _checked_noise(self, noise: Optional[Tensor]) -> Optional[Tensor]:
+        if noise is None:
+            return None
+        want = (self.batch, self.model.cfg.in_dim, self.lat_h, self.lat_w)
+        if noise.dim() != 5 or (noise.shape[0], *noise.shape[2:]) != want:
+            raise ValueError(f"noise must be [B, F, {want[1]}, {self.lat_h}, {self.lat_w}] for "
+                             f"{self.width}x{self.height}, got {list(noise.shape)}")
+        return noise.to(self.device, self.dtype)
 
     # ---- prompt ---------------------------------------------------------------------------------
     def set_context(self, context: Tensor, transition: str = "none", *, prompt: Optional[str] = None) -> None:
@@ -288,13 +294,11 @@ class StreamSession:
     def save_state(self, path, *, extra_tensors: Optional[dict] = None, extra_meta: Optional[dict] = None):
         """Write everything needed to continue this stream to a safetensors file (atomically; see
         `stream_r1.stream_state`). Returns the path."""
-        from .stream_state import save_stream_state
         return save_stream_state(self, path, extra_tensors=extra_tensors, extra_meta=extra_meta)
 
     def load_state(self, state, *, strict_config: bool = True):
         """Continue a stream saved by `save_state` (a path or a loaded `SavedStream`) in this session, whose
         model, dtype, size and cache layout must match. Returns the `SavedStream` (its `extra` for callers)."""
-        from .stream_state import load_stream_state, restore_session
         saved = load_stream_state(state) if not hasattr(state, "tensors") else state
         restore_session(self, saved, strict_config=strict_config)
         return saved
@@ -316,8 +320,21 @@ class StreamSession:
                    config: Optional[StreamConfig] = None) -> "StreamSession":
         """A session continuing a saved stream (its config, size and prompt; `config` may change the sampling
         fields, not the cache layout)."""
-        from .stream_state import session_from_state
-        return session_from_state(model, state, decoder=decoder, device=device, dtype=dtype, config=config)
+        saved = state if isinstance(state, SavedStream) else load_stream_state(state)
+        cfg = saved.config()
+        if config is not None:
+            layout = {k: (getattr(cfg, k), getattr(config, k)) for k in LAYOUT_FIELDS
+                      if getattr(cfg, k) != getattr(config, k)}
+            if layout:
+                raise ValueError(f"{saved.path or 'the state'} was saved with another cache layout {layout} (saved, "
+                                 "requested): resume with the stream settings it was saved with")
+            cfg = config
+        check_state_model(saved, model.cfg)                     # before a cache is sized for this model
+        s = saved.session
+        session = cls(model, cfg, saved.tensors["context"], height=int(s["height"]), width=int(s["width"]),
+                      seed=int(s.get("seed") or 0), decoder=decoder, device=device, dtype=dtype or DTYPES[saved.dtype])
+        restore_session(session, saved, strict_config=config is None)
+        return session
 
     # ---- one chunk --------------------------------------------------------------------------------
     def _initial_noise(self, start: int, f: int) -> Tensor:
@@ -400,12 +417,8 @@ class StreamSession:
             x = self._initial_noise(start, f)                              # [B, f, 16, h, w]
         else:
             x = noise.to(self.device, self.dtype)
-        ts = self.timesteps
-        for k, t in enumerate(ts):
-            x0 = self._denoise(x, t, start)
-            if k + 1 < len(ts):
-                eps = torch.randn(x0.shape, generator=self.generator, device=self.device, dtype=self.dtype)
-                x = self.schedule.add_noise(x0, eps, ts[k + 1])
+        x0 = self._sample(x, start, lambda x0: torch.randn(x0.shape, generator=self.generator, device=self.device,
+                                                           dtype=self.dtype))
         # decode before the clean cache pass: the frames do not depend on it, so they arrive one pass earlier
         t1 = self._clock()
         frames = self._decode(x0) if decode and self.decoder is not None else None
@@ -417,11 +430,26 @@ class StreamSession:
         t3 = self._clock()
         chunk = Chunk(self.chunk_index, start, x0, frames, t3 - t0)
         self.chunk_index += 1
-        self.stats.chunks += 1
+        self._count(1, t0, t1, t2, t3)
+        return chunk
+
+    def _sample(self, x: Tensor, start: int, draw: Callable[[Tensor], Tensor], cache=None,
+                context: Optional[Tensor] = None) -> Tensor:
+        """The denoising steps of one chunk: noise x [B, f, 16, h, w] -> x0 (same layout). Between steps x0 is
+        re-noised to the next timestep with `draw(x0)`, fresh Gaussian noise shaped like x0."""
+        ts = self.timesteps
+        for k, t in enumerate(ts):
+            x0 = self._denoise(x, t, start, cache, context)
+            if k + 1 < len(ts):
+                x = self.schedule.add_noise(x0, draw(x0), ts[k + 1])
+        return x0
+
+    def _count(self, chunks: int, t0: float, t1: float, t2: float, t3: float) -> None:
+        """Add one step's clock reads to `stats`: DiT t0..t1, decode t1..t2, the clean cache pass t2..t3."""
+        self.stats.chunks += chunks
         self.stats.dit_seconds += (t1 - t0) + (t3 - t2)
         self.stats.decode_seconds += t2 - t1
         self.stats.chunk_seconds.append(t3 - t0)
-        return chunk
 
     @torch.no_grad()
     def next_chunks(self, states: list[dict], noises: list[Tensor], *, last: bool = False,
@@ -442,13 +470,9 @@ class StreamSession:
         cache = BatchedKV([s["cache"] for s in states])
         context = self.context if n == 1 else self.context.repeat(n, 1, 1)           # [N*B, L, text_dim]
         x = torch.cat([z.to(self.device, self.dtype) for z in noises])                # [N*B, f, 16, h, w]
-        ts = self.timesteps
-        for k, t in enumerate(ts):
-            x0 = self._denoise(x, t, start, cache, context)
-            if k + 1 < len(ts):
-                eps = torch.cat([torch.randn((self.batch, *x0.shape[1:]), generator=s["generator"],
-                                             device=self.device, dtype=self.dtype) for s in states])
-                x = self.schedule.add_noise(x0, eps, ts[k + 1])
+        x0 = self._sample(x, start, lambda x0: torch.cat([                            # each lineage its own draws
+            torch.randn((self.batch, *x0.shape[1:]), generator=s["generator"], device=self.device, dtype=self.dtype)
+            for s in states]), cache, context)
         rows = [x0[r * self.batch:(r + 1) * self.batch] for r in range(n)]           # n x [B, f, 16, h, w]
         t1 = self._clock()
         frames = self._decode_lineages(states, x0, rows, decode_rows)
@@ -466,10 +490,7 @@ class StreamSession:
         t3 = self._clock()
         for c in chunks:
             c.seconds = (t3 - t0) / n
-        self.stats.chunks += n
-        self.stats.dit_seconds += (t1 - t0) + (t3 - t2)
-        self.stats.decode_seconds += t2 - t1
-        self.stats.chunk_seconds.append(t3 - t0)
+        self._count(n, t0, t1, t2, t3)
         return chunks
 
     def _decode_lineages(self, states: list[dict], x0: Tensor, rows: list[Tensor],
@@ -555,33 +576,41 @@ class StreamSession:
         `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i (switched
         in with transition `none`); a timeline set with `set_timeline` is applied at its chunk boundaries.
         """
-        i, pending, undecoded = 0, None, None     # overlap: decode(k) is enqueued before DiT(k + 1), yielded after it
+        steps = self._chunk_steps(num_chunks, should_stop, prompt_at)
+        if not self.overlap_decode:
+            for last in steps:
+                yield self._deliver(self.next_chunk(last=last), None, on_chunk)
+            return
+        pending, undecoded = None, None         # decode(k) is enqueued before DiT(k + 1), yielded after it
+        for i, last in enumerate(steps):
+            if undecoded is not None:
+                pending = self._decode_overlapped(*undecoded)
+            undecoded = self._dit_overlapped(last)
+            if i == 0:
+                undecoded, pending = None, self._decode_overlapped(*undecoded, first=True)
+            if pending is not None:
+                yield self._deliver(*pending, on_chunk)
+                pending = None
+        if undecoded is not None:
+            yield self._deliver(*self._decode_overlapped(*undecoded), on_chunk)
+
+    def _chunk_steps(self, num_chunks: Optional[int], should_stop: Optional[Callable[[], bool]],
+                     prompt_at: Optional[Callable[[int], Optional[Tensor]]]) -> Iterator[bool]:
+        """Before each chunk of a run: stop if asked, switch the prompt if due; then yield whether it is the last."""
+        i = 0
         while num_chunks is None or i < num_chunks:
             if should_stop is not None and should_stop():
                 self.interrupted = True
                 log.info("stream interrupted after %d chunks", self.chunk_index)
-                break
+                return
             if self.timeline is not None:
                 self._apply_timeline(first=i == 0)
             elif prompt_at is not None:
                 ctx = prompt_at(self.chunk_index)
                 if ctx is not None:
                     self.set_context(ctx)
-            last = num_chunks is not None and i == num_chunks - 1
-            if self.overlap_decode:
-                if undecoded is not None:
-                    pending = self._decode_overlapped(*undecoded)
-                undecoded = self._dit_overlapped(last)
-                if i == 0:
-                    undecoded, pending = None, self._decode_overlapped(*undecoded, first=True)
-                if pending is not None:
-                    yield self._deliver(*pending, on_chunk)
-                    pending = None
-            else:
-                yield self._deliver(self.next_chunk(last=last), None, on_chunk)
+            yield num_chunks is not None and i == num_chunks - 1
             i += 1
-        if undecoded is not None:
-            yield self._deliver(*self._decode_overlapped(*undecoded), on_chunk)
 
     def _deliver(self, chunk: Chunk, done: "Optional[torch.cuda.Event]",
                  on_chunk: Optional[Callable[[Chunk], None]]) -> Chunk:

@@ -633,26 +633,3 @@ def restore_session(session, saved: SavedStream, *, strict_config: bool = True) 
         session.decoder.load_state_dict(dec)
     elif dec:
         log.info("the state holds a decode cache; this session has no decoder (latents only)")
-
-
-def session_from_state(model, state, *, decoder=None, device=None, dtype=None,
-                       config: Optional[StreamConfig] = None):
-    """A new StreamSession continuing `state` (a path or a SavedStream)."""
-    from .stream import StreamSession
-
-    saved = state if isinstance(state, SavedStream) else load_stream_state(state)
-    cfg = saved.config()
-    if config is not None:
-        layout = {k: (getattr(cfg, k), getattr(config, k)) for k in LAYOUT_FIELDS
-                  if getattr(cfg, k) != getattr(config, k)}
-        if layout:
-            raise ValueError(f"{saved.path or 'the state'} was saved with another cache layout {layout} (saved, "
-                             "requested)")
-        cfg = config
-    check_state_model(saved, model.cfg)                     # before a cache is sized for this model
-    s = saved.session
-    want = dtype or DTYPES[saved.dtype]
-    session = StreamSession(model, cfg, saved.tensors["context"], height=int(s["height"]), width=int(s["width"]),
-                            seed=int(s.get("seed") or 0), decoder=decoder, device=device, dtype=want)
-    restore_session(session, saved, strict_config=config is None)
-    return session

@@ -24,7 +24,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from stream_r1.config import StreamConfig, WanConfig  # noqa: E402
-from stream_r1.stream_state import check_state_model, load_stream_state, session_from_state  # noqa: E402
+from stream_r1.stream import StreamSession  # noqa: E402
+from stream_r1.stream_state import check_state_model, load_stream_state  # noqa: E402
 
 HEIGHT, WIDTH = 32, 48
 MAX_RESUME_PIXELS = 64 * 64 * 2
@@ -97,7 +98,7 @@ def test_one_input(data: bytes) -> None:
         return
     try:
         with torch.inference_mode():
-            session = session_from_state(model, saved)
+            session = StreamSession.from_state(model, saved)
     except ValueError as e:
         _one_line(e)
         return
