@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--frames", type=_positive_int, default=None, help="video frames, 4k+1 (81 = 5 s)")
     g.add_argument("--out", default="stream_r1.mp4", help=".mp4 (fragmented), .mkv or .webm")
     g.add_argument("--checkpoint", default=None,
-                   help="DiT file: Wan-AI, Comfy-Org, Self-Forcing/Reward Forcing/Stream-R1/LongLive .pt, or our export")
+                   help="DiT file: Wan-AI, Comfy-Org, Self-Forcing/Reward Forcing/Stream-R1/LongLive .pt, or our "
+                        "export (default: the embedded shapes-world model, a tiny model trained on coloured shapes that runs "
+                        "on the CPU in seconds, with its own text encoder and VAE)")
     g.add_argument("--entry", default=None, help="entry of a trainer .pt (default generator_ema, then generator)")
     g.add_argument("--lora", default=None, help="LongLive LoRA file merged into the checkpoint")
     g.add_argument("--num-heads", type=_positive_int, default=None, help="attention heads when the file has no "
@@ -123,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer", default=None, help="spiece.model or google/umt5-xxl folder (ComfyUI files carry it)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--width", type=_positive_int, default=None,
-                   help="multiple of 16 (default 832; 128 for the demo model)")
+                   help="multiple of 16 (default 832; 96 for the shapes-world model)")
     g.add_argument("--height", type=_positive_int, default=None,
-                   help="multiple of 16 (default 480; 128 for the demo model)")
+                   help="multiple of 16 (default 480; 96 for the shapes-world model)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash"])
@@ -256,6 +258,9 @@ def _timeline(args):
     """The prompt timeline of the run: --timeline, or the --prompt values (None on --resume without prompts)."""
     from .timeline import Timeline
 
+    if any(not p.strip() for p in args.prompt or []):
+        raise UsageError(f"--prompt is empty: give the text of the video, e.g. --prompt '{DEFAULT_PROMPT}' (what "
+                         "runs when --prompt is left out)")
     timed = [p for p in args.prompt or [] if Timeline.from_prompts([p]).entries]
     if args.timeline:
         if timed:
@@ -306,85 +311,20 @@ def _init_latents(path: str, vae, height: int, width: int, max_latents: int) -> 
 def cmd_generate(args) -> int:
     """Check the request (outputs, sizes, lengths, memory) before loading anything, load the models and the text
     context, open the stream, then run it chunk by chunk (`_stream`)."""
-    from .stream import StreamSession, chunks_for_frames
-
     device, dtype = _device_dtype(args.device, args.dtype)
     _check_outputs(args)
     noise = _load_tensor(args.noise, "noise") if args.noise else None
     saved = _load_saved(args)
     timeline = _timeline(args)
     _check_plan(args, noise, saved, device, dtype)
-    model, sc, bundle, default_size = _load_model(args, device, dtype)
-    height, width = _size(args, default_size)
-    check_resolution(height, width, model.cfg.pixel_multiple)
-    if args.fp8:
-        from .wan.fp8 import quantize_fp8_
-        quantize_fp8_(model)
-    _cudnn_setup(device, args.compile, args.conv_search)
-    if args.compile:
-        from .compile_cache import use_compile_cache
-        use_compile_cache()                             # a second process reuses what the first compiled
-        model.compile_blocks()
-    sc, changes, latent_frames = _stream_config(args, sc, noise)
-    if saved is not None:
-        sc = _resumed_config(saved, sc, changes, args)
-    if _state_path(args) is None:            # nothing continues this stream: its final clean cache pass is unused
-        sc = sc.replace(skip_last_context_pass=True)
+    model, sc, bundle, (height, width) = _prepare_model(args, device, dtype)
+    sc, latent_frames = _run_config(args, sc, noise, saved)
     prompts = timeline.prompts if timeline is not None else []
     context, contexts = _contexts(args, model, prompts, saved, bundle, device, dtype)
-
-    # decoder
-    decoder = vae = None
-    init_image = args.init is not None and not args.init.lower().endswith((".safetensors", ".sft"))
-    if args.preview_decoder and not args.no_decode:
-        from .taehv import TAEHVStreamingDecoder, load_taehv
-        decoder = TAEHVStreamingDecoder(load_taehv(args.preview_decoder, device=device, dtype=dtype))
-    if (not args.no_decode and decoder is None) or init_image:
-        from .vae import StreamingDecoder, VAEConfig, WanVAE, load_vae
-        if args.vae:
-            vae = load_vae(args.vae, device=device, dtype=dtype)
-        elif bundle is not None:
-            vae = bundle.vae
-        elif args.checkpoint is None:
-            with torch.random.fork_rng(devices=[]):                # seeded: runs and resumed runs decode alike
-                torch.manual_seed(0)
-                vae = WanVAE(VAEConfig.tiny())
-            vae = vae.to(device=device, dtype=dtype).eval()
-        else:
-            raise SystemExit("error: pass --vae (Wan2.1 VAE file) or --no-decode")
-        if device.type == "cuda":
-            vae.to_channels_last()                          # cuDNN's NDHWC kernels: -25 % decode time on Hopper
-        if args.compile:
-            vae.decoder.compile()
-        if decoder is None and not args.no_decode:
-            decoder = StreamingDecoder(vae)
-
-    # the stream
-    if saved is not None:
-        if args.init:
-            raise SystemExit("error: --init starts a new stream; it cannot be combined with --resume")
-        session = StreamSession.from_state(model, saved, decoder=decoder, device=device,
-                                           config=sc if sc != saved.config() else None)
-        height, width = session.height, session.width
-        if not prompts and args.context:
-            session.set_context(context, args.transition)
-    else:
-        session = StreamSession(model, sc, context, height=height, width=width, seed=args.seed, noise=noise,
-                                decoder=decoder, device=device, dtype=dtype)
-    init_frames = None
-    if args.init:
-        z = _init_latents(args.init, vae, height, width, sc.cache_frames)
-        init_frames = session.prefill(z)
-        log.info("prefilled %d latent frames from %s", z.shape[1], args.init)
-    gen_frames = latent_frames - session.frame_offset          # the length flags count the init frames too
-    if gen_frames <= 0:
-        raise SystemExit(f"error: --init gives {session.frame_offset} latent frames already; ask for a longer video")
-    n_total = chunks_for_frames(gen_frames, sc.frames_per_block)
-    n_chunks = n_total - session.chunk_index
-    new_latents = gen_frames - session.chunk_index * sc.frames_per_block        # latent frames this run adds
-    if n_chunks <= 0:
-        raise SystemExit(f"error: the resumed stream already has {session.chunk_index} chunks; ask for a longer "
-                         f"stream than {n_total} chunks (--seconds / --frames give the total length)")
+    decoder, vae = _decoder(args, bundle, device, dtype)
+    session, init_frames = _open_session(args, model, sc, context, prompts, saved, noise, decoder, vae, height,
+                                         width, device, dtype)
+    n_total, n_chunks, new_latents = _chunk_plan(session, sc, latent_frames)
     if timeline is not None:
         from .timeline import PromptSchedule
         session.set_timeline(PromptSchedule.build(timeline, sc.frames_per_block, n_total, contexts=contexts))
@@ -392,8 +332,8 @@ def cmd_generate(args) -> int:
     telemetry = _telemetry(args, session, saved)
     tts_run = _tts(args, session, device, dtype)
     _overlap(args, session, tts_run is not None, device)
-    log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s",
-             width, height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
+    log.info("%dx%d, %d latent frames (%d video frames, %.2f s) in %d chunks, policy %s, %s on %s", session.width,
+             session.height, latent_frames, video_frames, video_frames / 16, n_chunks, sc.cache_policy, dtype, device)
     return _stream(args, session, tts_run or session.run, n_chunks=n_chunks, video_frames=video_frames,
                    new_latents=new_latents, init_frames=init_frames, decode=decoder is not None, telemetry=telemetry)
 
@@ -568,6 +508,103 @@ def _size(args, default: tuple[int, int]) -> tuple[int, int]:
             args.width if args.width is not None else default[1])
 
 
+def _prepare_model(args, device: torch.device, dtype: torch.dtype):
+    """The DiT ready to stream: loaded (`_load_model`), fp8 and compiled as asked; (model, its family's stream config,
+    the shapes-world bundle or None, (height, width))."""
+    model, sc, bundle, default_size = _load_model(args, device, dtype)
+    height, width = _size(args, default_size)
+    check_resolution(height, width, model.cfg.pixel_multiple)
+    if args.fp8:
+        from .wan.fp8 import quantize_fp8_
+        quantize_fp8_(model)
+    _cudnn_setup(device, args.compile, args.conv_search)
+    if args.compile:
+        from .compile_cache import use_compile_cache
+        use_compile_cache()                             # a second process reuses what the first compiled
+        model.compile_blocks()
+    return model, sc, bundle, (height, width)
+
+
+def _run_config(args, sc: StreamConfig, noise: Optional[torch.Tensor], saved) -> tuple[StreamConfig, int]:
+    """The stream config of this run (the flags on the family's or the resumed state's) and its latent frames."""
+    sc, changes, latent_frames = _stream_config(args, sc, noise)
+    if saved is not None:
+        sc = _resumed_config(saved, sc, changes, args)
+    if _state_path(args) is None:            # nothing continues this stream: its final clean cache pass is unused
+        sc = sc.replace(skip_last_context_pass=True)
+    return sc, latent_frames
+
+
+def _decoder(args, bundle, device: torch.device, dtype: torch.dtype):
+    """(the streaming decoder or None, the Wan VAE or None): --preview-decoder, --vae, the bundle's VAE, or without
+    --checkpoint a seeded tiny VAE; the VAE is loaded for --init with an image or clip even with --no-decode."""
+    decoder = vae = None
+    init_image = args.init is not None and not args.init.lower().endswith((".safetensors", ".sft"))
+    if args.preview_decoder and not args.no_decode:
+        from .taehv import TAEHVStreamingDecoder, load_taehv
+        decoder = TAEHVStreamingDecoder(load_taehv(args.preview_decoder, device=device, dtype=dtype))
+    if (args.no_decode or decoder is not None) and not init_image:
+        return decoder, vae
+    from .vae import StreamingDecoder, VAEConfig, WanVAE, load_vae
+    if args.vae:
+        vae = load_vae(args.vae, device=device, dtype=dtype)
+    elif bundle is not None:
+        vae = bundle.vae
+    elif args.checkpoint is None:
+        with torch.random.fork_rng(devices=[]):                # seeded: runs and resumed runs decode alike
+            torch.manual_seed(0)
+            vae = WanVAE(VAEConfig.tiny())
+        vae = vae.to(device=device, dtype=dtype).eval()
+    else:
+        raise SystemExit("error: pass --vae (Wan2.1 VAE file) or --no-decode")
+    if device.type == "cuda":
+        vae.to_channels_last()                          # cuDNN's NDHWC kernels: -25 % decode time on Hopper
+    if args.compile:
+        vae.decoder.compile()
+    if decoder is None and not args.no_decode:
+        decoder = StreamingDecoder(vae)
+    return decoder, vae
+
+
+def _open_session(args, model, sc: StreamConfig, context: torch.Tensor, prompts: list[str], saved, noise, decoder,
+                  vae, height: int, width: int, device: torch.device, dtype: torch.dtype):
+    """The stream: a new one, or the --resume state continued; prefilled from --init. Returns (session, the --init
+    frames [1, T, 3, H, W] or None)."""
+    from .stream import StreamSession
+
+    if saved is not None:
+        if args.init:
+            raise SystemExit("error: --init starts a new stream; it cannot be combined with --resume")
+        session = StreamSession.from_state(model, saved, decoder=decoder, device=device,
+                                           config=sc if sc != saved.config() else None)
+        if not prompts and args.context:
+            session.set_context(context, args.transition)
+    else:
+        session = StreamSession(model, sc, context, height=height, width=width, seed=args.seed, noise=noise,
+                                decoder=decoder, device=device, dtype=dtype)
+    init_frames = None
+    if args.init:
+        z = _init_latents(args.init, vae, session.height, session.width, sc.cache_frames)
+        init_frames = session.prefill(z)
+        log.info("prefilled %d latent frames from %s", z.shape[1], args.init)
+    return session, init_frames
+
+
+def _chunk_plan(session, sc: StreamConfig, latent_frames: int) -> tuple[int, int, int]:
+    """(chunks of the whole stream, chunks this run generates, latent frames this run adds)."""
+    from .stream import chunks_for_frames
+
+    gen_frames = latent_frames - session.frame_offset          # the length flags count the init frames too
+    if gen_frames <= 0:
+        raise SystemExit(f"error: --init gives {session.frame_offset} latent frames already; ask for a longer video")
+    n_total = chunks_for_frames(gen_frames, sc.frames_per_block)
+    n_chunks = n_total - session.chunk_index
+    if n_chunks <= 0:
+        raise SystemExit(f"error: the resumed stream already has {session.chunk_index} chunks; ask for a longer "
+                         f"stream than {n_total} chunks (--seconds / --frames give the total length)")
+    return n_total, n_chunks, gen_frames - session.chunk_index * sc.frames_per_block
+
+
 def _stream_config(args, sc: StreamConfig, noise: Optional[torch.Tensor]) -> tuple[StreamConfig, dict, int]:
     """The family's stream config with the sampling flags applied: (config, the changed fields, latent frames)."""
     from .stream import chunks_for_frames
@@ -649,64 +686,19 @@ def _stream(args, session, run, *, n_chunks: int, video_frames: int, new_latents
     Returns the exit status: 0, or 128 + the signal number (Ctrl-C: 130, SIGTERM: 143) when a signal cut the stream
     short; the video, latents and state written up to then stay readable.
     """
-    from tqdm import tqdm
-
     state_path = _state_path(args)
-    writer = None
-    if decode:
-        from .video_io import VideoWriter
-        writer = VideoWriter(args.out, fps=16)
-    latents_out = _LatentsOut(args.latents_out, new_latents) if args.latents_out else None
-    written = written0 = 1 + 4 * (session.frames_done - 1) if session.frames_done and init_frames is None else 0
-    if writer is not None and init_frames is not None:
-        writer.write(init_frames[0], layout="tchw")
-        written += init_frames.shape[1]
-
-    def consume(frames, start, *latents):           # the copy worker (a GPU's frames): encode and store, in order
-        if frames.shape[1]:
-            writer.write(frames[0])
-        if latents:
-            latents_out.write(latents[0])
-
-    copier = HostCopier(consume, convert=uint8_thwc, preview_size=0)   # the loop never waits for GPU or encoder
+    out = _Outputs(args, session, new_latents, init_frames, decode)
     stop = _StopOnSignal()
     delivered, completed, aborted = 0, False, False
     try:
-        bar = tqdm(total=n_chunks, unit="chunk", disable=args.quiet, file=sys.stderr)
-        t0 = last = time.perf_counter()
-        first, gaps = None, []                      # the first 16 chunk periods (a bounded log line)
-        with stop:
-            for chunk in run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
-                now, delivered = time.perf_counter(), delivered + 1
-                first = now - t0 if first is None else first
-                if len(gaps) < 16:
-                    gaps.append(now - last)
-                last = now
-                if writer is not None and chunk.frames is not None:
-                    frames = chunk.frames[:, : max(0, video_frames - written)]     # [B, T, 3, H, W]
-                    copier.put(frames, *([chunk.latents] if latents_out is not None else []))
-                    written += frames.shape[1]
-                elif latents_out is not None:
-                    latents_out.write(chunk.latents)
-                bar.update(1)
-                fps = max(written - written0, 1) / (time.perf_counter() - t0)
-                bar.set_postfix(fps=f"{fps:.1f}" if writer else None)
-                if state_path and args.save_state_every and session.chunk_index % args.save_state_every == 0:
-                    _save_state(session, state_path, telemetry)
-        copier.close()
-        bar.close()
+        delivered = _run_chunks(args, session, run, out, n_chunks, video_frames, stop, telemetry, state_path)
         completed = True
-        if delivered:
-            log.info("streamed %d chunks in %.2f s (first frames after %.3f s; chunk seconds %s%s)", delivered,
-                     last - t0, first, ", ".join(f"{g:.3f}" for g in gaps), ", ..." if delivered > len(gaps) else "")
     except KeyboardInterrupt:
         aborted = True
         log.warning("interrupted inside chunk %d; the video written so far stays playable%s", session.chunk_index,
                     "; the last saved state is kept" if state_path else "")
     finally:
-        copier.close(raise_errors=False)            # what was streamed reaches the file before it is finished
-        if writer is not None:
-            writer.close()
+        out.close(keep_latents=completed or aborted)    # an error mid-stream leaves no latents file, as before
         if completed and state_path:
             _save_state(session, state_path, telemetry)
             if session.interrupted:
@@ -714,17 +706,92 @@ def _stream(args, session, run, *, n_chunks: int, video_frames: int, new_latents
         if telemetry is not None and telemetry.records:
             telemetry.save(args.telemetry)
             log.info("telemetry -> %s (+ .png)", args.telemetry)
-        if latents_out is not None:
-            latents_out.close(keep=completed or aborted)  # an error mid-stream leaves no latents file, as before
-    if latents_out is not None and latents_out.shape is not None:
-        log.info("latents %s -> %s", latents_out.shape, args.latents_out)
-    st = session.stats
-    if writer is not None:
-        log.info("wrote %d frames to %s (DiT %.2f s, decode %.2f s)", written, args.out, st.dit_seconds,
-                 st.decode_seconds)
+    out.report(session.stats)
     if aborted or (stop.signum is not None and delivered < n_chunks):
         return 128 + (stop.signum or signal.SIGINT)
     return 0
+
+
+def _run_chunks(args, session, run, out: "_Outputs", n_chunks: int, video_frames: int, stop: "_StopOnSignal",
+                telemetry, state_path: Optional[str]) -> int:
+    """The streaming loop: each chunk handed to the outputs as it comes, the state saved every --save-state-every
+    chunks, progress on stderr. Returns the chunks delivered."""
+    from tqdm import tqdm
+
+    delivered = 0
+    bar = tqdm(total=n_chunks, unit="chunk", disable=args.quiet, file=sys.stderr)
+    t0 = last = time.perf_counter()
+    first, gaps = None, []                      # the first 16 chunk periods (a bounded log line)
+    with stop:
+        for chunk in run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
+            now, delivered = time.perf_counter(), delivered + 1
+            first = now - t0 if first is None else first
+            if len(gaps) < 16:
+                gaps.append(now - last)
+            last = now
+            out.put(chunk, video_frames)
+            bar.update(1)
+            fps = max(out.written - out.written0, 1) / (time.perf_counter() - t0)
+            bar.set_postfix(fps=f"{fps:.1f}" if out.writer else None)
+            if state_path and args.save_state_every and session.chunk_index % args.save_state_every == 0:
+                _save_state(session, state_path, telemetry)
+    out.copier.close()
+    bar.close()
+    if delivered:
+        log.info("streamed %d chunks in %.2f s (first frames after %.3f s; chunk seconds %s%s)", delivered,
+                 last - t0, first, ", ".join(f"{g:.3f}" for g in gaps), ", ..." if delivered > len(gaps) else "")
+    return delivered
+
+
+class _Outputs:
+    """The run's video file (frames encoded by a `HostCopier` worker, in order) and --latents-out file.
+
+    `written` counts the stream's video frames up to the last chunk put (a resumed stream starts at its saved
+    length, `written0`); the video file holds `written - written0` frames (--init frames included)."""
+
+    def __init__(self, args, session, new_latents: int, init_frames: Optional[torch.Tensor], decode: bool):
+        self.out, self.latents_path = args.out, args.latents_out
+        self.writer = None
+        if decode:
+            from .video_io import VideoWriter
+            self.writer = VideoWriter(args.out, fps=16)
+        self.latents = _LatentsOut(args.latents_out, new_latents) if args.latents_out else None
+        resumed = session.frames_done and init_frames is None
+        self.written = self.written0 = 1 + 4 * (session.frames_done - 1) if resumed else 0
+        if self.writer is not None and init_frames is not None:
+            self.writer.write(init_frames[0], layout="tchw")
+            self.written += init_frames.shape[1]
+        self.copier = HostCopier(self._consume, convert=uint8_thwc, preview_size=0)   # the loop never waits
+
+    def _consume(self, frames, start, *latents):    # the copy worker (a GPU's frames): encode and store, in order
+        if frames.shape[1]:
+            self.writer.write(frames[0])
+        if latents:
+            self.latents.write(latents[0])
+
+    def put(self, chunk, video_frames: int) -> None:
+        """Queue a chunk's frames (up to the stream's `video_frames`) and latents for writing."""
+        if self.writer is not None and chunk.frames is not None:
+            frames = chunk.frames[:, : max(0, video_frames - self.written)]     # [B, T, 3, H, W]
+            self.copier.put(frames, *([chunk.latents] if self.latents is not None else []))
+            self.written += frames.shape[1]
+        elif self.latents is not None:
+            self.latents.write(chunk.latents)
+
+    def close(self, keep_latents: bool) -> None:
+        """What was streamed reaches the files, then they are finished (the latents file kept or removed)."""
+        self.copier.close(raise_errors=False)
+        if self.writer is not None:
+            self.writer.close()
+        if self.latents is not None:
+            self.latents.close(keep=keep_latents)
+
+    def report(self, stats) -> None:
+        if self.latents is not None and self.latents.shape is not None:
+            log.info("latents %s -> %s", self.latents.shape, self.latents_path)
+        if self.writer is not None:
+            log.info("wrote %d frames to %s (DiT %.2f s, decode %.2f s)", self.written - self.written0, self.out,
+                     stats.dit_seconds, stats.decode_seconds)
 
 
 class _LatentsOut:
@@ -789,7 +856,8 @@ class _LatentsOut:
 def _cudnn_setup(device: torch.device, compile: bool, conv_search: str) -> None:
     """On a GPU, with --compile or --conv-search all: cuDNN times its engines once per conv shape and keeps the
     fastest (`all`: every engine, not torch's first 10; the VAE decoder's 96-channel convs then get a 128x128 tile
-    instead of 256x64 on an H100, 2.61 -> 1.88 ms per 4-frame call, bench/RESULTS.md session 11)."""
+    instead of 256x64 on an H100, 2.61 -> 1.88 ms per 4-frame call, bench/RESULTS.md, 2026-12-07, "cuDNN's full
+    engine search")."""
     if device.type == "cuda" and (compile or conv_search == "all"):
         torch.backends.cudnn.benchmark = True
         if conv_search == "all":

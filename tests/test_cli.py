@@ -1,4 +1,5 @@
 """`python -m stream_r1`: the demo run, the exact-comparison flags, and errors that say what to change."""
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,7 @@ def test_demo_run_writes_a_playable_video(tmp_path):
     (["--width", "50"], "width must be a positive multiple of 16, got 50; try 48"),
     (["--frames", "20"], "num_frames must be 4k+1"),
     (["--checkpoint", "/nonexistent/model.safetensors"], "nonexistent"),
+    (["--prompt", ""], "--prompt is empty: give the text of the video, e.g. --prompt 'a red circle"),
 ])
 def test_bad_input_is_explained(tmp_path, capsys, args, msg):
     rc = main(["generate", "--out", str(tmp_path / "x.mp4"), "--quiet", "--no-decode", *args])
@@ -112,6 +114,31 @@ def test_inspect_names_the_format(tmp_path, tiny_model, capsys):
     assert main(["inspect", str(tmp_path / "m.safetensors")]) == 0
     text = capsys.readouterr().out
     assert "stream-r1-export" in text and "161,536" in text and "window_sink" in text
+
+
+def test_resumed_run_logs_the_frames_of_its_own_file(tmp_path, caplog):
+    """A resumed run's video holds only the new frames, and its log counts those: 21 frames, then resumed to 45, is
+    a second file of 24 frames (it used to log 45)."""
+    from stream_r1.video_io import probe
+    common = ["generate", "--width", "64", "--height", "48", "--device", "cpu", "--quiet"]
+    state = tmp_path / "s.safetensors"
+    assert main([*common, "--frames", "21", "--out", str(tmp_path / "a.mp4"), "--save-state", str(state)]) == 0
+    with caplog.at_level("INFO", logger="stream_r1"):
+        assert main([*common, "--frames", "45", "--resume", str(state), "--out", str(tmp_path / "b.mp4")]) == 0
+    assert probe(tmp_path / "b.mp4")["frames"] == 24
+    assert "wrote 24 frames to" in caplog.text
+
+
+def test_generate_help_says_what_runs_without_a_checkpoint():
+    """Without --checkpoint the embedded shapes-world bundle runs, at the bundle's own size."""
+    from stream_r1.cli import build_parser
+    from stream_r1.shapes import bundle
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["generate"].format_help().split())
+    m = bundle.manifest()
+    assert "default: the embedded shapes-world model" in text
+    assert f"default 832; {m['width']} for the shapes-world model" in text
+    assert f"default 480; {m['height']} for the shapes-world model" in text
 
 
 def test_tts_demo_run_writes_the_requested_frames(tmp_path, caplog):
