@@ -5,7 +5,7 @@ decoders keep such tails of their activations as stream state. Written as a plai
 view of the whole activation buffer instead of a copy whenever the slice is dense in memory — as it is in the
 channels-last (NDHWC) layout, where time is outside the channels. The state then pins every activation it came from:
 measured on an H200 with the Wan VAE decoder at 832x480, 4.54 GiB of storage behind 1.79 GiB of state
-(bench/RESULTS.md, 2026-11-22 session 6). As a custom op the copy is a real, compact copy in every mode.
+(bench/RESULTS.md, 2026-11-22, "the VAE in NDHWC"). As a custom op the copy is a real, compact copy in every mode.
 """
 from __future__ import annotations
 

@@ -117,7 +117,8 @@ def ffn(mlp: nn.Sequential, h: Tensor) -> Tensor:
 
     Without autograd on CUDA (and plain nn.Linear layers: not fp8 or LoRA-wrapped) the bias and GELU are applied in
     the up-projection's cuBLASLt epilogue, which saves one write and one read of the [L, ffn_dim] hidden state: the
-    separate GELU kernel was 3.4 % of the compiled DiT's GPU time at 832x480 (H200, bench/RESULTS.md session 6).
+    separate GELU kernel was 3.4 % of the compiled DiT's GPU time at 832x480 (H200, bench/RESULTS.md, 2026-11-22,
+    "the FFN's GELU in the GEMM epilogue").
     """
     up, _, down = mlp
     if h.is_cuda and type(up) is nn.Linear and not torch.is_grad_enabled():
