@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from stream_r1.reward.preprocess import VideoInputConfig, patchify, preprocess_video
 from stream_r1.reward.qwen2vl_config import CLIP_MEAN, CLIP_STD
+from stream_r1.telemetry import DriftTelemetry
 from training.shapes.world import _gaussian_blur
 
 
@@ -21,6 +22,42 @@ def test_shapes_blur_equals_the_old_separable_filter():
     torch.testing.assert_close(y[:, 0, 0, 8, 8], torch.tensor([0.36823422, 0.47686437, 0.45217502]), atol=1e-6, rtol=0)
     torch.testing.assert_close(y.sum(dim=(1, 2, 3, 4)), torch.tensor([958.43695, 939.43243, 959.24878]), atol=1e-3,
                                rtol=0)
+
+
+def _clips() -> dict[str, torch.Tensor]:
+    """Three 9-frame clips [9, 3, 48, 64]: smooth panning, the same with noise, and a texture flipped every frame."""
+    def texture(seed, w, cell):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(1, 3, 48 // cell, w // cell, generator=g)
+        return 0.2 + 0.6 * F.interpolate(x, size=(48, w), mode="bilinear", align_corners=False)[0]
+
+    big = texture(0, 84, 8)
+    pan = torch.stack([big[:, :, i:i + 64] for i in range(9)])
+    noisy = (pan + 0.05 * torch.randn(pan.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    base = texture(4, 64, 4)
+    flip = torch.stack([base if i % 2 else base.flip(-1) for i in range(9)])
+    return {"pan": pan, "pan_noise": noisy, "flip": flip}
+
+
+# flicker of the old 7x7 box-window SSIM and of kornia.metrics.ssim (11x11 Gaussian, sigma 1.5, valid region)
+FLICKER = {"pan": (0.025553018, 0.022220515), "pan_noise": (0.41003776, 0.47181046), "flip": (1.03315151, 0.95368427)}
+
+
+@pytest.mark.parametrize("name", list(FLICKER))
+def test_flicker_is_the_gaussian_ssim_and_stays_near_the_old_box_one(name):
+    """A definition change, not a parity: the standard Gaussian window moves flicker by at most 0.08 on these clips
+    (0.003 on smooth panning) and keeps their order; the new values are pinned."""
+    old, new = FLICKER[name]
+    got = DriftTelemetry().update(_clips()[name])["flicker"]
+    assert got == pytest.approx(new, abs=1e-5)
+    assert abs(got - old) < 0.085
+
+
+def test_flicker_on_frames_smaller_than_the_window():
+    x = torch.rand(3, 3, 6, 9, generator=torch.Generator().manual_seed(0))           # window shrinks to 5x5
+    assert DriftTelemetry().update(x)["flicker"] == pytest.approx(0.95896316, abs=1e-5)
+    assert DriftTelemetry().update(x[:1].expand(3, -1, -1, -1))["flicker"] == pytest.approx(0.0, abs=1e-6)
+    assert DriftTelemetry().update(x[:, :, :1, :1].expand(3, 3, 1, 1).contiguous())["flicker"] is not None
 
 
 def test_clip_normalisation_equals_the_old_formula():
@@ -52,7 +89,7 @@ def test_kornia_is_not_loaded_by_the_modules_the_pack_imports():
     import sys
     from pathlib import Path
 
-    code = ("import sys, stream_r1, stream_r1.reward, stream_r1.reward.hpsv3; "
+    code = ("import sys, stream_r1, stream_r1.telemetry, stream_r1.reward, stream_r1.reward.hpsv3; "
             "print('kornia' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                          text=True, check=True)
