@@ -98,5 +98,6 @@ def test_pyproject_carries_the_comfy_registry_metadata():
         with Image.open(icon_file) as img:
             assert img.format == "PNG" and img.size == (400, 400)
     assert all((ROOT / d).is_dir() for d in comfy["includes"])
-    names = lambda reqs: {re.split(r"[<>=~! ]", r.strip(), 1)[0].lower() for r in reqs if r.strip() and r[0] != "#"}  # noqa: E731
-    assert names((ROOT / "requirements.txt").read_text().splitlines()) <= names(project["dependencies"])
+    required = {re.split(r"[<>=~! ]", r.strip(), maxsplit=1)[0].lower()
+                for r in (ROOT / "requirements.txt").read_text().splitlines() if r.strip() and r[0] != "#"}
+    assert required <= {re.split(r"[<>=~! ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
