@@ -9,7 +9,7 @@ Every metric is computed on the chunk's frames scaled down (area) so the longest
 | exposure_drift  | mean luma minus the first chunk's (signed)                                           | exposure     |
 | sharpness       | variance of the 3x3 Laplacian of luma, mean over the chunk's frames                  |              |
 | sharpness_ratio | sharpness / the first chunk's                                                        | blur (< 1)   |
-| flicker         | mean of 1 - SSIM(f_t, f_t+1) over consecutive frames inside the chunk (7x7 box SSIM) | flicker      |
+| flicker         | mean 1 - SSIM(f_t, f_t+1) of consecutive frames in the chunk (11x11 Gaussian window) | flicker      |
 | motion          | mean |f_t+1 - f_t| inside the chunk (a flow-free motion magnitude)                   | freezing (0) |
 | seam            | |first frame - previous chunk's last frame| / median in-chunk difference (this and   | visible join |
 |                 | the previous chunk; floor 1/255); ~1 for smooth motion, > 1.5 a visible join         | (> 1.5)      |
@@ -52,7 +52,7 @@ METRICS = {
     "exposure_drift": "mean luma minus the first chunk's",
     "sharpness": "variance of the 3x3 Laplacian of luma (analysis resolution)",
     "sharpness_ratio": "sharpness / the first chunk's (< 1: blurrier)",
-    "flicker": "mean 1 - SSIM of consecutive frames inside the chunk",
+    "flicker": "mean 1 - SSIM (11x11 Gaussian window, sigma 1.5) of consecutive frames inside the chunk",
     "motion": "mean absolute difference of consecutive frames inside the chunk",
     "seam": "difference across the chunk boundary / median in-chunk difference (> 1.5: visible join)",
     "seam_diff": "mean absolute difference across the chunk boundary",
@@ -75,15 +75,14 @@ def _frames(frames: Tensor) -> Tensor:
     return frames.float()
 
 
-def _ssim(a: Tensor, b: Tensor, win: int = 7) -> Tensor:
-    """Mean SSIM per pair of luma images [N, 1, h, w] with a box window (C1 = 0.01^2, C2 = 0.03^2)."""
-    k = max(1, min(win, a.shape[-1], a.shape[-2]))
-    pool = lambda x: F.avg_pool2d(x, k, stride=1)                      # noqa: E731
-    ma, mb = pool(a), pool(b)
-    va, vb, cov = pool(a * a) - ma * ma, pool(b * b) - mb * mb, pool(a * b) - ma * mb
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
-    return s.mean(dim=(1, 2, 3))
+def _ssim(a: Tensor, b: Tensor, win: int = 11) -> Tensor:
+    """Mean SSIM per pair of luma images [N, 1, h, w]: Wang et al.'s Gaussian window (sigma 1.5, 11x11, valid
+    region; C1 = 0.01^2, C2 = 0.03^2), shrunk to the largest odd size that fits a smaller image."""
+    from kornia.metrics import ssim                                    # here, not at import: the pack imports this
+
+    k = min(win, a.shape[-1], a.shape[-2])
+    k -= 1 - k % 2                                                     # odd: 48x64 -> 11, 6x9 -> 5
+    return ssim(a, b, k, padding="valid").mean(dim=(1, 2, 3))
 
 
 _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)

@@ -72,3 +72,32 @@ def test_the_tests_run_from_a_folder_named_as_the_readme_says(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_package.py",
                         "-k", "not from_a_folder"], cwd=clone, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_pyproject_carries_the_comfy_registry_metadata():
+    """The fields the Comfy Registry reads (docs.comfy.org/registry/specifications), and the runtime requirements."""
+    import re
+
+    from PIL import Image
+
+    tomllib = pytest.importorskip("tomllib")
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    name_rule = r"[A-Za-z](?:[A-Za-z0-9]|[-_.](?=[A-Za-z0-9]))*"       # no leading digit, no doubled separators
+    assert re.fullmatch(name_rule, project["name"]) and len(project["name"]) < 100
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"]) and project["description"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    repo = project["urls"]["Repository"]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repo)
+    assert project["urls"]["Documentation"].startswith(repo) and project["urls"]["Bug Tracker"] == repo + "/issues"
+    assert re.fullmatch(name_rule, comfy["PublisherId"]) and comfy["DisplayName"]
+    icon = comfy["Icon"]
+    assert icon.startswith(repo.replace("github.com", "raw.githubusercontent.com") + "/main/")
+    icon_file = ROOT / icon.split("/main/", 1)[1]                          # the icon is in the repository
+    if (ROOT / "docs").is_dir():                                           # (the copy below leaves docs/ out)
+        with Image.open(icon_file) as img:
+            assert img.format == "PNG" and img.size == (400, 400)
+    assert all((ROOT / d).is_dir() for d in comfy["includes"])
+    required = {re.split(r"[<>=~! ]", r.strip(), maxsplit=1)[0].lower()
+                for r in (ROOT / "requirements.txt").read_text().splitlines() if r.strip() and r[0] != "#"}
+    assert required <= {re.split(r"[<>=~! ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}

@@ -119,16 +119,16 @@ class HPSv3Model(nn.Module):
     def preprocess(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images [N, 3, H, W] in [0, 1] -> pixel_values [N*h*w, 1176] (CLIP-normalised), grid_thw [N, 3];
         differentiable."""
+        from kornia.enhance import normalize                      # here, not at import: the pack imports this
+
         a = self.arch
         n, _, height, width = images.shape
         rh, rw = smart_resize(height, width, a.resize_factor, self.pixels, self.pixels)   # 480x832 -> 336x588
         x = images.float()
-        if (rh, rw) != (height, width):
+        if (rh, rw) != (height, width):                           # torch's antialias, not kornia's: docs/kornia.md
             x = F.interpolate(x, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
-        x = x.clamp(0.0, 1.0)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        x = repeat((x - mean) / std, "n c h w -> n tp c h w", tp=a.temporal_patch_size)    # an image = 2 slices
+        x = normalize(x.clamp(0.0, 1.0), x.new_tensor(CLIP_MEAN), x.new_tensor(CLIP_STD))
+        x = repeat(x, "n c h w -> n tp c h w", tp=a.temporal_patch_size)                   # an image = 2 slices
         pixel_values = patchify(x, a.patch_size, a.temporal_patch_size, a.spatial_merge_size)  # [N*h*w, 1176]
         grid = torch.tensor([[1, rh // a.patch_size, rw // a.patch_size]] * n, device=x.device)
         return pixel_values, grid

@@ -173,6 +173,8 @@ def patch_values_to_grid(values: Tensor, grid_thw: Tensor, merge_size: int = 2, 
 
 def preprocess_video(frames: Tensor, cfg: VideoInputConfig = VideoInputConfig()) -> VideoPatches:
     """frames: [B, T, 3, H, W] in [0, 1] (any float dtype). Differentiable w.r.t. frames."""
+    from kornia.enhance import normalize                          # here, not at import: the pack imports this
+
     if frames.dim() != 5 or frames.shape[2] != 3:
         raise ValueError(f"frames must be [B, T, 3, H, W] RGB in [0, 1], got shape {list(frames.shape)}")
     b, t_src, _, height, width = frames.shape
@@ -185,14 +187,11 @@ def preprocess_video(frames: Tensor, cfg: VideoInputConfig = VideoInputConfig())
     if idx != list(range(t_src)):
         x = x.index_select(1, torch.tensor(idx, device=frames.device))  # [B, T', 3, H, W]
     rh, rw = smart_resize(height, width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
-    if (rh, rw) != (height, width):
-        flat = rearrange(x, "b t c h w -> (b t) c h w")
+    flat = rearrange(x, "b t c h w -> (b t) c h w")
+    if (rh, rw) != (height, width):                               # torch's antialias, not kornia's: docs/kornia.md
         flat = F.interpolate(flat, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
-        x = rearrange(flat, "(b t) c h w -> b t c h w", b=b)      # [B, T', 3, rh, rw]
-    x = x.clamp(0.0, 1.0)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 1, 3, 1, 1)
-    x = (x - mean) / std
+    flat = normalize(flat.clamp(0.0, 1.0), flat.new_tensor(CLIP_MEAN), flat.new_tensor(CLIP_STD))
+    x = rearrange(flat, "(b t) c h w -> b t c h w", b=b)          # [B, T', 3, rh, rw]
     pixel_values = patchify(x, cfg.patch_size, tp, cfg.merge_size)  # [B * t*h*w, 1176]
     grid = torch.tensor([[len(idx) // tp, rh // cfg.patch_size, rw // cfg.patch_size]] * b, device=frames.device)
     return VideoPatches(pixel_values, grid, tuple(idx), t_src, (rh, rw), mode, cfg.merge_size)

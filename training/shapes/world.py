@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
 from stream_r1.shapes import COLORS, MOTIONS, SHAPES, parse_prompt, render, sample_scene
@@ -110,18 +111,10 @@ def shapes_prompts(count: int, seed: int = 0, frames: int = 45, size: int = 96) 
 
 # ---- negatives of the reward model --------------------------------------------------------------------------------
 def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """x [B, T, 3, H, W], sigma [B] (pixels) -> blurred x (separable, reflect padding)."""
+    """x [B, T, 3, H, W], sigma [B] (pixels) -> blurred x (11x11 separable Gaussian, reflect padding)."""
     b, t, c, h, w = x.shape
-    r = 5
-    grid = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-grid[None] ** 2 / (2 * sigma[:, None].to(x.dtype) ** 2))
-    k = k / k.sum(1, keepdim=True)                                                    # [B, 2r+1]
-    y = x.permute(1, 2, 0, 3, 4).reshape(t * c, b, h, w)                               # [(T C), B, H, W]: groups = B
-    y = F.pad(y, (r, r, 0, 0), mode="reflect")
-    y = F.conv2d(y, k[:, None, None, :], groups=b)                                     # along W
-    y = F.pad(y, (0, 0, r, r), mode="reflect")
-    y = F.conv2d(y, k[:, None, :, None], groups=b)                                     # along H
-    return y.reshape(t, c, b, h, w).permute(2, 0, 1, 3, 4)
+    y = gaussian_blur2d(x.reshape(b, t * c, h, w), (11, 11), sigma.to(x.dtype)[:, None].expand(b, 2))  # [B, T*C, H, W]
+    return y.view(b, t, c, h, w)
 
 
 def degrade_quality(x: Tensor, g: torch.Generator) -> Tensor:
