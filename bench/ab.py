@@ -1,9 +1,9 @@
-"""Interleaved A/B of stream settings in one process, for effects smaller than the spread between runs (issue #3).
+"""Interleaved A/B of stream settings in one process, for effects smaller than the spread between runs.
 
     python3 bench/ab.py --variants "base:;rot:--rotate-keys-once;split:--attention split" --rounds 6 \
         --compile --cudnn-benchmark --compile-vae --skip-last-context-pass --json $OUT/ab.json
 
-Separate `bench` processes differ by up to 5 % on one machine (bench/RESULTS.md, session 8), more than the effects
+Separate `bench` processes differ by up to 5 % on one machine (bench/RESULTS.md, 2026-12-07, steady-state chunks, the wave split), more than the effects
 being measured. Here one model and one decoder are built and compiled once (the `bench` arguments after the
 variants), every variant is warmed up, then each round runs every variant once, in an order that rotates from round
 to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the

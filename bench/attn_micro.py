@@ -1,11 +1,11 @@
-"""Self-attention micro-benchmark at the stream's shapes (issue #3): cuDNN vs split-KV, the wave staircase.
+"""Self-attention micro-benchmark at the stream's shapes: cuDNN vs split-KV, the wave staircase.
 
     python3 bench/attn_micro.py --json $OUT/attn_micro.json
 
 Shapes: B=1, 12 heads, d=128, bf16, q/k/v in the model's [B, L, n, d] layout (the KV from a [B, S, n, d] cache).
 For each (Lq, Lk): cuDNN through SDPA, cuDNN with its log-sum-exp (`attention_with_lse`), the wave split
 (`split_kv_attention` with `wave_plan`: whole waves plain, the partial wave over key ranges; compiled merge), all
-queries over 2 key ranges (session 7's split), FlashAttention-2 through SDPA; TFLOP/s = 4 Lq Lk n d / t.
+queries over 2 key ranges (the first split, bench/RESULTS.md, 2026-12-07, keys rotated once), FlashAttention-2 through SDPA; TFLOP/s = 4 Lq Lk n d / t.
 """
 from __future__ import annotations
 

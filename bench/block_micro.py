@@ -1,4 +1,4 @@
-"""One DiT block's compiled stages at the stream's shape, kernel by kernel, against the bytes floor (issue #3).
+"""One DiT block's compiled stages at the stream's shape, kernel by kernel, against the bytes floor.
 
     python3 bench/block_micro.py --json $OUT/block_micro.json --code $OUT/block_code
 

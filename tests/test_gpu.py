@@ -111,7 +111,7 @@ def test_fp8_blocks_error_against_bf16_is_small():
 
 def test_compiled_channels_last_decoder_state_is_compact_and_exact():
     """Inductor returned the NDHWC stream state as views of whole activations (4.5 GiB behind 1.8 GiB at 832x480,
-    session 6); with stream_r1.ops.own_tail each state tensor owns exactly its bytes, and frames match eager."""
+    bench/RESULTS.md, 2026-11-22, VAE in NDHWC); with stream_r1.ops.own_tail each state tensor owns exactly its bytes, and frames match eager."""
     from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
     torch.manual_seed(0)
     vae = WanVAE(VAEConfig.wan21()).to("cuda", torch.bfloat16).eval().to_channels_last()
