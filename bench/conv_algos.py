@@ -1,8 +1,8 @@
-"""Issue #3: does cuDNN have faster kernels for the Wan decoder's convs than the ones `cudnn.benchmark` picks by
+"""Does cuDNN have faster kernels for the Wan decoder's convs than the ones `cudnn.benchmark` picks by
 default? (GPU only.)
 
 PyTorch's `torch.backends.cudnn.benchmark_limit` (default 10) caps how many cuDNN engines the benchmark tries per
-conv shape; 0 tries all. The profile (bench/RESULTS.md, session 9) shows the full-resolution 96-channel 3x3x3 convs
+conv shape; 0 tries all. The profile (bench/RESULTS.md, 2026-12-07, where the GPU idles) shows the full-resolution 96-channel 3x3x3 convs
 running a 256x64 tile at 392 TFLOP/s: 96 output channels in two 64-wide tiles, the second half empty. This times each
 decoder conv shape in NDHWC at a given limit and names the kernel that runs, plus the same conv over 12 output frames
 (3 latent frames per decoder call instead of 1) and the 96 -> 3 head conv.

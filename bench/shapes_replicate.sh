@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A replicate of the shapes world's headline comparison (issue #8): DMD and Stream-R1 distilled again from the
+# A replicate of the shapes world's headline comparison (DMD against Stream-R1): DMD and Stream-R1 distilled again from the
 # same ODE student with another schedule seed, side by side on one GPU, then both evaluated on the same held-out
 # prompts and seeds. Carry runs/shapes/{vae,teacher,ode_init/exports,reward/reward} (the reward row-packed, as the
 # bundle ships it, so Stream-R1 is weighted by the same reward model as the first run). One `nvidia-h200` call:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #9 in one device call: the full Stream-R1 training step at real size on N GPUs (default 4, one rollout
+# In one device call: the full Stream-R1 training step at real size on N GPUs (default 4, one rollout
 # per GPU), stopped by SIGTERM part-way and resumed, then the same global batch on fewer GPUs (default 2, with
 # N/SMALL rollouts per GPU per micro-step) for the scaling figure and as the reference losses of the resumed
 # run: the trainer's draws depend on the global sample position and the micro-step index, not on the rank, so
@@ -8,7 +8,7 @@
 #   bash bench/train_scaling.sh                          # 4 GPUs, then 2, global batch 4, 7 optimizer steps
 #   NPROC=8 SMALL=4 GLOBAL_BATCH=8 bash bench/train_scaling.sh
 #   STOP_AFTER=3 STEPS=7 ... (SIGTERM once step STOP_AFTER/STEPS is logged; the run saves after the step it is in)
-#   SMOKE_ARGS="--teacher 1.3b -- --set rollout.latent_frames=6" ...   (extra bench/train_gpu_smoke.sh arguments)
+#   SMOKE_ARGS="--teacher 1.3b -- --set rollout.latent_frames=6" ...   (extra bench/train_step.sh arguments)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
@@ -23,10 +23,10 @@ rm -rf "$CK"
 now() { date +%s.%N; }
 declare -A WALL
 
-launch() {   # name, then bench/train_gpu_smoke.sh arguments; JSON to $OUT/name.json, log to $OUT/name.log
+launch() {   # name, then bench/train_step.sh arguments; JSON to $OUT/name.json, log to $OUT/name.log
   local name=$1; shift
   LAUNCH_T0=$(now)
-  bash bench/train_gpu_smoke.sh "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" &
+  bash bench/train_step.sh "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" &
   LAUNCH_PID=$!
 }
 finish() {   # name: wait for the launch, record its wall time and return code

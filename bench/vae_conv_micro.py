@@ -1,4 +1,4 @@
-"""Issue #3: where the Wan VAE decoder's time goes, conv by conv (GPU only).
+"""Where the Wan VAE decoder's time goes, conv by conv (GPU only).
 
 Times the causal 3x3x3 convs of the decoder at 832x480 in the layouts cuDNN offers, and a time-folded 2-D form
 (frames t-2, t-1, t stacked on channels, one 3x3 conv2d over the frames), with the peak memory each takes above its
@@ -94,7 +94,7 @@ def conv_rows(dtype):
 
 
 def _real_vae(channels_last: bool):
-    """The real-size Wan VAE, seeded, bf16 on CUDA; channels_last: its Conv3d weights NDHWC (as measured in session 6,
+    """The real-size Wan VAE, seeded, bf16 on CUDA; channels_last: its Conv3d weights NDHWC (as measured in bench/RESULTS.md, 2026-11-22, VAE in NDHWC,
     before `WanVAE.to_channels_last` also took the Conv2d weights)."""
     from stream_r1.vae import VAEConfig, WanVAE
     torch.manual_seed(0)

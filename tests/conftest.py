@@ -34,6 +34,7 @@ def _own_compile_cache(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the lent GPU machine, never in CI)")
+    config.addinivalue_line("markers", "docs: README and docs/ checks (links, commands); file reads and argparse only")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,7 +36,7 @@ def _launch(world, micro, steps, losses):
 
 
 def test_train_scaling_summary_compares_the_same_steps(tmp_path):
-    """bench/train_scaling_summary.py (issue #9): speed-up over the same steps past warm-up, the loss check only on
+    """bench/train_scaling_summary.py (bench/RESULTS.md, 2026-11-22, 4 × H200 scaling): speed-up over the same steps past warm-up, the loss check only on
     resumed steps, and the paper-schedule projection's arithmetic."""
     spec = importlib.util.spec_from_file_location("scaling", ROOT / "bench" / "train_scaling_summary.py")
     mod = importlib.util.module_from_spec(spec)

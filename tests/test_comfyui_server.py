@@ -677,7 +677,7 @@ def _vram_mib(server: Server) -> dict:
 
 @pytest.mark.gpu
 def test_twenty_runs_at_real_size_keep_vram_flat(tmp_path_factory):
-    """Issue #4's memory rule on a GPU host, at real size: a seeded random 1.3B student (bf16) and a random real
+    """Flat memory over repeated runs on a GPU host, at real size: a seeded random 1.3B student (bf16) and a random real
     Wan2.1 VAE in a ComfyUI process on CUDA, the 5-second workflow at 832x480 for 3 s (12 latent frames, past the
     window of 9, so the cache evicts), twenty times with new seeds. Memory allocated by torch (as ComfyUI reports it)
     and resident RAM after run 20 equal those after run 5 within noise. Writes the series to $COMFYUI_MEM_JSON if set."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test of the trainer at real size with seeded random weights (speed and memory do not depend on
+# The trainer's step at real size (speed and memory) with seeded random weights (speed and memory do not depend on
 # weight values): one generator step (which also runs a critic micro-step) and one critic-only step of the
 # stream_r1_1.3b recipe on 2 GPUs through torchrun + FSDP2 - 1.3B causal student and 1.3B critic (fp32 master
 # weights, bf16 compute, activation checkpointing), 14B teacher (bf16, sharded), Qwen2-VL-2B-size VideoReward
@@ -7,13 +7,13 @@
 # at 480x832, global batch 2 (one rollout per GPU), EMA on. Prints one JSON object: seconds per step and the
 # peak memory of every GPU per step.
 #
-#   bench/train_gpu_smoke.sh                       # 14B teacher
-#   bench/train_gpu_smoke.sh --teacher 1.3b        # if the 14B teacher does not fit
-#   bench/train_gpu_smoke.sh --nproc 4 -- --set rollout.latent_frames=12    # extra training.run arguments
-#   bench/train_gpu_smoke.sh --nproc 2 --global-batch 4 --steps 6           # same global batch on fewer GPUs
-#   bench/train_gpu_smoke.sh --nproc 2 --global-batch 4 --micro-batch 2     # ... as 2 rollouts per micro-step
-#   bench/train_gpu_smoke.sh --nproc 4 --steps 7 --checkpoint DIR --tag a   # save to DIR at the end / on SIGTERM
-#   bench/train_gpu_smoke.sh --nproc 4 --steps 7 --resume DIR --tag b       # go on from DIR's newest checkpoint
+#   bench/train_step.sh                       # 14B teacher
+#   bench/train_step.sh --teacher 1.3b        # if the 14B teacher does not fit
+#   bench/train_step.sh --nproc 4 -- --set rollout.latent_frames=12    # extra training.run arguments
+#   bench/train_step.sh --nproc 2 --global-batch 4 --steps 6           # same global batch on fewer GPUs
+#   bench/train_step.sh --nproc 2 --global-batch 4 --micro-batch 2     # ... as 2 rollouts per micro-step
+#   bench/train_step.sh --nproc 4 --steps 7 --checkpoint DIR --tag a   # save to DIR at the end / on SIGTERM
+#   bench/train_step.sh --nproc 4 --steps 7 --resume DIR --tag b       # go on from DIR's newest checkpoint
 #                                                                            # (without saving again)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #4's memory rule in the real application on a GPU host: ComfyUI (a checkout in .gpu_comfy/ComfyUI, or
+# ComfyUI's memory over repeated runs, in the real application on a GPU host: ComfyUI (a checkout in .gpu_comfy/ComfyUI, or
 # $COMFYUI_PATH) with this pack, twenty runs of the 5-second workflow at 832x480 on a seeded random 1.3B student,
 # VRAM and RSS per run -> $OUT/comfyui_vram.json (tests/test_comfyui_server.py::
 # test_twenty_runs_at_real_size_keep_vram_flat). The lent GPU machine has no internet: ComfyUI's Python
@@ -8,7 +8,7 @@
 #
 #   prepare here:  .gpu_comfy/ComfyUI (a ComfyUI 0.8.0 tree), .gpu_comfy/whl/*.whl (pip download --no-deps
 #                  --python-version 3.12 ...), .gpu_comfy/frontend/index.html; then carry .gpu_comfy
-#   on the GPU:    bash bench/comfyui_gpu.sh
+#   on the GPU:    bash bench/comfyui_memory.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
