@@ -16,8 +16,8 @@ def _require(reward_model) -> None:
     """The demo loader's reward_model output is empty when its bundle ships no reward model."""
     if reward_model is None:
         raise ValueError("reward_model is empty: the shapes-world bundle has no reward/ folder. Train it with "
-                         "`python -m training.run --recipe shapes_reward` and rebuild the bundle (README, section "
-                         "'The shapes world'), or use Stream-R1 Load Reward Model")
+                         "`python -m training.run --recipe shapes_reward` and rebuild the bundle "
+                         "(docs/shapes-world.md), or use Stream-R1 Load Reward Model")
 
 
 class StreamR1RewardLoader:

@@ -32,7 +32,7 @@ from .decode import CoreVAE
 from .loader import DTYPES, StreamR1Model
 
 log = logging.getLogger(__name__)
-HOW_TO_BUILD = ("build it with the shapes-world recipes (README, section 'The shapes world': `bash "
+HOW_TO_BUILD = ("build it with the shapes-world recipes (docs/shapes-world.md: `bash "
                 "bench/shapes_train.sh`, about 16 min on one GPU, ends with `python -m training.shapes.bundle`), or "
                 "point $STREAM_R1_SHAPES_BUNDLE at a bundle folder, then press Refresh / queue again")
 

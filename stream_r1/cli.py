@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--telemetry", default=None, help="write per-chunk drift metrics (JSON) and a plot (.png) here")
     g.add_argument("--drift-refresh", type=_positive_float, default=None, help="refresh the sink when colour drift "
                    "(see --telemetry) exceeds this value, e.g. 0.08")
-    t = g.add_argument_group("test-time scaling (Stream-T1; README 'Test-time scaling')")
+    t = g.add_argument_group("test-time scaling (Stream-T1; docs/test-time-scaling.md)")
     t.add_argument("--tts-beams", type=_positive_int, default=None, help="survivors per chunk (default 2 once a "
                    "--tts-* flag or --reward-model is given); 1 = greedy, streams live; > 1 delays output by up to 2 "
                    "chunks")

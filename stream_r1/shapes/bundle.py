@@ -79,7 +79,7 @@ def load_bundle(device="cpu", dtype: torch.dtype = torch.float32, attention: str
     missing = [str(p[k]) for k in FILES if not p[k].is_file()]
     if missing:
         raise FileNotFoundError(f"the shapes-world bundle is incomplete, missing {missing}; rebuild it with the "
-                                "recipes in README 'The shapes world' or pass --checkpoint/--vae/--text-encoder")
+                                "recipes in docs/shapes-world.md or pass --checkpoint/--vae/--text-encoder")
     model, info = load_student(str(p["student"]), device=device, dtype=dtype, attention=attention)
     vae = load_vae(str(p["vae"]), device=device, dtype=dtype)
     enc = load_text_encoder(str(p["text_encoder"]), device=device, dtype=dtype)

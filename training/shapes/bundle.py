@@ -42,7 +42,7 @@ def eval_prompts(count: int, seed: int = EVAL_SEED) -> list[str]:
 def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, dtype=torch.float32,
                     search: Optional[tuple] = None) -> Callable:
     """Plain streaming of the student, or with `search` = (reward, T1Config) its Stream-T1 search under that
-    reward (issue #10)."""
+    reward."""
     from stream_r1.loaders import load_student
     from stream_r1.stream import StreamSession, chunks_for_frames
     from stream_r1.tts.search import generate_t1
