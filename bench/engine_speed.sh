@@ -19,11 +19,7 @@
 #   ten    a 10-minute stream (9597 frames; $TEN_FLAGS added): flat cost and peak memory
 # Where the time goes:
 #   prof   81 frames as users run it, profiled: with the VAE and DiT only (idle gaps by length)
-#   attn   bench/attn_micro.py: cuDNN vs split-KV (2-4 key ranges, LSE merge) vs FA2 over a query-length staircase
 #   block  bench/block_micro.py: one block's compiled stages kernel by kernel, with inductor's code
-#   blocktune  the same with inductor's coordinate-descent tuning of its Triton kernels
-#   gelu   the DiT alone, the FFN's GELU fused into its GEMM / unfused (3 repeats each)
-#   autotune   the DiT compiled with max-autotune-no-cudagraphs
 #   vaeconv    bench/vae_conv_micro.py: the decoder's convs per memory layout, a profiled compiled decode per layout
 #   vaemem     the decoder's memory per chunk per layout;  vaestate: storage behind the compiled NDHWC stream state
 #   vaehead    the decoder's head conv with padded output channels, the middle block's attention
@@ -59,14 +55,8 @@ for step in ${@:-ref r81 r477}; do
     prof)  BENCH_TIMEOUT=200 bench_run prof81 $BEST --skip-last-context-pass --repeats 1 --profile 15
            BENCH_TIMEOUT=150 bench_run profdit81 $BEST --skip-last-context-pass --repeats 1 --profile 15 --no-vae
            python3 -c "import json,sys;[print(f, {k: v for k, v in json.load(open(f)).get('profile', {}).items() if k != 'kernels'}) for f in sys.argv[1:]]" "$OUT"/prof*.json ;;
-    attn|micro) timeout 240 python3 bench/attn_micro.py --json "$OUT/attn_micro.json" 2>&1 | grep -v -i warn | tail -12 ;;
     block) timeout 200 python3 bench/block_micro.py --json "$OUT/block_micro.json" --code "$OUT/block_code" 2>&1 \
              | grep -v -i warn | tail -28 ;;
-    blocktune) timeout 300 python3 bench/block_micro.py --inductor-tuning --json "$OUT/block_micro_tuned.json" 2>&1 \
-             | grep -v -i warn | tail -14 ;;
-    gelu)  bench_run dit_fused $BEST --no-vae --repeats 3
-           bench_run dit_unfused $BEST --no-vae --repeats 3 --unfused-gelu ;;
-    autotune) bench_run ma81 --compile max-autotune-no-cudagraphs --cudnn-benchmark --compile-vae --profile 30 --repeats 1 ;;
     vaeconv)  python3 bench/vae_conv_micro.py --json "$OUT/vae_conv_micro.json" 2>&1 | grep -v -i warn | tail -60 ;;
     vaemem)   python3 bench/vae_conv_micro.py --memory-only --json "$OUT/vae_decode_memory.json" 2>&1 | grep -v -i warn | tail -60 ;;
     vaestate) python3 bench/probe_vae_state.py 2>&1 | grep -v -i warn | tail -30 ;;
