@@ -177,3 +177,41 @@ def test_balanced_overall_synchronises_over_a_gloo_group():
         torch.testing.assert_close(torch.tensor(synced.state_dict()["history"]["MQ"][-1]), z[:, 1].mean())
     finally:
         dist.destroy_process_group()
+
+
+# ---- the controlled test's tools: effective sample size, beta for a target ESS, the shuffled control -------------
+def test_effective_sample_size_bounds():
+    from stream_r1.reward.weights import effective_sample_size
+    assert effective_sample_size(torch.ones(16)) == pytest.approx(16.0)
+    assert effective_sample_size(torch.tensor([1.0] + [0.0] * 15)) == pytest.approx(1.0)
+    assert effective_sample_size(torch.tensor([1.0, 1.0, 2.0])) == pytest.approx(16 / 6)
+
+
+def test_beta_for_ess_hits_the_target_on_average():
+    from stream_r1.reward.weights import beta_for_ess
+    r = torch.randn(128, generator=torch.Generator().manual_seed(3))
+    beta = beta_for_ess(r, 16, fraction=0.5, draws=512, seed=1)
+    g = torch.Generator().manual_seed(9)
+    ess = []
+    for _ in range(2000):
+        w = torch.exp(beta * r[torch.randperm(128, generator=g)[:16]].double())
+        ess.append(float(w.sum() ** 2 / (w ** 2).sum()))
+    assert sum(ess) / len(ess) == pytest.approx(8.0, rel=0.03)
+    assert beta_for_ess(r, 16, fraction=0.25) > beta > beta_for_ess(r, 16, fraction=0.75)
+    assert beta_for_ess(torch.zeros(32), 16) == 64.0             # rewards that do not differ: any beta keeps all
+    with pytest.raises(ValueError, match="need >= batch"):
+        beta_for_ess(r[:8], 16)
+
+
+def test_shuffled_control_keeps_the_values_and_drops_the_pairing():
+    from stream_r1.reward.weights import shuffled_control
+    g = torch.Generator().manual_seed(0)
+    w = torch.arange(1.0, 9.0).view(8, 1, 1, 1, 1)
+    maps = torch.arange(8.0).view(8, 1, 1, 1, 1).expand(8, 3, 1, 2, 2).clone()
+    for _ in range(50):
+        ws, ms = shuffled_control(w, maps, g)
+        assert sorted(ws.flatten().tolist()) == w.flatten().tolist()            # same weight statistics
+        assert not bool((ws.flatten() == w.flatten()).any())                    # no rollout keeps its own weight
+        assert torch.equal(ms[:, 0, 0, 0, 0], torch.tensor([7.0, 0, 1, 2, 3, 4, 5, 6]))   # b gets b-1's map
+    one = torch.ones(1, 1, 1, 1, 1)
+    assert shuffled_control(one, None, g) == (one, None)

@@ -150,6 +150,52 @@ def normalize_inter(w_inter: Tensor, all_reduce: Callable[[Tensor], None] | None
     return w_inter * (tot[1] / tot[0]).item()
 
 
+def effective_sample_size(w: Tensor) -> float:
+    """Kish's effective sample size of weights w [B, ...] (one per rollout): (sum w)^2 / sum w^2, in [1, B]."""
+    w = w.detach().double().flatten()
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
+def beta_for_ess(r: Tensor, batch: int, fraction: float = 0.5, draws: int = 256, seed: int = 0,
+                 lo: float = 0.0, hi: float = 64.0, iters: int = 40) -> float:
+    """The beta at which W_inter = exp(beta r) keeps an effective sample size of `fraction` * `batch`, on average
+    over `draws` batches of `batch` rewards drawn (without replacement) from the pool r [N] (e.g. the starting
+    student's rollouts): bisection, since the mean ESS falls monotonically as beta grows. Returns `hi` when even
+    that keeps more than the target (the rewards hardly differ)."""
+    r = r.detach().double().flatten()
+    if r.numel() < batch or batch < 2 or not 0 < fraction < 1:
+        raise ValueError(f"need >= batch ({batch} >= 2) rewards and 0 < fraction < 1, got {r.numel()} and {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.stack([torch.randperm(r.numel(), generator=g)[:batch] for _ in range(draws)])   # [draws, batch]
+    rb = r[pick] - r[pick].max(dim=1, keepdim=True).values        # exp(beta (r - max)): same ESS, no overflow
+
+    def mean_ess(beta: float) -> float:
+        w = torch.exp(beta * rb)
+        return float((w.sum(1) ** 2 / (w ** 2).sum(1)).mean())
+
+    target = fraction * batch
+    if mean_ess(hi) > target:
+        return hi
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_ess(mid) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def shuffled_control(w_inter: Tensor, w_intra: Tensor | None, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """The uninformed control of a reward-weighted batch: the same weight values, detached from their rollouts.
+    W_inter [B, 1, 1, 1, 1] permuted within the batch (a random derangement: no rollout keeps its own weight),
+    W_intra [B, F, 1, H, W] maps moved one sample along (sample b gets sample b-1's map). B = 1 is unchanged."""
+    b = w_inter.shape[0]
+    if b < 2:
+        return w_inter, w_intra
+    while True:                                                     # rejection: 1/e of permutations qualify
+        perm = torch.randperm(b, generator=g)
+        if not bool((perm == torch.arange(b)).any()):
+            break
+    return w_inter[perm.to(w_inter.device)], (None if w_intra is None else w_intra.roll(1, dims=0))
+
+
 RewardMode = Literal["VQ", "MQ", "TA", "Overall", "BalancedOverall"]
 
 
