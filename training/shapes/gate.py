@@ -7,7 +7,8 @@ on shapes-world prompts (scene seeds `--seed`+i, one noise seed per batch of `--
 analytic reward (`analytic_reward.AnalyticShapesReward`; r = mean of its z-scores, the 'Overall' signal) and with
 the checker, and reports Spearman(r, checker) overall and per axis (TA-colour, MQ-motion, VQ-temporal) with a
 pass/fail against `--threshold`. Collateral checker metrics (shape, background) are reported apart. The bundle's
-learned reward is scored the same way for comparison (`--no-learned` skips it).
+learned reward is scored the same way for comparison (`--no-learned` skips it). `beta_half_ess`: the beta at which
+W_inter = exp(beta r) of the analytic r keeps an effective sample size of half a `--train-batch` batch.
 """
 from __future__ import annotations
 
@@ -172,6 +173,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--json", default=DEFAULT_JSON)
     p.add_argument("--no-learned", action="store_true", help="skip the bundle's learned reward")
+    p.add_argument("--train-batch", type=int, default=16, help="the distillation batch that `beta_half_ess` (the "
+                   "analytic r's beta keeping an effective sample size of half of it) is computed for")
     p.add_argument("--videos", default="", help="cache file (.pt) of the rollouts: read if present, else written")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -196,6 +199,10 @@ def main(argv: Optional[list[str]] = None) -> int:
            "analytic": correlations(rows, "a_", args.threshold)}
     if "l_r" in rows[0]:
         res["learned"] = correlations(rows, "l_", args.threshold)
+    from stream_r1.reward.weights import beta_for_ess
+    r = torch.tensor([row["a_r"] for row in rows])
+    if len(rows) >= args.train_batch:          # the beta a distillation run wants: ESS half its batch (this pool)
+        res["beta_half_ess"] = {"batch": args.train_batch, "beta": round(beta_for_ess(r, args.train_batch), 4)}
     res["videos"] = rows
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(table("analytic reward", res["analytic"], args.threshold))
     if "learned" in res:
         print(table("learned reward (bundle)", res["learned"], args.threshold))
+    if "beta_half_ess" in res:
+        print(f"beta for an effective sample size of half a batch of {args.train_batch}: {res['beta_half_ess']['beta']}")
     print(f"wrote {out}  ({res['seconds']})")
     return 0
 
