@@ -10,14 +10,13 @@ Every released layout ends as one flat `{Wan key: tensor}` dict plus a `WanConfi
 
 `.pt` files are read with `torch.load(weights_only=True)` only; anything that needs arbitrary unpickling is refused.
 Safetensors are read lazily (one tensor at a time), `.pt` files through mmap, so a load never holds two full copies
-of the weights. Modules: read (files, entries), keys (names), quant (dtypes, fp8), arch (config, validation),
-formats (format and family), lora, load, export, inspect.
+of the weights. Modules: read (files, entries, fp8), keys (names, shapes, config), formats (format, family), load
+(+ LoRA), export, inspect.
 """
-from .arch import HEAD_DIM, HeadsUnknownError, expected_dit_shapes, infer_dit_fields
 from .export import save_dit_export, to_wan_state_dict
 from .formats import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, FAMILIES, FAMILY_KEY, UNKNOWN_FAMILY_NOTE
 from .inspect import format_inspection, inspect_checkpoint
-from .keys import PREFIX_MIN_KEYS, STRIP_PREFIXES, WRAPPER_INFIXES
+from .keys import (HEAD_DIM, PREFIX_MIN_KEYS, STRIP_PREFIXES, WRAPPER_INFIXES, HeadsUnknownError, expected_dit_shapes,
+                   infer_dit_fields)
 from .load import LoadedCheckpoint, load_dit_checkpoint
-from .quant import FP8_DTYPES
-from .read import ENTRY_ORDER, SafetensorsFiles, SourceInfo, open_state_dict
+from .read import ENTRY_ORDER, FP8_DTYPES, SafetensorsFiles, SourceInfo, open_state_dict

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import StreamConfig, WanConfig
-from .arch import expected_dit_shapes, validate
 from .formats import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, family_for_policy
-from .keys import strip_infixes
+from .keys import expected_dit_shapes, strip_infixes, validate
+
 
 def to_wan_state_dict(state_dict: Mapping[str, torch.Tensor],
                       config: WanConfig | None = None) -> dict[str, torch.Tensor]:

@@ -6,11 +6,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .arch import HeadsUnknownError, infer_dit_fields
-from .keys import OTHER_KINDS, classify, from_diffusers, normalise_names
+from .keys import OTHER_KINDS, HeadsUnknownError, classify, from_diffusers, infer_dit_fields, normalise_names
 from .load import build
-from .quant import dtype_counts
-from .read import open_state_dict, select_entry, stored_meta
+from .read import dtype_counts, open_state_dict, select_entry, stored_meta
+
 
 def inspect_checkpoint(path: str | os.PathLike, entry: str | None = None,
                        num_heads: int | None = None) -> dict[str, Any]:
