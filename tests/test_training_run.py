@@ -153,3 +153,28 @@ def test_one_process_gives_the_losses_of_two_for_the_same_global_batch(torchrun_
     for a, b in zip(one, two):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-4), (k, a, b)
+
+
+def test_an_export_finds_the_files_of_its_recipe_relative_to_the_repository(tmp_path, monkeypatch):
+    """A shapes recipe names runs/shapes/... relative to the repository root; the export under
+    runs/shapes/<stage>/exports/ finds them from any working directory, and a missing one is named."""
+    from safetensors.torch import save_file
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.config import StreamConfig, WanConfig
+    from stream_r1.loaders import checkpoint_vae
+    from stream_r1.vae import VAEConfig, WanVAE
+    from stream_r1.wan.model import WanModel
+    vae_file = tmp_path / "runs" / "shapes" / "vae" / "vae.safetensors"
+    vae_file.parent.mkdir(parents=True)
+    vae = WanVAE(VAEConfig.tiny())
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_file))
+    cfg = get_recipe("shapes_stream_r1")
+    export = tmp_path / "runs" / "shapes" / "stream_r1" / "exports" / "student_latest.safetensors"
+    save_dit_export(export, WanModel(WanConfig.tiny()).init_weights(seed=1).state_dict(), WanConfig.tiny(),
+                    StreamConfig.stream_r1(), extra={"training_config": cfg.to_json()})
+    monkeypatch.chdir(tmp_path / "runs")
+    found = checkpoint_vae(str(export))
+    assert all(torch.equal(a, b) for a, b in zip(found.state_dict().values(), vae.state_dict().values()))
+    vae_file.unlink()
+    with pytest.raises(FileNotFoundError, match=r"trained with runs/shapes/vae/vae.safetensors.*pass --vae"):
+        checkpoint_vae(str(export))
