@@ -78,7 +78,8 @@ class StreamR1ModelLoader:
     CATEGORY = "Stream-R1/loaders"
     RETURN_TYPES = ("STREAM_R1_MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The causal student with its family's default stream settings.",)
+    OUTPUT_TOOLTIPS = ("The causal student with its family's default stream settings (a file whose family is not "
+                       "recognised streams with Stream-R1's: cache policy window_sink; the node says so).",)
     FUNCTION = "load"
 
     @classmethod
@@ -119,4 +120,7 @@ class StreamR1ModelLoader:
                         "streamed output will not be good", model_name)
         compiled = compile_student(module, device) if compile else False
         patcher = host.wrap_model(module, device, offload)
-        return (StreamR1Model(module, info, patcher, device if patcher is not None else offload, compute, compiled),)
+        model = StreamR1Model(module, info, patcher, device if patcher is not None else offload, compute, compiled)
+        if info.notes:                               # what the loader assumed (e.g. the family's default policy)
+            return {"ui": {"text": [f"{model_name}: {n}" for n in info.notes]}, "result": (model,)}
+        return (model,)

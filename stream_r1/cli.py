@@ -555,8 +555,9 @@ def _decoder(args, bundle, device: torch.device, dtype: torch.dtype):
             torch.manual_seed(0)
             vae = WanVAE(VAEConfig.tiny())
         vae = vae.to(device=device, dtype=dtype).eval()
-    else:
-        raise SystemExit("error: pass --vae (Wan2.1 VAE file) or --no-decode")
+    else:                                               # a trainer export's own, else one line saying what to pass
+        from .loaders import checkpoint_vae
+        vae = checkpoint_vae(args.checkpoint, device=device, dtype=dtype)
     if device.type == "cuda":
         vae.to_channels_last()                          # cuDNN's NDHWC kernels: -25 % decode time on Hopper
     if args.compile:
@@ -657,8 +658,10 @@ def _contexts(args, model, prompts: list[str], saved, bundle, device: torch.devi
         contexts = {p: bundle.text_encoder.encode([p]) for p in prompts}
     elif args.checkpoint is None:
         contexts = {p: prompt_embedding(p, model.cfg.text_dim) for p in prompts}
-    else:
-        raise SystemExit("error: pass --text-encoder (umt5-xxl file) or --context (precomputed embeddings)")
+    else:                                               # a trainer export's own, else one line saying what to pass
+        from .loaders import checkpoint_text_encoder
+        enc = checkpoint_text_encoder(args.checkpoint, model.cfg.text_dim, device=device, dtype=dtype)
+        contexts = {p: enc.encode([p]) for p in prompts}
     if contexts:
         context = contexts[prompts[0]]
     if context.dim() != 3 or context.shape[-1] != model.cfg.text_dim:

@@ -5,8 +5,9 @@ Used by the CLI, the nodes and the benchmarks; paths arrive resolved, devices an
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -24,6 +25,8 @@ class StudentInfo:
     format: str
     family: str
     source: str
+    notes: list[str] = field(default_factory=list)
+    """What the loader assumed (e.g. an unknown family streaming with Stream-R1's defaults); the node shows them."""
 
 
 def load_student(path: str, *, device: "torch.device | str" = "cpu", dtype: torch.dtype = torch.float32,
@@ -37,9 +40,7 @@ def load_student(path: str, *, device: "torch.device | str" = "cpu", dtype: torc
         model = WanModel(ck.config, attention=attention)
     model.load_state_dict(ck.state_dict, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    policy = getattr(ck, "cache_policy", None) or "window_sink"
-    info = StudentInfo(ck.config, getattr(ck, "stream_config", None) or StreamConfig.for_policy(policy),
-                       ck.format, ck.family, str(path))
+    info = StudentInfo(ck.config, ck.stream_config, ck.format, ck.family, str(path), ck.notes)
     log.info("loaded %s (%s, %s): %s", path, ck.format, ck.family, ck.config)
     return model, info
 
@@ -57,3 +58,68 @@ def prompt_embedding(prompt: str, text_dim: int, tokens: int = 16) -> torch.Tens
 
     seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
     return torch.randn(1, tokens, text_dim, generator=torch.Generator().manual_seed(seed))
+
+
+class HashedText:
+    """The tiny recipes' text encoder ("hash"): `prompt_embedding` stand-ins, `tokens` rows each."""
+
+    def __init__(self, text_dim: int, tokens: int):
+        self.text_dim, self.tokens = text_dim, tokens
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:                   # [B, tokens, text_dim]
+        return torch.cat([prompt_embedding(p, self.text_dim, self.tokens) for p in prompts])
+
+
+def _trained_with(path: str, what: str, flag: str) -> tuple[dict[str, Any], Path]:
+    """The training config a trainer export carries in its metadata, and the export's path."""
+    from .checkpoint.formats import metadata_json
+    from .weights_io import read_safetensors_header
+
+    path = Path(path).expanduser()
+    meta = read_safetensors_header(path)[1] if path.suffix in (".safetensors", ".sft") else {}
+    if "training_config" not in meta:
+        raise ValueError(f"{path.name} does not say which {what} it was trained with (only this pack's trainer "
+                         f"exports do); pass {flag}")
+    return metadata_json(meta, "training_config", path), path
+
+
+def _find(name: str, export: Path, flag: str) -> Path:
+    """A file the training config names: as given (relative to the working directory), else relative to one of the
+    export's folders (runs/<stage>/exports/x.safetensors names runs/shapes/... relative to the repository)."""
+    for base in (Path.cwd(), *export.resolve().parents):
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"{export.name} was trained with {name}, which is not there (nor next to the export); "
+                            f"pass {flag} with that file")
+
+
+def checkpoint_text_encoder(path: str, text_dim: int, *, device: "torch.device | str" = "cpu",
+                            dtype: torch.dtype = torch.float32) -> Any:
+    """The text encoder a trainer export (`runs/<name>/exports/*.safetensors`) was trained with: the umT5 file its
+    training config names, or the tiny recipes' hashed embeddings. Returns an object with `.encode(prompts)` ->
+    [B, L, text_dim]; raises ValueError / FileNotFoundError saying what to pass (--text-encoder)."""
+    cfg, export = _trained_with(path, "text encoder", "--text-encoder (umT5 file) or --context")
+    text = cfg.get("text", {})
+    if text.get("encoder", "hash") == "hash":
+        return HashedText(text_dim, int(text.get("hash_tokens", 16)))
+    from .text_encoder import load_text_encoder
+    tok = _find(text["tokenizer"], export, "--tokenizer") if text.get("tokenizer") else None
+    return load_text_encoder(_find(text["encoder"], export, "--text-encoder"), tokenizer=tok, device=device,
+                             dtype=dtype)
+
+
+def checkpoint_vae(path: str, *, device: "torch.device | str" = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """The VAE a trainer export was trained with: the file its training config names, or the tiny recipes' seeded
+    random one (the trainer's seed: model.seed + 3). Raises ValueError / FileNotFoundError saying what to pass."""
+    from .vae import VAEConfig, WanVAE, load_vae
+
+    cfg, export = _trained_with(path, "VAE", "--vae (Wan2.1 VAE file) or --no-decode")
+    m = cfg.get("model", {})
+    if m.get("vae", "none") == "none":
+        raise ValueError(f"{export.name} was trained without a VAE; pass --vae (Wan2.1 VAE file) or --no-decode")
+    if m["vae"] != "random":
+        return load_vae(_find(m["vae"], export, "--vae"), device=device, dtype=dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(m.get("seed", 0)) + 3)
+        vae = WanVAE(VAEConfig.tiny() if m.get("vae_arch") == "tiny" else VAEConfig.wan21())
+    return vae.to(device=device, dtype=dtype).eval()

@@ -545,3 +545,68 @@ def test_safetensors_whose_header_length_starts_with_0x80_is_not_a_pickle(tmp_pa
     assert struct.unpack("<Q", p.read_bytes()[:8])[0] % 256 == 128
     raw, info = open_state_dict(p)
     assert info.container == "safetensors"
+
+
+# ---- one set of weights streams the same from every layout -------------------------------------------------------
+def write_every_layout(folder, sd) -> dict[str, object]:
+    """The same student in each layout the loader takes, under names that say no family: {layout: path}."""
+    flat = {"model." + k: v for k, v in sd.items()}
+    out = {"trainer .pt": folder / "student_trainer.pt", "flat model.* .pt": folder / "student_flat.pt",
+           "bare .safetensors": folder / "student.safetensors", "comfy prefix": folder / "student_comfy.safetensors",
+           "export": folder / "student_export.safetensors"}
+    torch.save({"generator": flat, "critic": flat, "generator_ema": fsdp_names(sd)}, out["trainer .pt"])
+    torch.save(flat, out["flat model.* .pt"])
+    save_file(sd, str(out["bare .safetensors"]))
+    save_file({"model.diffusion_model." + k: v for k, v in sd.items()}, str(out["comfy prefix"]))
+    save_dit_export(out["export"], sd, TINY)
+    shards = folder / "sharded"
+    shards.mkdir()
+    keys, weight_map = list(sd), {}
+    for i in range(2):
+        name = f"student-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: sd[k] for k in keys[i::2]}, str(shards / name))
+        weight_map.update({k: name for k in keys[i::2]})
+    out["sharded + index"] = shards / "student.safetensors.index.json"
+    out["sharded + index"].write_text(json.dumps({"weight_map": weight_map}))
+    return out
+
+
+def test_one_student_streams_the_same_latents_from_every_layout(tmp_path):
+    from stream_r1.checkpoint import UNKNOWN_FAMILY_NOTE
+    from stream_r1.loaders import load_student
+    from stream_r1.stream import generate
+    from tests.helpers import tiny_context
+
+    sd = make_sd(seed=12)
+    latents = {}
+    for layout, path in write_every_layout(tmp_path, sd).items():
+        model, info = load_student(str(path), num_heads=2, attention="sdpa")
+        assert info.stream_config == StreamConfig.stream_r1(), layout          # window_sink, whatever the container
+        assert info.family == ("stream-r1" if layout == "export" else "unknown"), layout
+        assert (UNKNOWN_FAMILY_NOTE in info.notes) == (layout != "export"), layout
+        latents[layout], _ = generate(model, tiny_context(), info.stream_config, 12, height=32, width=48, seed=3)
+    first = next(iter(latents.values()))
+    assert first.shape == (1, 12, 16, 4, 6)
+    for layout, lat in latents.items():
+        assert torch.equal(lat, first), layout
+
+
+def test_family_comes_from_metadata_then_names_and_unknown_says_so(tmp_path, caplog):
+    sd = make_sd(seed=13)
+    tagged = tmp_path / "student_tagged.safetensors"
+    save_file(sd, str(tagged), metadata={"stream_r1.family": "self-forcing"})
+    assert load_dit_checkpoint(tagged, num_heads=2).cache_policy == "full"                  # the metadata says so
+    named = tmp_path / "self_forcing_dmd.safetensors"
+    save_file(sd, str(named))
+    assert load_dit_checkpoint(named, num_heads=2).family == "self-forcing"                 # a released file's name
+    plain = tmp_path / "student.safetensors"
+    save_file(sd, str(plain))
+    with caplog.at_level("WARNING"):
+        ck = load_dit_checkpoint(plain, num_heads=2)
+    assert ck.family == "unknown" and ck.stream_config == StreamConfig.stream_r1()
+    assert sum("family not recognised" in r.getMessage() for r in caplog.records) == 1
+    assert inspect_checkpoint(plain, num_heads=2)["cache_policy"] == "window_sink"
+    bad = tmp_path / "bad_meta.safetensors"
+    save_file(sd, str(bad), metadata={"format": "stream_r1", "wan_config": "{not json"})
+    with pytest.raises(ValueError, match=r"metadata 'wan_config' is not JSON.*re-export"):
+        load_dit_checkpoint(bad)

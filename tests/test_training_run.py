@@ -107,6 +107,40 @@ def test_two_processes_train_and_export_a_loadable_student(torchrun_2, tmp_path)
     assert lat.shape == (1, 6, 16, 4, 6) and torch.isfinite(lat).all()
 
 
+def test_the_export_names_the_text_encoder_and_vae_it_was_trained_with(torchrun_2, tmp_path):
+    """`python -m stream_r1 generate --checkpoint runs/<name>/exports/...` finds the tiny recipe's hashed text
+    encoder and seeded VAE in the export's training config; a file without one says in one line what to pass."""
+    from stream_r1.loaders import checkpoint_text_encoder, checkpoint_vae, prompt_embedding
+    from training.models import build_vae
+    out, _ = torchrun_2
+    export = out / "exports" / "student_latest.safetensors"
+    enc = checkpoint_text_encoder(str(export), 32)
+    assert torch.equal(enc.encode(["a red circle"]), prompt_embedding("a red circle", 32, 8))   # tiny: 8 tokens
+    vae = checkpoint_vae(str(export))
+    trained = build_vae("random", "tiny", seed=3, device=torch.device("cpu"), dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), trained.state_dict().values()))
+    gen = subprocess.run([sys.executable, "-m", "stream_r1", "generate", "--checkpoint", str(export), "--prompt",
+                          "a red circle", "--height", "32", "--width", "48", "--frames", "9", "--out",
+                          str(tmp_path / "v.mp4"), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert gen.returncode == 0 and (tmp_path / "v.mp4").is_file(), gen.stderr[-3000:]
+    bare = tmp_path / "student.safetensors"
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(str(export)), str(bare))
+    with pytest.raises(ValueError, match=r"does not say which text encoder .* pass --text-encoder"):
+        checkpoint_text_encoder(str(bare), 32)
+
+
+def test_a_finished_run_says_so_instead_of_resuming_silently(tmp_path, caplog):
+    from training.run import main
+    Trainer(_cfg(tmp_path, 2)).train()
+    argv = ["--recipe", "tiny_stream_r1", "--set", f"output_dir={tmp_path}", "--set", "schedule.steps=2",
+            "--set", "log.progress=false"]
+    with caplog.at_level("INFO", logger="training"):
+        assert main(argv) == 0
+    said = [r.getMessage() for r in caplog.records if "already finished" in r.getMessage()]
+    assert len(said) == 1 and "at step 2" in said[0] and "--set schedule.steps=N" in said[0]
+
+
 def test_one_process_gives_the_losses_of_two_for_the_same_global_batch(torchrun_2, tmp_path):
     """2 ranks x micro batch 1 (FSDP2, gloo; the student file read by rank 0 and broadcast into the shards) vs
     1 process x micro batch 2 (plain load): same weights, samples and draws, so the same losses."""
@@ -119,3 +153,28 @@ def test_one_process_gives_the_losses_of_two_for_the_same_global_batch(torchrun_
     for a, b in zip(one, two):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-4), (k, a, b)
+
+
+def test_an_export_finds_the_files_of_its_recipe_relative_to_the_repository(tmp_path, monkeypatch):
+    """A shapes recipe names runs/shapes/... relative to the repository root; the export under
+    runs/shapes/<stage>/exports/ finds them from any working directory, and a missing one is named."""
+    from safetensors.torch import save_file
+    from stream_r1.checkpoint import save_dit_export
+    from stream_r1.config import StreamConfig, WanConfig
+    from stream_r1.loaders import checkpoint_vae
+    from stream_r1.vae import VAEConfig, WanVAE
+    from stream_r1.wan.model import WanModel
+    vae_file = tmp_path / "runs" / "shapes" / "vae" / "vae.safetensors"
+    vae_file.parent.mkdir(parents=True)
+    vae = WanVAE(VAEConfig.tiny())
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_file))
+    cfg = get_recipe("shapes_stream_r1")
+    export = tmp_path / "runs" / "shapes" / "stream_r1" / "exports" / "student_latest.safetensors"
+    save_dit_export(export, WanModel(WanConfig.tiny()).init_weights(seed=1).state_dict(), WanConfig.tiny(),
+                    StreamConfig.stream_r1(), extra={"training_config": cfg.to_json()})
+    monkeypatch.chdir(tmp_path / "runs")
+    found = checkpoint_vae(str(export))
+    assert all(torch.equal(a, b) for a, b in zip(found.state_dict().values(), vae.state_dict().values()))
+    vae_file.unlink()
+    with pytest.raises(FileNotFoundError, match=r"trained with runs/shapes/vae/vae.safetensors.*pass --vae"):
+        checkpoint_vae(str(export))

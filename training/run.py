@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     try:
+        finished = _finished(cfg)
+        if finished is not None:
+            logging.getLogger("training").info("%s", finished)
+            return 0
         _train(cfg)
     except (ValueError, FileNotFoundError) as e:
         logging.getLogger("training").error("error: %s", e)
@@ -75,6 +79,22 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.barrier()                 # nobody tears the group down under a peer's feet
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _finished(cfg) -> str | None:
+    """One line when the checkpoint this run would resume from already reached `schedule.steps` (it would do nothing)."""
+    if cfg.method in ("vae", "teacher", "reward"):
+        return None
+    from pathlib import Path
+
+    from . import checkpoint as ckpt
+    out = Path(cfg.output_dir).expanduser()
+    path = ckpt.resolve_resume(cfg.checkpoint.resume, out / "checkpoints")
+    step = int(ckpt.read_meta(path)["step"]) if path is not None else -1
+    if step < cfg.schedule.steps:
+        return None
+    return (f"the run in {out} already finished at step {step} (schedule.steps={cfg.schedule.steps}): nothing to do; "
+            f"pass --set schedule.steps=N with N > {step} to continue it, or --set output_dir=NEW for a new run")
 
 
 def _train(cfg) -> None:

@@ -474,9 +474,8 @@ class Trainer:
         path = root / f"student_{ckpt.step_dir_name(self.step_idx)}.safetensors"
         if self.info.is_main:
             root.mkdir(parents=True, exist_ok=True)
-        family = "stream-r1" if self.sc.cache_policy == "window_sink" else "self-forcing"
-        out = ckpt.export_student(path, full, self.student.cfg, self.sc,
-                                  {"family": family, "weights": weights, "step": self.step_idx,
+        out = ckpt.export_student(path, full, self.student.cfg, self.sc,        # family: the cache policy's
+                                  {"weights": weights, "step": self.step_idx,
                                    "recipe": self.cfg.name}, self.cfg.to_json(), self.info.rank)
         if out is not None:
             import shutil
