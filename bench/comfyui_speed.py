@@ -5,11 +5,20 @@ Wan2.1-T2V-1.3B student (bf16, real size) and a random real-size Wan2.1 VAE, in 
 text encoder is replaced by a seeded [1, 16, 4096] conditioning node: umT5-XXL weights cannot be had here, and text
 encoding is outside the stream). Then, with Load Model's compile on (DiT and decoder):
 
-  five_s     the shipped 5-second workflow (Generate -> Create Video -> Save Video, 81 frames at 832x480):
-             one warm-up run (compiles), then $RUNS runs with new seeds: queue -> execution_success wall time
-             (the saved MP4 written), the node's own streaming time and first-frame time (its INFO log line),
-             VRAM and RSS after each run (flat over twenty runs?)
-  to_file    the 30-second workflow (Generate to File) at 477 frames: one run after the warm-up
+  five_s          the shipped 5-second workflow (Stream-R1 Generate to File, 81 frames at 832x480, the MP4 encoded
+                  while the stream runs): one warm-up run (compiles), then $RUNS runs with new seeds: queue ->
+                  execution_success wall time (the saved MP4 written), the node's own streaming time and first-frame
+                  time (its INFO log line), per-node times, VRAM and RSS after each run (flat over twenty runs?);
+                  five_s_median: their medians
+  generate_node   the Generate node's graph of the same workflow (Stream-R1 Generate -> Create Video -> Save Video,
+                  the frames as IMAGE, the MP4 encoded by Save Video after the stream): one warm-up run, then $RUNS
+                  runs with new seeds, the same figures per run; generate_node_median: their medians
+  to_file         the 30-second workflow (Generate to File) at 477 frames: one run after the warm-ups
+
+Every run's record: workflow_seconds, the node's log line (chunks, seconds, first, engine, host, peak_gib), node_fps
+(frames / the node's streaming seconds), nodes ({class_type: seconds}), rss_mib, and on a GPU allocated /
+reserved / device_used MiB. Also: device, torch, comfyui, date, compile, warmup_seconds,
+generate_node_warmup_seconds, peak_device_mib (nvidia-smi every 50 ms), server_log_tail.
 
     COMFYUI_PATH=... python3 bench/comfyui_speed.py --json out.json [--runs 20] [--seconds-to-file 29.8]
 
@@ -73,6 +82,45 @@ def node_lines(server, since: int) -> list[dict]:
             for m in LINE.finditer(text)]
 
 
+def timed_runs(server, prompt: dict, node_class: str, runs: int, first_seed: int, vram) -> list[dict]:
+    """`runs` runs of `prompt` with seeds first_seed, first_seed + 1, ... on its `node_class` node: per run the
+    wall time, the node's log line and FPS, per-node times, RSS and (`vram(server)`) GPU memory afterwards."""
+    from test_comfyui_server import _rss_mb
+
+    gen = next(n for n, v in prompt.items() if v["class_type"] == node_class)
+    frames = video_frames(prompt[gen]["inputs"]["seconds"])
+    out = []
+    for i in range(runs):
+        prompt[gen]["inputs"]["seed"] = first_seed + i
+        since = server.log.stat().st_size
+        wall, per_node = timed_run(server, prompt)
+        line = (node_lines(server, since) or [{}])[-1]
+        out.append({"run": i + 1, "workflow_seconds": round(wall, 3), **line, "nodes": per_node,
+                    "node_fps": round(frames / line["seconds"], 2) if line else None,
+                    "rss_mib": round(_rss_mb(server.proc.pid), 1),
+                    **{k: round(v, 1) for k, v in vram(server).items()}})
+        print(node_class, json.dumps(out[-1]), flush=True)
+    return out
+
+
+def medians(runs: list[dict]) -> dict:
+    """Median wall time, node FPS and first-frame time of `timed_runs` records (None where none has it)."""
+    def med(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    return {"workflow_seconds": med(r["workflow_seconds"] for r in runs), "node_fps": med(r["node_fps"] for r in runs),
+            "first_frame_seconds": med(r.get("first") for r in runs)}
+
+
+def video_frames(seconds: float) -> int:
+    """Frames a stream of `seconds` gives (81 for 5 s)."""
+    from stream_r1.config import video_frames_for
+    from stream_r1.stream import latent_frames_for_seconds
+
+    return video_frames_for(latent_frames_for_seconds(seconds))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", required=True)
@@ -82,7 +130,7 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, 64x48, no GPU figures")
     args = ap.parse_args()
     import torch
-    from test_comfyui_server import WORKFLOWS, Server, _base_dir, _rss_mb, _vram_mib, tiny
+    from test_comfyui_server import WORKFLOWS, Server, _base_dir, _vram_mib, generate_node_graph, tiny
 
     from stream_r1.config import WanConfig
     from stream_r1.vae import VAEConfig
@@ -110,43 +158,25 @@ def main() -> int:
     try:
         five = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 5.0, size=size,
                     dtype=dtype)
-        gen = next(n for n, v in five.items() if v["class_type"] == "StreamR1Generate")
         load = next(n for n, v in five.items() if v["class_type"] == "StreamR1ModelLoader")
         five[load]["inputs"]["compile"] = not args.no_compile
-        since = server.log.stat().st_size
         warm, _ = timed_run(server, five)
         result["warmup_seconds"] = round(warm, 2)
         print(f"warm-up (load + compile + run): {warm:.1f} s", flush=True)
-        runs = []
-        for i in range(args.runs):
-            five[gen]["inputs"]["seed"] = 1000 + i
-            since = server.log.stat().st_size
-            wall, per_node = timed_run(server, five)
-            line = (node_lines(server, since) or [{}])[-1]
-            runs.append({"run": i + 1, "workflow_seconds": round(wall, 3), **line, "nodes": per_node,
-                         "node_fps": round(81 / line["seconds"], 2) if line else None,
-                         "rss_mib": round(_rss_mb(server.proc.pid), 1),
-                         **{k: round(v, 1) for k, v in vram(server).items()}})
-            print(json.dumps(runs[-1]), flush=True)
-        result["five_s"] = runs
-        walls, fps = [r["workflow_seconds"] for r in runs], [r["node_fps"] for r in runs if r["node_fps"]]
-        result["five_s_median"] = {"workflow_seconds": statistics.median(walls), "node_fps": statistics.median(fps),
-                                   "first_frame_seconds": statistics.median(r["first"] for r in runs if "first" in r)}
-        tf = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_30s_to_file.api.json").read_text()), 5.0, size=size,
-                  dtype=dtype)
+        result["five_s"] = timed_runs(server, five, "StreamR1GenerateToFile", args.runs, 1000, vram)
+        result["five_s_median"] = medians(result["five_s"])
+
+        graph = generate_node_graph(five)        # the same loaders (cached) and inputs, Generate -> Create/Save Video
+        warm, _ = timed_run(server, graph)
+        result["generate_node_warmup_seconds"] = round(warm, 2)
+        print(f"generate_node warm-up: {warm:.1f} s", flush=True)
+        result["generate_node"] = timed_runs(server, graph, "StreamR1Generate", args.runs, 2000, vram)
+        result["generate_node_median"] = medians(result["generate_node"])
+
+        tf = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_30s_to_file.api.json").read_text()),
+                  args.seconds_to_file, size=size, dtype=dtype)
         tload = next(n for n, v in tf.items() if v["class_type"] == "StreamR1ModelLoader")
-        tgen = next(n for n, v in tf.items() if v["class_type"] == "StreamR1GenerateToFile")
         tf[tload]["inputs"]["compile"] = not args.no_compile
-        short = []
-        for i in range(5):                   # 81 frames straight to an MP4: the file is done when the stream is
-            tf[tgen]["inputs"]["seed"] = 3000 + i
-            since = server.log.stat().st_size
-            wall, per_node = timed_run(server, tf)
-            short.append({"workflow_seconds": round(wall, 3), **(node_lines(server, since) or [{}])[-1]})
-            print("five_s_to_file", json.dumps(short[-1]), flush=True)
-        result["five_s_to_file"] = short
-        result["five_s_to_file_median"] = statistics.median(r["workflow_seconds"] for r in short)
-        tf[tgen]["inputs"]["seconds"] = args.seconds_to_file
         since = server.log.stat().st_size
         wall, _ = timed_run(server, tf)
         line = (node_lines(server, since) or [{}])[-1]
@@ -161,9 +191,11 @@ def main() -> int:
         result["peak_device_mib"] = max(used, default=None)       # nvidia-smi, every 50 ms: the whole process
         result["server_log_tail"] = server.tail(40)
         Path(args.json).write_text(json.dumps(result, indent=1))
-    m = result.get("five_s_median", {})
-    print(f"ComfyUI 5 s workflow: median {m.get('workflow_seconds')} s queue->MP4, node {m.get('node_fps')} FPS, "
-          f"first frame {m.get('first_frame_seconds')} s; to file 477: {result.get('to_file', {}).get('node_fps')} FPS")
+    m, g = result.get("five_s_median", {}), result.get("generate_node_median", {})
+    print(f"ComfyUI 5 s workflow (Generate to File): median {m.get('workflow_seconds')} s queue->MP4, node "
+          f"{m.get('node_fps')} FPS, first frame {m.get('first_frame_seconds')} s; Generate -> Create/Save Video: "
+          f"{g.get('workflow_seconds')} s queue->MP4, node {g.get('node_fps')} FPS; "
+          f"to file 477: {result.get('to_file', {}).get('node_fps')} FPS")
     return 0
 
 

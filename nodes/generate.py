@@ -13,7 +13,7 @@ from torch import Tensor
 from ..stream_r1.config import check_resolution, latent_frames_for
 from ..stream_r1.host_copy import HostCopier, uint8_thwc
 from ..stream_r1.stream import chunks_for_frames, latent_frames_for_seconds
-from . import host, layout
+from . import host, layout, live
 from .loader import StreamR1Model
 from .options import StreamOptions, stream_config
 from .state import StreamState, video_frames
@@ -49,7 +49,16 @@ def _inputs(*, vae_required: bool = False) -> dict:
                                                             "checkpoint family's."})
     optional["tts"] = ("STREAM_R1_TTS", {"tooltip": "Test-time scaling (Stream-R1 Test-Time Scaling): search "
                                                     "several candidates per chunk with a reward model. Needs a VAE."})
-    return {"required": required, "optional": optional, "hidden": {"unique_id": "UNIQUE_ID"}}
+    optional["clip"] = _CLIP
+    return {"required": required, "optional": optional, "hidden": _HIDDEN}
+
+
+_CLIP = ("CLIP", {"tooltip": "Optional: the workflow's text encoder (CLIPLoader type wan). Connected, the node's live "
+                             "panel can change the prompt while the stream runs (applied at the next chunk "
+                             "boundary, recorded in the timeline output)."})
+_HIDDEN = {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}
+_TIMELINE_TIP = ("The run's prompt timeline (Stream-R1 Prompt Timeline's text format): the first prompt and every "
+                 "live change at its chunk boundary. Feed it to Prompt Timeline to replay the same switches.")
 
 
 def _start(model: StreamR1Model, positive: list, width: int, height: int, seconds: float, frames: int, seed: int,
@@ -79,12 +88,13 @@ def _overlap(state: StreamState, tts: Any) -> bool:
 
 def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
             sink: Callable[[Tensor, Optional[Tensor]], None], tts: Any = None,
-            preview: Callable[[], Optional[Tensor]] = lambda: None) -> None:
+            preview: Callable[[], Optional[Tensor]] = lambda: None, steer: Optional[live.LiveRun] = None) -> None:
     """Run the next `latent_frames` of `state`, handing each piece to `sink(latents [B,f,16,h,w], frames
     [B,T,3,H,W] or None)` (on the stream's device: the sink must not wait for the GPU, see `HostCopier`). Per
     computed chunk: a progress update with `preview()` (the newest frame on the host, [h, w, 3]; without a VAE a
     latent preview), a `stream_r1.chunk` websocket event, and the interrupt check before the next chunk. `tts`: a
-    STREAM_R1_TTS (the chunks then come from a Stream-T1 search).
+    STREAM_R1_TTS (the chunks then come from a Stream-T1 search). `steer`: the run's live side (pause / stop between
+    chunks; its prompt changes come through the session's `before_chunk` hook).
 
     Logged per chunk (logger `...nodes.generate`, DEBUG; a summary line at INFO): the wait for the engine (DiT and
     decode, overlapped) and the node's own host time (sink, preview, event), so the gap to the CLI can be seen."""
@@ -98,12 +108,14 @@ def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
     engine = node_host = 0.0                                  # running sums: nothing grows with the stream
     try:
         with _conv_search(device):
-            pieces = state.take(latent_frames, should_stop=host.interrupted, tts=tts)
+            pieces = state.take(latent_frames, should_stop=steer.should_stop if steer else host.interrupted, tts=tts)
             t_ready = time.perf_counter()
             for latents, frames, computed in pieces:
                 t_got = time.perf_counter()
                 sink(latents, frames)
                 frames_out = video_frames(state.latents_emitted) - video_frames(start)   # also without a VAE
+                if steer is not None:
+                    steer.delivered(frames_out)
                 if not computed:
                     t_ready = time.perf_counter()
                     continue
@@ -141,10 +153,10 @@ def _conv_search(device: torch.device):
 
 
 def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
-             tts: Any = None) -> tuple[Tensor, dict]:
+             tts: Any = None, steer: Optional[live.LiveRun] = None) -> tuple[Tensor, dict]:
     """Run and gather: (IMAGE, LATENT) of the new frames, on ComfyUI's intermediate device. Frames are copied to the
     host by a worker thread straight into the IMAGE's final layout (no host wait in the stream loop, no final
-    concatenation)."""
+    concatenation); the live panel's previews are made from that copy."""
     out, latents = host.intermediate_device(), []
     (height, width), batch = state.size, state.session.batch
     done = state.latents_emitted
@@ -154,6 +166,8 @@ def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
     def consume(f: Tensor, start: int, z: Tensor) -> None:                    # worker thread: host tensors, in order
         image[:, start:start + f.shape[1]] = f
         latents.append(z)
+        if steer is not None:
+            steer.frames(image[0, start:start + f.shape[1]], start)
 
     def sink(z: Tensor, f: Optional[Tensor]) -> None:
         if f is None:
@@ -162,7 +176,7 @@ def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
             copier.put(f, z)
 
     with HostCopier(consume, convert=lambda f: rearrange(f, "b t c h w -> b t h w c").float()) as copier:
-        _stream(state, latent_frames, node_id, sink, tts, preview=lambda: copier.preview)
+        _stream(state, latent_frames, node_id, sink, tts, preview=lambda: copier.preview, steer=steer)
     host.throw_if_interrupted()
     images = image[:, :copier.frames].flatten(0, 1) if image is not None and copier.frames else \
         layout.placeholder_image(*state.size, out)                            # [B*T, H, W, 3], b-major
@@ -180,12 +194,14 @@ class StreamR1Generate:
     DESCRIPTION = ("Stream a video chunk by chunk (3 latent frames = 12 video frames each) with the causal student "
                    "and its rolling KV cache. Each chunk is decoded as soon as it is denoised when a VAE is "
                    "connected; the node shows the newest frame, and Cancel stops between chunks. For long videos "
-                   "use Stream-R1 Generate to File (frames go to disk, not RAM).")
+                   "use Stream-R1 Generate to File (frames go to disk, not RAM). Live: the node's panel pauses, stops "
+                   "or (with clip connected) re-prompts the running stream between chunks.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "LATENT", "STREAM_R1_STATE")
-    RETURN_NAMES = ("frames", "latent", "state")
+    RETURN_TYPES = ("IMAGE", "LATENT", "STREAM_R1_STATE", "STRING")
+    RETURN_NAMES = ("frames", "latent", "state", "timeline")
     OUTPUT_TOOLTIPS = ("Decoded frames (an IMAGE batch, 16 fps; feed CreateVideo). Without a VAE: one black frame.",
-                       "Wan2.1 latent [1, 16, T, H/8, W/8] (raw VAE space, like stock Wan latents).", _STATE_TIP)
+                       "Wan2.1 latent [1, 16, T, H/8, W/8] (raw VAE space, like stock Wan latents).", _STATE_TIP,
+                       _TIMELINE_TIP)
     FUNCTION = "generate"
 
     @classmethod
@@ -196,24 +212,27 @@ class StreamR1Generate:
 
     def generate(self, model: StreamR1Model, positive: list, width: int, height: int, seconds: float, frames: int,
                  seed: int, keep_state: bool, vae: Any = None, options: Optional[StreamOptions] = None,
-                 tts: Any = None, unique_id: Optional[str] = None):
+                 tts: Any = None, clip: Any = None, unique_id: Optional[str] = None, prompt: Any = None):
         if tts is not None and vae is None:
             raise ValueError("test-time scaling scores decoded frames: connect a VAE")
         state, latent_frames = _start(model, positive, width, height, seconds, frames, seed, vae, options, keep_state)
-        with state.running(keep=keep_state):
-            image, latent = _collect(state, latent_frames, unique_id, tts)
-        return image, latent, state
+        with state.running(keep=keep_state), \
+                live.running(unique_id, state, latent_frames, clip=clip, tts=tts, graph=prompt) as steer:
+            image, latent = _collect(state, latent_frames, unique_id, tts, steer)
+        return image, latent, state, steer.timeline_text()
 
 
 class StreamR1Continue:
     DESCRIPTION = ("Extend a kept stream (Stream-R1 Generate with keep_state on) by more seconds, optionally with a "
                    "new prompt: the KV cache carries the motion on, so there is no seam and no VAE re-encode. "
-                   "Returns only the new frames. Works on a copy of the state, so re-running gives the same frames.")
+                   "Returns only the new frames. Works on a copy of the state, so re-running gives the same frames. "
+                   "Live: as Generate's panel.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "LATENT", "STREAM_R1_STATE")
-    RETURN_NAMES = ("frames", "latent", "state")
+    RETURN_TYPES = ("IMAGE", "LATENT", "STREAM_R1_STATE", "STRING")
+    RETURN_NAMES = ("frames", "latent", "state", "timeline")
     OUTPUT_TOOLTIPS = ("The new frames (continue the frame count of the input stream; batch them after its frames).",
-                       "The new latent frames (raw VAE space).", _STATE_TIP)
+                       "The new latent frames (raw VAE space).", _STATE_TIP,
+                       _TIMELINE_TIP + " Times count from the start of the whole stream.")
     FUNCTION = "extend"
 
     @classmethod
@@ -228,10 +247,11 @@ class StreamR1Continue:
             "tts": ("STREAM_R1_TTS", {"tooltip": "Test-time scaling (Stream-R1 Test-Time Scaling) for the new "
                                                  "chunks: search several candidates per chunk with a reward model. "
                                                  "Needs a stream generated with a VAE."}),
-        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+            "clip": _CLIP,
+        }, "hidden": _HIDDEN}
 
     def extend(self, state: StreamState, positive: list, seconds: float, keep_state: bool, tts: Any = None,
-               unique_id: Optional[str] = None):
+               clip: Any = None, unique_id: Optional[str] = None, prompt: Any = None):
         if tts is not None and state.vae_stream is None:
             raise ValueError("test-time scaling scores decoded frames, but this stream has no VAE: connect a VAE to "
                              "the Generate node that started it")
@@ -246,18 +266,21 @@ class StreamR1Continue:
             if timeline is None:
                 state.set_context(layout.context_from_conditioning(positive, state.model.text_dim))
             state.prepare()
-            image, latent = _collect(state, latent_frames, unique_id, tts)
-        return image, latent, state
+            with live.running(unique_id, state, latent_frames, clip=clip, tts=tts, graph=prompt) as steer:
+                image, latent = _collect(state, latent_frames, unique_id, tts, steer)
+        return image, latent, state, steer.timeline_text()
 
 
 class StreamR1GenerateToFile:
     DESCRIPTION = ("Stream a video straight into an MP4 in ComfyUI's output folder: each chunk is decoded and "
                    "written as it is produced, so memory stays flat for any length, and a cancelled or crashed run "
-                   "leaves a playable file. Shows the video on the node; the VIDEO output feeds stock nodes.")
+                   "leaves a playable file. Shows the video on the node; the VIDEO output feeds stock nodes. Live: as "
+                   "Generate's panel; Stop finishes the file where the stream is.")
     CATEGORY = CATEGORY
-    RETURN_TYPES = ("STRING", "VIDEO")
-    RETURN_NAMES = ("path", "video")
-    OUTPUT_TOOLTIPS = ("Full path of the written MP4.", "The file as a VIDEO (for GetVideoComponents, SaveVideo).")
+    RETURN_TYPES = ("STRING", "VIDEO", "STRING")
+    RETURN_NAMES = ("path", "video", "timeline")
+    OUTPUT_TOOLTIPS = ("Full path of the written MP4.", "The file as a VIDEO (for GetVideoComponents, SaveVideo).",
+                       _TIMELINE_TIP)
     OUTPUT_NODE = True
     FUNCTION = "write"
 
@@ -272,14 +295,22 @@ class StreamR1GenerateToFile:
 
     def write(self, model: StreamR1Model, positive: list, vae: Any, width: int, height: int, seconds: float,
               frames: int, seed: int, filename_prefix: str, fps: float, options: Optional[StreamOptions] = None,
-              tts: Any = None, unique_id: Optional[str] = None):
+              tts: Any = None, clip: Any = None, unique_id: Optional[str] = None, prompt: Any = None):
         from ..stream_r1.video_io import VideoWriter
 
         path, entry = host.save_path(filename_prefix, "mp4", width, height)
         state, latent_frames = _start(model, positive, width, height, seconds, frames, seed, vae, options, False)
-        with state.running(keep=False), VideoWriter(path, fps=fps) as writer, \
-                HostCopier(lambda f, start: writer.write(f[0]), convert=uint8_thwc) as copier:   # encoded off-loop
+
+        def consume(f: Tensor, start: int) -> None:                   # worker thread (on a GPU): host uint8 frames
+            writer.write(f[0])
+            steer.frames(f[0], start)
+
+        # exits in reverse: the copier drains, the file is finished, then the panel hears the end
+        with state.running(keep=False), \
+                live.running(unique_id, state, latent_frames, clip=clip, tts=tts, graph=prompt) as steer, \
+                VideoWriter(path, fps=fps) as writer, HostCopier(consume, convert=uint8_thwc) as copier:
             _stream(state, latent_frames, unique_id, lambda z, f: copier.put(f) if f is not None else None, tts,
-                    preview=lambda: copier.preview)
+                    preview=lambda: copier.preview, steer=steer)
             host.throw_if_interrupted()
-        return {"ui": {"images": [entry], "animated": (True,)}, "result": (path, host.video_output(path))}
+        return {"ui": {"images": [entry], "animated": (True,)},
+                "result": (path, host.video_output(path), steer.timeline_text())}

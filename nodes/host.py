@@ -7,7 +7,7 @@ each has a headless fallback, so the nodes run (and are tested) without ComfyUI:
   headless: cuda if available, else cpu, and the model stays where it was loaded.
 - interruption: processing_interrupted / throw_exception_if_processing_interrupted; headless: never.
 - progress: comfy.utils.ProgressBar with a JPEG preview per update; headless: tqdm on stderr.
-- events: server.PromptServer.instance.send_sync; headless: none.
+- events: server.PromptServer.instance.send_sync; headless: none. (Routes: nodes/live.py adds its own.)
 - attention: comfy.ldm.modules.attention.optimized_attention; headless: none ('auto' is used).
 - output files: folder_paths.get_save_image_path; headless: $STREAM_R1_OUTPUT or ./output.
 - VIDEO values: comfy_api.latest.InputImpl.VideoFromFile; headless: none.
@@ -319,20 +319,29 @@ def latent_preview(z: torch.Tensor) -> Optional[torch.Tensor]:
     return ((rgb + 1) / 2).clamp(0, 1)
 
 
-def _prompt_server() -> Any:
+def prompt_server() -> Any:
+    """ComfyUI's PromptServer instance; None headless."""
     srv = _service("server", "PromptServer")
     return getattr(srv.PromptServer, "instance", None) if srv is not None else None
 
 
+
+def prompt_id() -> Optional[str]:
+    """Id of the prompt ComfyUI is executing (the server's `last_prompt_id`); None headless or unknown."""
+    server = prompt_server()
+    pid = getattr(server, "last_prompt_id", None) if server is not None else None
+    return pid if isinstance(pid, str) else None
+
+
 def send_event(event: str, data: dict) -> None:
     """A custom websocket message to every client (`api.addEventListener(event, ...)` in the web UI)."""
-    server = _prompt_server()
+    server = prompt_server()
     if server is not None:
         server.send_sync(event, data)
 
 
 def _send_progress_text(text: str, node_id: Optional[str]) -> None:
-    server = _prompt_server()
+    server = prompt_server()
     if server is not None and node_id is not None and hasattr(server, "send_progress_text"):
         server.send_progress_text(text, node_id)
 

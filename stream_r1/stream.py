@@ -115,6 +115,9 @@ class StreamSession:
             self.enable_overlap(priority=overlap_priority)
         self.on_frames: Optional[Callable[[Tensor], None]] = None
         """Called with each decoded piece [B, t, 3, H, W] (t = 1 for the stream's first latent frame, else 4)."""
+        self.before_chunk: Optional[Callable[[int], None]] = None
+        """Called by `run` last before chunk i starts (after the stop check and the timeline's switch), with i: the
+        place for changes made between chunks from outside, e.g. live prompts through `switch_prompt`."""
         self.chunk_index = 0
         """Chunks generated so far (prefilled frames are not chunks)."""
         self.frame_offset = 0
@@ -183,10 +186,18 @@ class StreamSession:
                 return
         if ev is None:
             return
-        transition = ev.transition if self.frames_done > 0 and i > 0 else "none"     # chunk 0: the first prompt
-        self.set_context(sch.context(ev.prompt), transition, prompt=ev.prompt)
-        self.switches.append(dict(chunk=i, action=f"prompt:{transition}", prompt=ev.prompt))
-        log.info("chunk %d: prompt %r (%s)", i, ev.prompt[:60], transition)
+        self.switch_prompt(sch.context(ev.prompt), ev.transition, ev.prompt)
+
+    def switch_prompt(self, context: Tensor, transition: str, prompt: str) -> str:
+        """Switch to `prompt` at this chunk boundary as a timeline entry does: with `transition` (`none` on the
+        stream's first chunk), logged in `switches`. For changes made between chunks from outside (live prompts
+        through `before_chunk`). Returns the transition applied."""
+        i = self.chunk_index
+        transition = transition if self.frames_done > 0 and i > 0 else "none"     # chunk 0: the first prompt
+        self.set_context(context, transition, prompt=prompt)
+        self.switches.append(dict(chunk=i, action=f"prompt:{transition}", prompt=prompt))
+        log.info("chunk %d: prompt %r (%s)", i, prompt[:60], transition)
+        return transition
 
     @property
     def frames_done(self) -> int:
@@ -575,6 +586,7 @@ class StreamSession:
 
         `should_stop` is checked between chunks; `prompt_at(i)` may return a new context for chunk i (switched
         in with transition `none`); a timeline set with `set_timeline` is applied at its chunk boundaries.
+        Then `before_chunk(i)`, when set, is called last before chunk i starts.
         """
         steps = self._chunk_steps(num_chunks, should_stop, prompt_at)
         if not self.overlap_decode:
@@ -609,6 +621,8 @@ class StreamSession:
                 ctx = prompt_at(self.chunk_index)
                 if ctx is not None:
                     self.set_context(ctx)
+            if self.before_chunk is not None:
+                self.before_chunk(self.chunk_index)
             yield num_chunks is not None and i == num_chunks - 1
             i += 1
 

@@ -184,15 +184,15 @@ def test_loader_compile_toggle_compiles_only_where_it_pays(comfy, nodes, monkeyp
 def test_comfy_attention_backend_matches_sdpa(comfy, nodes, model, vae):
     comfy_model = run(nodes["StreamR1ModelLoader"], model_name="tiny_stream_r1.safetensors", dtype="fp32",
                       attention="comfy", entry="auto")[0]
-    a, _, _ = generate(nodes, model, vae, frames=9)
-    b, _, _ = generate(nodes, comfy_model, vae, frames=9)
+    a, _, _, _ = generate(nodes, model, vae, frames=9)
+    b, _, _, _ = generate(nodes, comfy_model, vae, frames=9)
     assert comfy.attention_calls > 0
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 # ---- generate / decode -------------------------------------------------------------------------------------------
 def test_generate_streams_chunks_with_progress_previews_and_events(comfy, nodes, model, vae):
-    images, latent, state = generate(nodes, model, vae, frames=33)           # 9 latent frames = 3 chunks
+    images, latent, state, _ = generate(nodes, model, vae, frames=33)           # 9 latent frames = 3 chunks
     assert images.shape == (33, 32, 32, 3) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1
     assert latent["samples"].shape == (1, 16, 9, 4, 4)
@@ -212,12 +212,12 @@ def test_generate_streams_chunks_with_progress_previews_and_events(comfy, nodes,
 
 
 def test_seconds_round_to_whole_chunks(comfy, nodes, model, vae):
-    images, latent, _ = generate(nodes, model, vae, seconds=1.0)             # (16-1)/4+1 = 4.75 -> 2 chunks
+    images, latent, _, _ = generate(nodes, model, vae, seconds=1.0)             # (16-1)/4+1 = 4.75 -> 2 chunks
     assert latent["samples"].shape[2] == 6 and images.shape[0] == 1 + 4 * 5
 
 
 def test_decode_node_on_the_latent_equals_the_streamed_frames(comfy, nodes, model, vae):
-    images, latent, _ = generate(nodes, model, vae, frames=25)               # 7 latents: a trimmed last chunk
+    images, latent, _, _ = generate(nodes, model, vae, frames=25)               # 7 latents: a trimmed last chunk
     decoded, = run(nodes["StreamR1Decode"], vae=vae, samples=latent, unique_id="9")
     assert torch.equal(decoded, images)
     assert comfy.bars[-1] == (7, "9") and len(comfy.progress) == 3 + 7
@@ -225,7 +225,7 @@ def test_decode_node_on_the_latent_equals_the_streamed_frames(comfy, nodes, mode
 
 def test_latent_is_raw_vae_space(comfy, pack, nodes, model):
     layout = sys.modules[PACK + ".nodes.layout"]
-    _, latent, state = generate(nodes, model, frames=9, keep_state=True)
+    _, latent, state, _ = generate(nodes, model, frames=9, keep_state=True)
     z = layout.core_from_latent(latent)                                      # back to the DiT's space
     from stream_r1.vae import LATENT_MEAN, LATENT_STD
     mean, std = torch.tensor(LATENT_MEAN).view(1, 16, 1, 1, 1), torch.tensor(LATENT_STD).view(1, 16, 1, 1, 1)
@@ -244,7 +244,7 @@ def test_vae_stream_in_pieces_equals_one_full_decode(pack, vae):
 
 
 def test_without_a_vae_latents_still_come_with_latent_previews(comfy, nodes, model):
-    images, latent, _ = generate(nodes, model, frames=9)
+    images, latent, _, _ = generate(nodes, model, frames=9)
     assert images.shape == (1, 32, 32, 3) and latent["samples"].shape == (1, 16, 3, 4, 4)
     _, _, preview = comfy.progress[-1]
     assert preview[1].size == (4, 4)                                         # latent-to-RGB of the newest frame
@@ -253,24 +253,24 @@ def test_without_a_vae_latents_still_come_with_latent_previews(comfy, nodes, mod
 # ---- continue ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("first_frames", [33, 25])                          # chunk-aligned, and a trimmed chunk
 def test_continue_gives_the_frames_of_one_longer_generate(comfy, nodes, model, vae, first_frames):
-    images, latent, state = generate(nodes, model, vae, frames=first_frames, keep_state=True)
+    images, latent, state, _ = generate(nodes, model, vae, frames=first_frames, keep_state=True)
     more = dict(state=state, positive=cond(), seconds=1.5, keep_state=True, unique_id="8")   # + 6 latent frames
     loads = len(comfy.loads)
-    images2, latent2, state2 = run(nodes["StreamR1Continue"], **more)
+    images2, latent2, state2, _ = run(nodes["StreamR1Continue"], **more)
     assert len(comfy.loads) == loads + 1 and comfy.loads[-1][0] == [model.patcher,
                                                                   vae._stream_r1_fast_vae.patcher]   # reloaded
     n_lat = latent["samples"].shape[2] + 6
-    full, full_latent, _ = generate(nodes, model, vae, frames=1 + 4 * (n_lat - 1))
+    full, full_latent, _, _ = generate(nodes, model, vae, frames=1 + 4 * (n_lat - 1))
     assert torch.equal(torch.cat([images, images2]), full)
     assert torch.equal(torch.cat([latent["samples"], latent2["samples"]], 2), full_latent["samples"])
-    again, _, _ = run(nodes["StreamR1Continue"], **more)                     # the input state was not advanced
+    again, _, _, _ = run(nodes["StreamR1Continue"], **more)                     # the input state was not advanced
     assert torch.equal(again, images2) and state.alive and state2.alive
 
 
 def test_continue_with_a_new_prompt_changes_only_the_new_frames(comfy, nodes, model, vae):
-    images, _, state = generate(nodes, model, vae, frames=9, keep_state=True)
-    same, _, _ = run(nodes["StreamR1Continue"], state=state, positive=cond(), seconds=0.75, keep_state=False)
-    other, _, s = run(nodes["StreamR1Continue"], state=state, positive=cond(seed=5), seconds=0.75, keep_state=False)
+    images, _, state, _ = generate(nodes, model, vae, frames=9, keep_state=True)
+    same, _, _, _ = run(nodes["StreamR1Continue"], state=state, positive=cond(), seconds=0.75, keep_state=False)
+    other, _, s, _ = run(nodes["StreamR1Continue"], state=state, positive=cond(seed=5), seconds=0.75, keep_state=False)
     assert same.shape == other.shape == (12, 32, 32, 3) and not torch.equal(same, other) and not s.alive
 
 
@@ -286,24 +286,24 @@ def test_a_stream_freed_after_its_node_skips_the_last_clean_cache_pass(comfy, no
         return denoise(self, x, t, *args, **kw)
 
     monkeypatch.setattr(StreamSession, "_denoise", spy)
-    kept, _, state = generate(nodes, model, vae, frames=21, keep_state=True)          # 2 chunks x (4 + 1) passes
+    kept, _, state, _ = generate(nodes, model, vae, frames=21, keep_state=True)          # 2 chunks x (4 + 1) passes
     assert len(steps) == 10 and steps.count(0.0) == 2
     steps.clear()
-    freed, _, _ = generate(nodes, model, vae, frames=21)
+    freed, _, _, _ = generate(nodes, model, vae, frames=21)
     assert len(steps) == 9 and steps.count(0.0) == 1 and steps[-1] != 0.0
     assert torch.equal(kept, freed)
     steps.clear()
     more = dict(state=state, positive=cond(), seconds=0.75, unique_id="8")          # + 1 chunk
-    last, _, _ = run(nodes["StreamR1Continue"], **more, keep_state=False)
+    last, _, _, _ = run(nodes["StreamR1Continue"], **more, keep_state=False)
     assert steps == steps[:4] and 0.0 not in steps
     assert not state.session.cfg.skip_last_context_pass                            # the input state is untouched
     steps.clear()
-    again, _, _ = run(nodes["StreamR1Continue"], **more, keep_state=True)
+    again, _, _, _ = run(nodes["StreamR1Continue"], **more, keep_state=True)
     assert len(steps) == 5 and steps[-1] == 0.0 and torch.equal(again, last)
 
 
 def test_continue_needs_a_kept_state(comfy, nodes, model):
-    _, _, state = generate(nodes, model, frames=9)
+    _, _, state, _ = generate(nodes, model, frames=9)
     with pytest.raises(ValueError, match="keep_state"):
         run(nodes["StreamR1Continue"], state=state, positive=cond(), seconds=1.0, keep_state=False)
 
@@ -363,12 +363,12 @@ def test_twenty_generate_runs_do_not_grow_memory(comfy, nodes, model, vae):
 def test_generate_to_file_writes_a_playable_video_and_shows_it(comfy, nodes, model, vae, tmp_path):
     result = run(nodes["StreamR1GenerateToFile"], model=model, positive=cond(), vae=vae, **SIZE, seconds=1.0,
                  frames=0, seed=3, filename_prefix="stream_r1/clip", fps=16.0, options=None, unique_id="5")
-    path, video = result["result"]
+    path, video, _ = result["result"]
     assert Path(path) == tmp_path / "output" / "stream_r1" / "clip_00001_.mp4"
     assert result["ui"] == {"images": [{"filename": "clip_00001_.mp4", "subfolder": "stream_r1", "type": "output"}],
                             "animated": (True,)}
     assert video.file == path and read_video(path).shape == (21, 32, 32, 3)
-    streamed, _, _ = generate(nodes, model, vae, seconds=1.0)
+    streamed, _, _, _ = generate(nodes, model, vae, seconds=1.0)
     written = torch.from_numpy(read_video(path)).float() / 255
     assert (written - streamed).abs().mean() < 0.1                           # same video, through H.264
 
@@ -393,7 +393,7 @@ def test_options_keep_the_family_default_unless_set(comfy, nodes, model):
     options, = run(opts, **keep)
     assert options.resolve(model.stream_config) == model.stream_config
     full, = run(opts, **{**keep, "cache_policy": "full", "denoising_steps": "1000, 500"})
-    _, latent, state = generate(nodes, model, frames=45, keep_state=True, options=full)
+    _, latent, state, _ = generate(nodes, model, frames=45, keep_state=True, options=full)
     assert state.cfg.cache_policy == "full" and state.cfg.denoising_steps == (1000.0, 500.0)
     assert latent["samples"].shape[2] == 12
     window, = run(opts, **{**keep, "window_frames": 12, "sink_frames": 0})
@@ -434,11 +434,11 @@ def test_nodes_run_without_comfyui(pack, nodes, models, vae, tmp_path, monkeypat
     assert names == ["tiny_stream_r1.safetensors", "wan_2.1_vae.safetensors"]
     model, = run(nodes["StreamR1ModelLoader"], model_name=names[0], dtype="auto", attention="comfy", entry="auto")
     assert model.patcher is None and model.dtype == torch.float32
-    images, _, _ = generate(nodes, model, vae, frames=9)
+    images, _, _, _ = generate(nodes, model, vae, frames=9)
     assert images.shape == (9, 32, 32, 3)
     result = run(nodes["StreamR1GenerateToFile"], model=model, positive=cond(), vae=vae, **SIZE, seconds=0.5,
                  frames=0, seed=0, filename_prefix="a/b", fps=16.0)
-    path, video = result["result"]
+    path, video, _ = result["result"]
     assert video is None and Path(path) == tmp_path / "out" / "a" / "b_00001_.mp4" and read_video(path).shape[0] == 9
     host = sys.modules[PACK + ".nodes.host"]
     with pytest.raises(FileNotFoundError):
@@ -453,8 +453,8 @@ TTS = dict(rho=-0.1, window_chunks=10, sinking="auto", max_delay=2)
 
 def test_tts_greedy_single_candidate_is_the_plain_stream(comfy, nodes, model, vae):
     tts, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **{**TTS, "rho": 0.0})
-    plain, lat, _ = generate(nodes, model, vae, frames=21)
-    searched, lat_t, _ = generate(nodes, model, vae, frames=21, tts=tts)
+    plain, lat, _, _ = generate(nodes, model, vae, frames=21)
+    searched, lat_t, _, _ = generate(nodes, model, vae, frames=21, tts=tts)
     assert torch.equal(lat["samples"], lat_t["samples"]) and torch.equal(plain, searched)
 
 
@@ -462,7 +462,7 @@ def test_tts_search_streams_the_requested_length(comfy, nodes, model, vae, tmp_p
     from stream_r1.tts import BrightnessReward
     reward = BrightnessReward()
     tts, = run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, reward_model=reward, **TTS)
-    image, latent, _ = generate(nodes, model, vae, frames=33, tts=tts)
+    image, latent, _, _ = generate(nodes, model, vae, frames=33, tts=tts)
     assert image.shape == (33, 32, 32, 3) and latent["samples"].shape[2] == 9
     assert reward.calls == 2 * 3                                  # short + long per chunk, 4 candidates batched
     result = run(nodes["StreamR1GenerateToFile"], model=model, positive=cond(), vae=vae, **SIZE, seconds=0,
@@ -482,18 +482,18 @@ def test_continue_takes_test_time_scaling(comfy, nodes, model, vae):
     """Continue with a greedy 1 x 1 search (rho 0) = plain Continue; a 2 x 2 search gives the requested frames and
     a state that continues again."""
     from stream_r1.tts import BrightnessReward
-    _, _, state = generate(nodes, model, vae, frames=21, keep_state=True)
+    _, _, state, _ = generate(nodes, model, vae, frames=21, keep_state=True)
     more = dict(state=state, positive=cond(), seconds=0.75, keep_state=False)
-    plain, lat, _ = run(nodes["StreamR1Continue"], **more)
+    plain, lat, _, _ = run(nodes["StreamR1Continue"], **more)
     greedy, = run(nodes["StreamR1TestTimeScaling"], beams=1, children=1, **{**TTS, "rho": 0.0})
-    same, lat_t, _ = run(nodes["StreamR1Continue"], **more, tts=greedy)
+    same, lat_t, _, _ = run(nodes["StreamR1Continue"], **more, tts=greedy)
     assert torch.equal(plain, same) and torch.equal(lat["samples"], lat_t["samples"])
     wide, = run(nodes["StreamR1TestTimeScaling"], beams=2, children=2, reward_model=BrightnessReward(), **TTS)
-    images, _, kept = run(nodes["StreamR1Continue"], **{**more, "keep_state": True}, tts=wide)
+    images, _, kept, _ = run(nodes["StreamR1Continue"], **{**more, "keep_state": True}, tts=wide)
     assert images.shape == (12, 32, 32, 3)
-    again, _, _ = run(nodes["StreamR1Continue"], state=kept, positive=cond(), seconds=0.75, keep_state=False)
+    again, _, _, _ = run(nodes["StreamR1Continue"], state=kept, positive=cond(), seconds=0.75, keep_state=False)
     assert again.shape == (12, 32, 32, 3)
-    _, _, no_vae = generate(nodes, model, None, frames=9, keep_state=True)
+    _, _, no_vae, _ = generate(nodes, model, None, frames=9, keep_state=True)
     with pytest.raises(ValueError, match="no VAE"):
         run(nodes["StreamR1Continue"], state=no_vae, positive=cond(), seconds=0.75, keep_state=False, tts=greedy)
 
@@ -516,10 +516,10 @@ def test_tts_node_lists_and_loads_hpsv3_and_states_the_cost(comfy, nodes, models
 def test_a_stock_vae_streams_through_the_fast_decoder_built_once(comfy, pack, nodes, model):
     decode = sys.modules[PACK + ".nodes.decode"]
     vae = stubs.FakeWanVAE(seed=5)
-    images, latent, _ = generate(nodes, model, vae, frames=21)
+    images, latent, _, _ = generate(nodes, model, vae, frames=21)
     fast = vae._stream_r1_fast_vae
     assert isinstance(fast, decode.CoreVAE) and fast.core.dtype == vae.vae_dtype
-    again, _, _ = generate(nodes, model, vae, frames=21)
+    again, _, _, _ = generate(nodes, model, vae, frames=21)
     assert vae._stream_r1_fast_vae is fast and torch.equal(again, images)         # cached, same frames
     stock = decode.ComfyVAEStream(vae)                                          # the stock module, driven directly
     frames = stock.frames(latent["samples"]).permute(0, 1, 3, 4, 2)[0]           # [T, H, W, 3]
@@ -532,7 +532,7 @@ def test_a_vae_on_another_device_decodes_eagerly_with_a_note(comfy, pack, nodes,
     vae.device = torch.device("cpu", 1)                          # e.g. --cpu-vae while the model is on the GPU
     stream = decode.vae_stream(vae, torch.device("cpu"))
     assert isinstance(stream, decode.ComfyVAEStream) and "decoding with ComfyUI's VAE module" in stream.note
-    images, _, _ = generate(nodes, model, vae, frames=9)
+    images, _, _, _ = generate(nodes, model, vae, frames=9)
     assert images.shape[0] == 9 and not hasattr(vae, "_stream_r1_fast_vae")
     assert any("ComfyUI's VAE module" in text for text, _ in comfy.texts)       # said on the node
 
@@ -557,16 +557,16 @@ def test_a_state_saved_with_the_stock_decoder_still_loads_and_continues(comfy, p
     decode = sys.modules[PACK + ".nodes.decode"]
     state_mod = sys.modules[PACK + ".nodes.state"]
     vae = stubs.FakeWanVAE(seed=5)
-    full, _, _ = generate(nodes, model, vae, frames=45)                          # 12 latent frames in one run
+    full, _, _, _ = generate(nodes, model, vae, frames=45)                          # 12 latent frames in one run
     old_style = stubs.FakeWanVAE(seed=5)
     old_style.device = torch.device("cpu", 1)                                     # saved by ComfyVAEStream
-    first, _, state = generate(nodes, model, old_style, frames=21, keep_state=True)
+    first, _, state, _ = generate(nodes, model, old_style, frames=21, keep_state=True)
     assert isinstance(state.vae_stream, decode.ComfyVAEStream)
     path = state.save(str(tmp_path / "old.safetensors"))
     loaded = state_mod.StreamState.load(model, path, vae)                        # a stock VAE on the model's device
     assert isinstance(loaded.vae_stream, decode.ComfyVAEStream) and "saved with ComfyUI's decoder" in \
         loaded.vae_stream.note
-    rest, _, _ = run(nodes["StreamR1Continue"], state=loaded, positive=cond(), seconds=1.5, keep_state=False,
+    rest, _, _, _ = run(nodes["StreamR1Continue"], state=loaded, positive=cond(), seconds=1.5, keep_state=False,
                      unique_id="8")
     torch.testing.assert_close(torch.cat([first, rest]), full, atol=1e-6, rtol=0)
 

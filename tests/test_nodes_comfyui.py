@@ -85,7 +85,7 @@ def test_real_comfyui_end_to_end(comfyui):
     assert names[0] == "tiny.safetensors"
     model, = run(c.nodes["StreamR1ModelLoader"], model_name=names[0], dtype="auto", attention="comfy", entry="auto")
     assert type(model.patcher).__name__ == "ModelPatcher"
-    images, latent, _ = _generate(c, model)
+    images, latent, _, _ = _generate(c, model)
     assert images.shape == (33, 32, 32, 3) and latent["samples"].shape == (1, 16, 9, 4, 4)
     with torch.inference_mode():
         stock = c.vae.decode(latent["samples"])                            # ComfyUI's own full decode
@@ -104,7 +104,7 @@ def test_real_comfyui_cancel_and_file_output(comfyui):
                  entry="auto")
     result = run(c.nodes["StreamR1GenerateToFile"], model=model, positive=[[torch.randn(1, 8, 32), {}]], vae=c.vae,
                  width=32, height=32, seconds=1.0, frames=0, seed=0, filename_prefix="stream_r1/t", fps=16.0)
-    path, video = result["result"]
+    path, video, _ = result["result"]
     assert Path(path).parent == Path(c.folder_paths.get_output_directory()) / "stream_r1"
     assert video.get_frame_count() == 21 and float(video.get_frame_rate()) == 16.0
     before = len(c.progress)
@@ -135,7 +135,7 @@ def test_real_comfyui_fast_decoder_matches_vae_decode_in_bf16(comfyui):
     vae = comfy.sd.VAE(sd=WanVAE(VAEConfig.tiny()).state_dict(), dtype=torch.bfloat16)
     model, = run(c.nodes["StreamR1ModelLoader"], model_name="tiny.safetensors", dtype="fp32", attention="sdpa",
                  entry="auto")
-    images, latent, _ = _generate(c, model, vae=vae)
+    images, latent, _, _ = _generate(c, model, vae=vae)
     fast = vae._stream_r1_fast_vae
     assert fast.core.dtype == torch.bfloat16 and type(fast.patcher).__name__ == "ModelPatcher"
     assert fast.patcher is not vae.patcher                                   # ComfyUI manages both copies

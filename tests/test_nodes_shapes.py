@@ -66,7 +66,7 @@ def test_missing_bundle_says_how_to_build_it(nodes, tmp_path, monkeypatch):
         run(nodes["StreamR1ShapesDemoLoader"], dtype="auto")
     msg = str(err.value)
     assert str(empty) in msg and "student.safetensors" in msg
-    assert "The shapes world" in msg and "bench/shapes_train.sh" in msg and "STREAM_R1_SHAPES_BUNDLE" in msg
+    assert "docs/shapes-world.md" in msg and "bench/shapes_train.sh" in msg and "STREAM_R1_SHAPES_BUNDLE" in msg
 
 
 def test_loader_definition_needs_no_files(nodes):
@@ -105,7 +105,7 @@ def test_a_short_stream_through_generate(demo, nodes):
 
     model, clip, vae, _, _ = demo
     positive = encode(clip, PROMPT)
-    frames, latent, _ = run(nodes["StreamR1Generate"], model=model, positive=positive, width=32, height=32,
+    frames, latent, _, _ = run(nodes["StreamR1Generate"], model=model, positive=positive, width=32, height=32,
                             seconds=1.5, frames=0, seed=5, keep_state=False, vae=vae, unique_id="3")
     assert frames.shape == (21, 32, 32, 3) and frames.dtype == torch.float32     # 2 chunks: 9 + 12 frames
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0 and float(frames.std()) > 0
@@ -127,17 +127,17 @@ def test_timeline_keep_state_and_continue_with_the_bundle(demo, nodes):
     model, clip, vae, _, _ = demo
     (positive, _) = run(nodes["StreamR1Timeline"], clip=clip, default_transition="recache",
                         timeline=f"0: {PROMPT}\n1.5 [recache]: a blue circle moving right on a black background")
-    frames, _, state = run(nodes["StreamR1Generate"], model=model, positive=positive, width=32, height=32,
+    frames, _, state, _ = run(nodes["StreamR1Generate"], model=model, positive=positive, width=32, height=32,
                            seconds=2.25, frames=0, seed=1, keep_state=True, vae=vae, unique_id="5")
     assert frames.shape == (33, 32, 32, 3) and state.alive
-    more, _, _ = run(nodes["StreamR1Continue"], state=state, positive=encode(clip, PROMPT), seconds=0.75,
+    more, _, _, _ = run(nodes["StreamR1Continue"], state=state, positive=encode(clip, PROMPT), seconds=0.75,
                      keep_state=False)
     assert more.shape == (12, 32, 32, 3)
 
 
 def test_saliency_from_the_bundle_reward(demo, nodes):
     model, clip, vae, reward, _ = demo
-    frames, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
+    frames, _, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
                        seconds=0.75, frames=0, seed=2, keep_state=False, vae=vae, unique_id="6")
     overlay, mask, chart, summary = run(nodes["StreamR1RewardSaliency"], reward_model=reward, images=frames,
                                         prompt=PROMPT, axis="combined", alpha=0.55, spatial_floor=0.15,
@@ -152,7 +152,7 @@ def test_bundle_without_reward_streams_and_saliency_says_why(bundle_root, nodes,
     monkeypatch.setenv("STREAM_R1_SHAPES_BUNDLE", str(bare))
     model, clip, vae, reward, info = run(nodes["StreamR1ShapesDemoLoader"], dtype="auto")
     assert reward is None and "reward none" in info
-    frames, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
+    frames, _, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
                        seconds=0.75, frames=0, seed=2, keep_state=False, vae=vae, unique_id="6")
     with pytest.raises(ValueError, match="no reward/ folder"):
         run(nodes["StreamR1RewardSaliency"], reward_model=reward, images=frames, prompt=PROMPT, axis="combined",
@@ -171,7 +171,7 @@ def test_inside_comfyui_the_model_and_vae_are_managed(bundle_root, nodes, tmp_pa
     assert model.patcher is not None and vae.patcher is not None and vae.patcher.model.held is vae.core
     # ComfyUI writes `model.device` on load and unload (the stub does too); the WanVAE's is a read-only property
     rec.loads.clear()
-    frames, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
+    frames, _, _, _ = run(nodes["StreamR1Generate"], model=model, positive=encode(clip, PROMPT), width=32, height=32,
                        seconds=0.75, frames=0, seed=0, keep_state=False, vae=vae, unique_id="9")
     assert frames.shape == (9, 32, 32, 3)
     assert vae.patcher.model.device == vae.patcher.load_device

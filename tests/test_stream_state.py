@@ -469,7 +469,7 @@ def test_save_and_load_state_nodes_continue_exactly(pack, comfy, tmp_path):
     vae = comfy.FakeWanVAE()
     model = _node(pack, "StreamR1ModelLoader", model_name="tiny.safetensors", dtype="fp32", attention="sdpa",
                   entry="auto")[0]
-    _, _, state = _node(pack, "StreamR1Generate", model=model, positive=_cond(0), width=48, height=32, seconds=1.0,
+    _, _, state, _ = _node(pack, "StreamR1Generate", model=model, positive=_cond(0), width=48, height=32, seconds=1.0,
                         frames=0, seed=3, keep_state=True, vae=vae, unique_id="1")
     out = _node(pack, "StreamR1SaveState", state=state, filename_prefix="stream_r1/state")
     path = out["result"][0]

@@ -386,8 +386,8 @@ def test_timeline_node_drives_generate_and_continue(pack, tmp_path, monkeypatch)
     first, _ = _node(pack, "StreamR1Timeline", clip=clip, timeline="0: a\n@1 [flush]: b", default_transition="none")
     gen = dict(model=model, positive=first, width=48, height=32, seconds=1.0, frames=33, seed=3, keep_state=True,
                vae=None, options=None, unique_id="1")
-    _, latent, state = _node(pack, "StreamR1Generate", **gen)          # chunks 0-2; the whole timeline goes on:
-    _, latent2, _ = _node(pack, "StreamR1Continue", state=state, positive=positive, seconds=2.25, keep_state=False)
+    _, latent, state, _ = _node(pack, "StreamR1Generate", **gen)          # chunks 0-2; the whole timeline goes on:
+    _, latent2, _, _ = _node(pack, "StreamR1Continue", state=state, positive=positive, seconds=2.25, keep_state=False)
 
     # the same stream in the core: 6 chunks following the timeline
     conds = {p: clip.encode_from_tokens_scheduled(p)[0][0] for p in "abc"}

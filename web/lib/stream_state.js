@@ -174,3 +174,28 @@ export function formatError(error) {
 export function progress(state) {
   return state.chunks ? Math.min(1, state.chunksDone / state.chunks) : 0;
 }
+
+// ---- live playback and steering (the "stream_r1.live" event and the /stream_r1/live/{node}/... routes) -----------
+export const LIVE_EVENT = "stream_r1.live";
+export const STEER_TRANSITIONS = Object.freeze(["recache", "flush", "none"]);   // the first is the default
+
+/** "/stream_r1/live/5/prompt" (for api.fetchApi, which adds the /api prefix). */
+export function liveRoute(node, action = "") {
+  const path = `/stream_r1/live/${encodeURIComponent(String(node))}`;
+  return action ? `${path}/${action}` : path;
+}
+
+/** The line shown under the steering row when the server refused a request: "409: <its error>" (HTTP status and
+ * the JSON body's `error`, else the status text), capped like the error box. */
+export function steerErrorText(status, body, statusText = "") {
+  const reason = typeof body?.error === "string" && body.error.trim() ? body.error.trim()
+    : statusText || (status ? "request failed" : "no answer from the server");
+  const text = status ? `${status}: ${reason}` : reason;
+  return text.length > MAX_ERROR_CHARS ? `${text.slice(0, MAX_ERROR_CHARS - 1)}…` : text;
+}
+
+/** What the panel says after the server took a prompt: "next prompt from chunk 12 (recache)". */
+export function steerQueuedText(reply, transition) {
+  const at = Number.isInteger(reply?.at_chunk) ? `from chunk ${reply.at_chunk}` : "at the next chunk";
+  return `next prompt ${at} (${transition})`;
+}

@@ -4,8 +4,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
-  FPS_WINDOW, MAX_ERROR_CHARS, MAX_THUMBS, STREAM_NODE_TYPES, droppedUrls, etaSeconds, formatDuration, formatError,
-  formatFps, formatStatus, initialState, progress, reduce, windowFps,
+  FPS_WINDOW, LIVE_EVENT, MAX_ERROR_CHARS, MAX_THUMBS, STEER_TRANSITIONS, STREAM_NODE_TYPES, droppedUrls, etaSeconds,
+  formatDuration, formatError, formatFps, formatStatus, initialState, liveRoute, progress, reduce, steerErrorText,
+  steerQueuedText, windowFps,
 } from "../lib/stream_state.js";
 
 // What nodes/generate.py sends per chunk (host.CHUNK_EVENT): a 5 s run = 7 chunks, 12 frames each after the 9 of
@@ -190,5 +191,22 @@ describe("text", () => {
 
   test("the node types match the pack's stream nodes", () => {
     assert.deepEqual([...STREAM_NODE_TYPES], ["StreamR1Generate", "StreamR1Continue", "StreamR1GenerateToFile"]);
+  });
+});
+
+describe("live steering", () => {
+  test("routes and the steering lines", () => {
+    assert.equal(LIVE_EVENT, "stream_r1.live");
+    assert.deepEqual([...STEER_TRANSITIONS], ["recache", "flush", "none"]);    // recache (the first) is the default
+    assert.equal(liveRoute("5", "prompt"), "/stream_r1/live/5/prompt");
+    assert.equal(liveRoute(12), "/stream_r1/live/12");
+    assert.equal(liveRoute("3:7", "stop"), "/stream_r1/live/3%3A7/stop");
+    assert.equal(steerErrorText(409, { error: "no CLIP connected: connect one to steer" }),
+                 "409: no CLIP connected: connect one to steer");
+    assert.equal(steerErrorText(404, null, "Not Found"), "404: Not Found");
+    assert.equal(steerErrorText(0, null), "no answer from the server");
+    assert.ok(steerErrorText(400, { error: "x".repeat(2000) }).length <= 400);
+    assert.equal(steerQueuedText({ ok: true, at_chunk: 12 }, "flush"), "next prompt from chunk 12 (flush)");
+    assert.equal(steerQueuedText({ ok: true }, "recache"), "next prompt at the next chunk (recache)");
   });
 });
