@@ -122,3 +122,42 @@ def test_the_trainer_builds_it_by_name_and_needs_pixel_saliency():
     cfg.reward.target = "pixels"
     cfg.validate()
     assert isinstance(build_reward(cfg.reward, device=torch.device("cpu"), dtype=torch.float32), AnalyticShapesReward)
+
+
+def test_arms_paired_differences_intervals_and_logged_statistics(tmp_path):
+    """training.shapes.arms: pooled paired differences over (prompt, training seed) with a 95 % normal interval,
+    per-seed means, means over generator steps of the logged weight statistics; a missing arm is named."""
+    import json
+
+    import numpy as np
+
+    from training.shapes import arms
+
+    rng = np.random.default_rng(0)
+    base = [{k: float(rng.uniform()) for k in arms.METRICS} for _ in range(40)]
+    rows = {"dmd": {0: base[:20], 1: base[20:]},
+            "stream_r1": {s: [{k: v + (0.1 if k == "color" else 0.0) for k, v in r.items()} for r in rows]
+                          for s, rows in ((0, base[:20]), (1, base[20:]))},
+            "shuffled": {0: base[:20], 1: base[20:]}}
+    out = arms.compare(rows, [0, 1])
+    d = out["stream_r1 - dmd"]
+    assert d["color"]["mean"] == pytest.approx(0.1) and d["color"]["n"] == 40
+    assert d["color"]["ci95"][0] == pytest.approx(0.1) and d["color"]["per_seed"] == pytest.approx([0.1, 0.1])
+    assert d["shape"]["mean"] == 0.0 and out["shuffled - dmd"]["score"]["mean"] == 0.0
+    noisy = arms.paired([{"x": 1.0}, {"x": 3.0}], [{"x": 0.0}, {"x": 0.0}], "x")
+    assert noisy["mean"] == 2.0 and noisy["se"] == pytest.approx(1.0)
+    assert noisy["ci95"] == pytest.approx([2.0 - 1.96, 2.0 + 1.96])
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("\n".join(json.dumps(m) for m in [
+        {"step": 0, "generator_step": 1.0, "ess": 8.0, "w_inter_min": 0.5, "w_inter_max": 2.0, "r_checker": 0.4},
+        {"step": 1, "generator_step": 0.0, "critic_loss": 1.0},
+        {"step": 2, "generator_step": 1.0, "ess": 6.0, "w_inter_min": 0.4, "w_inter_max": 3.0,
+         "r_checker": float("nan")}]))
+    st = arms.logged_statistics(log)
+    assert st["generator_steps"] == 2 and st["ess"] == 7.0 and st["r_checker"] == 0.4
+    table = arms.markdown({"means": {a: {k: 0.5 for k in arms.METRICS} for a in arms.ARMS}, "paired": out,
+                           "logged": {"stream_r1_s0": st}})
+    assert "| stream_r1 - dmd | " in table and "+0.100 [+0.100, +0.100]" in table
+    with pytest.raises(SystemExit, match="no trained arm in .*dmd_s0"):
+        arms.main(["--runs", str(tmp_path), "--seeds", "0"])

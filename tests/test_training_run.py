@@ -178,3 +178,50 @@ def test_an_export_finds_the_files_of_its_recipe_relative_to_the_repository(tmp_
     vae_file.unlink()
     with pytest.raises(FileNotFoundError, match=r"trained with runs/shapes/vae/vae.safetensors.*pass --vae"):
         checkpoint_vae(str(export))
+
+
+def test_the_shuffled_control_keeps_the_weight_statistics_and_every_step_is_logged(tmp_path):
+    """Paired arms: a run with reward.control=shuffled sees the same reward weights (per step: W_inter's mean, range
+    and effective sample size) as the informed run, only detached from their rollouts, so its generator losses
+    differ; metrics.jsonl holds one line per step with ESS and the W_intra spread on every generator step."""
+    import json
+
+    def arm(name, control):
+        cfg = _cfg(tmp_path / name, 4)
+        cfg.reward.control = control
+        return Trainer(cfg).train(), tmp_path / name / "metrics.jsonl"
+
+    informed, _ = arm("informed", "none")
+    shuffled, log = arm("shuffled", "shuffled")
+    gen = [i for i, m in enumerate(informed) if m["generator_step"]]
+    assert gen == [i for i, m in enumerate(shuffled) if m["generator_step"]] and gen
+    for i in gen[:1]:                                  # the first generator step: same student, same rollouts
+        a, b = informed[i], shuffled[i]
+        for key in ("w_inter", "w_inter_min", "w_inter_max", "ess", "w_intra_std"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+        assert 1.0 <= a["ess"] <= 2.0
+        assert a["gen_loss"] != pytest.approx(b["gen_loss"], rel=1e-9)   # the weights met other rollouts
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(4))
+    assert all("ess" in x and "w_intra_std" in x for x in lines if x["generator_step"])
+
+
+def test_the_reward_checker_correlation_logged_per_micro_batch():
+    """reward.log_checker: Spearman(W_inter, the shapes checker's score) over the batch, i.e. r's ranks (W_inter is
+    monotone in r). Rendered clips scored by the checker itself give +1; reversed weights -1; one clip nan."""
+    import math
+
+    from stream_r1.shapes import check
+    from stream_r1.shapes.render import generate
+    from training.trainer import _checker_rho
+
+    clips = [generate(seed, 9, width=64, height=64) for seed in range(6)]
+    frames = torch.stack([f for f, _ in clips]).float()
+    noisy = (frames + 0.35 * torch.randn(frames.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    frames = torch.cat([frames[:3], noisy[3:]])                       # spread the checker's scores
+    prompts = [s.prompt for _, s in clips]
+    score = torch.tensor([check(v, p)["score"] for v, p in zip(frames.unbind(0), prompts)])
+    assert len(set(score.tolist())) > 1
+    assert _checker_rho(score.view(-1, 1, 1, 1, 1), frames, prompts) == pytest.approx(1.0)
+    assert _checker_rho(-score.view(-1, 1, 1, 1, 1), frames, prompts) == pytest.approx(-1.0)
+    assert math.isnan(_checker_rho(score[:1].view(1, 1, 1, 1, 1), frames[:1], prompts[:1]))

@@ -163,6 +163,11 @@ class RewardConfig:
     """'none' = W_inter = exp(beta r) as the paper; 'batch' = divided by its mean over the global batch (all ranks),
     so only the ranking of rollouts matters, not the reward's absolute calibration (a reward whose z-scores sit
     far from 0 on student videos would otherwise rescale the generator's learning rate)."""
+    control: Literal["none", "shuffled"] = "none"
+    """`shuffled`: the uninformed control arm of a paired test: the same W_inter and W_intra values, detached from
+    their rollouts (W_inter deranged within the micro-batch, W_intra maps moved one sample along; seeded by step)."""
+    log_checker: bool = False
+    """Shapes world: log Spearman(r, analytic checker score) over each generator micro-batch (`r_checker`)."""
     balance_window: int = 50
     """BalancedOverall history length per axis."""
     balance_warmup: int = 50
@@ -325,6 +330,8 @@ class LogConfig:
     """Write the latest generator rollout as a video (and saliency pictures) every N steps; 0 = never."""
     summary_json: str = ""
     """Write per-step seconds and peak memory of every rank as JSON here at the end ('' = no)."""
+    metrics_jsonl: bool = True
+    """Append every step's metrics as one JSON line to <output_dir>/metrics.jsonl (rank 0)."""
 
 
 @dataclass(kw_only=True)

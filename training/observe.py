@@ -2,6 +2,7 @@
 saliency pictures. Nothing here is required: TensorBoard is used only when importable."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ log = logging.getLogger("training")
 
 _SHORT = (("gen_loss", "gen"), ("critic_loss", "critic"), ("ode_loss", "ode"), ("dmd_grad_abs", "|g|"),
           ("w_inter", "W_inter"), ("reward_VQ", "VQ"), ("reward_MQ", "MQ"), ("reward_TA", "TA"),
+          ("ess", "ESS"), ("w_intra_std", "sd W_intra"), ("r_checker", "rho(r,checker)"),
           ("balance_penalty", "bal"), ("grad_norm_gen", "gnorm_g"), ("grad_norm_critic", "gnorm_c"))
 
 
@@ -69,6 +71,9 @@ class Observer:
             self.bar.set_postfix({s: f"{m[key]:.3g}" for key, s in _SHORT[:3] if key in m})
         if m.get("generator_step"):
             self.last_gen = m
+        if self.cfg.log.metrics_jsonl:                  # every step, generator and critic, for later analysis
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({key: v for key, v in m.items() if isinstance(v, (int, float, list))}) + "\n")
         if k % max(1, self.cfg.log.interval) == 0 or k == self.cfg.schedule.steps:
             log.info(format_line(self.cfg.name, m, self.cfg.schedule.steps, self.last_gen))
         if self.tb is not None:

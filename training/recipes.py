@@ -221,9 +221,41 @@ def shapes_stream_r1() -> TrainConfig:
     return cfg
 
 
+def _shapes_arm(name: str, reward: bool, control: str = "none") -> TrainConfig:
+    """One arm of the paired test of reward weighting (bench/shapes_arms.sh, bench/SHAPES.md): from the same ODE
+    student, the same seeds and prompts, 1,000 steps = 200 generator updates. The reward arms weight DMD by the
+    analytic shapes reward (saliency on the pixels), beta 1.5 (an effective sample size of half the batch of 16 on
+    the starting student's rollouts: `python -m training.shapes.gate`), W_inter divided by its batch mean so the
+    arms differ in how the weights are spread over rollouts, not in the step size; `control` = shuffled: the same
+    weights detached from their rollouts. Mode Overall: under the batch mean BalancedOverall is Overall exactly."""
+    cfg = shapes_dmd()
+    cfg.name, cfg.output_dir = name, f"{SHAPES}/arms/{name.removeprefix('shapes_arm_')}"
+    cfg.schedule.steps = 1000
+    cfg.log.interval = 5
+    if reward:
+        r = cfg.reward
+        r.enabled, r.path, r.target, r.beta, r.mode = True, "analytic-shapes", "pixels", 1.5, "Overall"
+        r.intra, r.inter_norm, r.control, r.log_checker, r.checkpointing = True, "batch", control, True, False
+    return cfg
+
+
+def shapes_arm_dmd() -> TrainConfig:
+    return _shapes_arm("shapes_arm_dmd", reward=False)
+
+
+def shapes_arm_stream_r1() -> TrainConfig:
+    return _shapes_arm("shapes_arm_stream_r1", reward=True)
+
+
+def shapes_arm_shuffled() -> TrainConfig:
+    return _shapes_arm("shapes_arm_shuffled", reward=True, control="shuffled")
+
+
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "shapes_vae": shapes_vae, "shapes_teacher": shapes_teacher, "shapes_reward": shapes_reward,
     "shapes_ode_init": shapes_ode_init, "shapes_dmd": shapes_dmd, "shapes_stream_r1": shapes_stream_r1,
+    "shapes_arm_dmd": shapes_arm_dmd, "shapes_arm_stream_r1": shapes_arm_stream_r1,
+    "shapes_arm_shuffled": shapes_arm_shuffled,
     "stream_r1_1.3b": stream_r1_1_3b, "stream_r1_1.3b_reference": stream_r1_1_3b_reference, "dmd_1.3b": dmd_1_3b,
     "ode_init_1.3b": ode_init_1_3b,
     "tiny_stream_r1": tiny_stream_r1, "tiny_dmd": tiny_dmd, "tiny_ode_init": tiny_ode_init,

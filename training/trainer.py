@@ -44,6 +44,16 @@ from .rollout import PerSampleNoise, cfg_flow, frame_seqlen, self_forcing_rollou
 log = logging.getLogger("training")
 
 
+def _checker_rho(w_inter: Tensor, frames: Tensor, prompts: list[str]) -> float:
+    """Spearman(W_inter, the shapes world's analytic checker score) over one micro-batch (frames [B, T, 3, H, W]
+    in [0, 1]); nan when either side is constant (e.g. a batch of 1)."""
+    from stream_r1.shapes import check
+
+    from .shapes.gate import spearman
+    score = [check(v.float().cpu(), p)["score"] for v, p in zip(frames.unbind(0), prompts)]
+    return spearman(w_inter.flatten().float().cpu().numpy(), score) if len(score) > 1 else float("nan")
+
+
 def check_inputs(cfg: TrainConfig, world_size: int) -> list[str]:
     """Fail fast (before any model is built) on bad settings, missing files and bad prompt files."""
     cfg.validate(world_size)
@@ -233,7 +243,7 @@ class Trainer:
             d_real = x_t.float() - sig * rearrange(real, "b c f h w -> b f c h w").float()
             d_fake = x_t.float() - sig * rearrange(fake, "b c f h w -> b f c h w").float()
             direction = losses.dmd_direction(x, d_fake, d_real)
-            w_inter, w_intra, intra = self._reward_weights(x, prompts, acc)
+            w_inter, w_intra, intra = self._reward_weights(x, prompts, acc, (k, micro))
         loss = losses.dmd_loss(x, direction.grad, w_inter, w_intra)
         (loss / self.accum).backward()
         b = len(pos)
@@ -244,8 +254,10 @@ class Trainer:
         if micro == 0:
             self._sample = {"latents": x[0].detach().float().cpu(), "prompt": prompts[0], "step": k, "intra": intra}
 
-    def _reward_weights(self, x: Tensor, prompts: list[str], acc: Metrics) -> tuple[Any, Any, Any]:
-        """(W_inter [B,1,1,1,1], W_intra [B,F,1,h,w] or None, sample 0's (W_intra, tau) for pictures or None)."""
+    def _reward_weights(self, x: Tensor, prompts: list[str], acc: Metrics,
+                        key: tuple[int, int] = (0, 0)) -> tuple[Any, Any, Any]:
+        """(W_inter [B,1,1,1,1], W_intra [B,F,1,h,w] or None, sample 0's (W_intra, tau) for pictures or None).
+        `key` (step, micro) seeds the shuffled control, so a resumed run draws what an uninterrupted one would."""
         if self.reward is None:
             return None, None, None
         intra_info = None
@@ -276,6 +288,19 @@ class Trainer:
             from stream_r1.reward.weights import normalize_inter       # (cancels the BalancedOverall penalty)
             w_inter = normalize_inter(w_inter, lambda t: parallel.all_reduce_(t, "sum"))
         b = x.shape[0]
+        if r.log_checker:                     # W_inter is monotone in r: its ranks are r's (before any control)
+            rho = _checker_rho(w_inter, frames, prompts)
+            if math.isfinite(rho):
+                acc.mean("r_checker", rho, 1)
+        if r.control == "shuffled":
+            from stream_r1.reward.weights import shuffled_control
+            g = torch.Generator().manual_seed(self.cfg.schedule.seed * 1_000_003 + key[0] * 1_009 + key[1]
+                                              + self.info.rank * 7_919)
+            w_inter, w_intra = shuffled_control(w_inter, w_intra, g)
+        from stream_r1.reward.weights import effective_sample_size
+        acc.mean("ess", effective_sample_size(w_inter), 1)
+        if w_intra is not None:
+            acc.mean("w_intra_std", w_intra.float().std().item(), 1)
         for j, a in enumerate(scores.axes):
             acc.mean(f"reward_{a}", scores.normalized[:, j].mean().item(), b)
         acc.mean("w_inter", w_inter.mean().item(), b)
@@ -391,7 +416,9 @@ class Trainer:
         elif gen:
             mean_keys += ["gen_loss", "dmd_grad_abs", "dmd_nonfinite", "exit_step_gen"]
             if self.reward is not None:
-                mean_keys += [f"reward_{a}" for a in self.reward.axes] + ["w_inter"]
+                mean_keys += [f"reward_{a}" for a in self.reward.axes] + ["w_inter", "ess"]
+                mean_keys += ["w_intra_std"] if self.cfg.reward.intra else []
+                mean_keys += ["r_checker"] if self.cfg.reward.log_checker else []
                 mean_keys += ["balance_penalty"] if self.balancer is not None else []
                 ext_keys += ["w_inter"] + (["w_intra", "w_intra_temporal"] if self.cfg.reward.intra else [])
         out.update(acc.reduce((mean_keys, ext_keys)))

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The paired test of reward weighting in the shapes world (bench/SHAPES.md, 2026-12-07, "Does reward weighting
+# help?"): plain DMD, Stream-R1 and the shuffled control, each from the same ODE student with the same seeds and
+# prompts (recipes shapes_arm_*), then every student on the same held-out prompts, compared prompt by prompt.
+#
+#   bash bench/shapes_arms.sh [STEP ...]          (default: start arms eval)
+#   start   the shapes VAE, teacher and ODE student (bench/shapes_train.sh vae teacher ode_init), skipped when
+#           runs/shapes already has their files (carry them in: the device machine starts bare)
+#   arms    for each training seed in $SEEDS (default "0 1") and arm in $ARMS (default "dmd stream_r1 shuffled"):
+#           python -m training.run --recipe shapes_arm_<arm> --set schedule.seed=<seed>
+#           --set output_dir=runs/shapes/arms/<arm>_s<seed>; $PARALLEL runs at once on one GPU (default 3); a run
+#           that already finished is left as it is, a stopped one resumes
+#   eval    python -m training.shapes.arms --seeds <SEEDS, comma-separated> --prompts $PROMPTS (default 128)
+# With $OUT set (the lent GPU machine), the evaluation and every run's metrics.jsonl and config.json go there,
+# and the students' exports as <arm>_s<seed>.safetensors.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+SEEDS=${SEEDS:-0 1}; ARMS=${ARMS:-dmd stream_r1 shuffled}; PARALLEL=${PARALLEL:-3}
+R=runs/shapes
+for step in ${@:-start arms eval}; do
+  case $step in
+    start) need=()
+           [ -f $R/vae/vae.safetensors ] || need+=(vae)
+           [ -f $R/teacher/teacher.safetensors ] || need+=(teacher)
+           [ -f $R/ode_init/exports/student_latest.safetensors ] || need+=(ode_init)
+           [ ${#need[@]} -gt 0 ] && bash bench/shapes_train.sh "${need[@]}" ;;
+    arms)  jobs=()
+           for seed in $SEEDS; do for arm in $ARMS; do jobs+=("$arm $seed"); done; done
+           for job in "${jobs[@]}"; do
+             set -- $job
+             while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
+             python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" \
+               --set "output_dir=$R/arms/$1_s$2" --set log.progress=false > "$R/arms_$1_s$2.log" 2>&1 &
+           done
+           wait
+           for job in "${jobs[@]}"; do set -- $job; echo "== $1 seed $2"; tail -2 "$R/arms_$1_s$2.log"; done ;;
+    eval)  python3 -m training.shapes.arms --runs $R --seeds "$(echo $SEEDS | tr ' ' ',')" --prompts ${PROMPTS:-128} ;;
+    *)     echo "unknown step $step" ;;
+  esac
+done
+if [ -n "${OUT:-}" ]; then
+  for d in $R/arms/*_s*/; do
+    n=$(basename "$d")
+    for f in metrics.jsonl config.json; do [ -f "$d$f" ] && cp "$d$f" "$OUT/${n}_$f"; done
+    [ -f "${d}exports/student_latest.safetensors" ] && cp "${d}exports/student_latest.safetensors" "$OUT/$n.safetensors"
+  done
+  cp $R/arms/eval.json $R/arms/eval.md "$OUT/" 2>/dev/null
+  true
+fi
