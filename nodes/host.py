@@ -123,7 +123,9 @@ def resolve_reward(name: str) -> str:
         where = f"models/{MODEL_FOLDER}/{REWARD_FOLDER}" if _folder_paths() is not None else \
             f"{models_dir() / MODEL_FOLDER / REWARD_FOLDER} (set STREAM_R1_MODELS)"
         raise FileNotFoundError(f"reward model {name!r} not found; put VideoReward (model_config.json, "
-                                f"checkpoint-*/model.pth, tokenizer) in {where}: python -m stream_r1 download")
+                                f"checkpoint-*/model.pth, tokenizer) in {where}: run `python -m stream_r1 download "
+                                f"--comfyui <ComfyUI> --only videoreward` in the Stream-R1 pack folder (ComfyUI's "
+                                f"Missing Models dialog cannot fetch a folder)")
     fp = _folder_paths()
     return fp.get_full_path(MODEL_FOLDER, name) if fp is not None else str(models_dir() / MODEL_FOLDER / name)
 

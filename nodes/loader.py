@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from ..stream_r1.checkpoint import FAMILY_KEY, load_dit_checkpoint, save_dit_export
 from ..stream_r1.config import StreamConfig
 from ..stream_r1.loaders import StudentInfo, load_student
 from ..stream_r1.wan.attention import resolve_attention
@@ -15,6 +18,9 @@ from . import host
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DOWNLOAD_HINT = ("the released Stream-R1 student: run `python -m stream_r1 download --comfyui <ComfyUI> --only "
+                 "stream_r1` in the Stream-R1 pack folder (ComfyUI's Missing Models dialog downloads only "
+                 ".safetensors files), then refresh")
 
 
 @dataclass(eq=False)
@@ -70,6 +76,29 @@ def compile_student(module: WanModel, device: torch.device) -> bool:
     return True
 
 
+def write_safetensors_once(path: str | os.PathLike, entry: Optional[str] = None) -> Optional[Path]:
+    """A `.pt` checkpoint's weights as our safetensors export beside it (`<stem>.safetensors`): written once, the
+    first time the `.pt` loads, so the next load can pick a file that needs no unpickling and loads lazily.
+
+    Only for the file's default entry (`entry` None: generator_ema, else generator), only where that file does
+    not exist yet and the folder is writable; atomic (temp + rename, `save_dit_export`). The metadata keeps the
+    family (`stream_r1.family`) and the family's stream config, so the copy streams exactly as the `.pt` does.
+    Returns the written path, or None when nothing was written (a failure is logged, never raised)."""
+    src = Path(path)
+    target = src.with_suffix(".safetensors")
+    if src.suffix.lower() != ".pt" or entry is not None or target.exists() or not os.access(src.parent, os.W_OK):
+        return None
+    try:
+        ck = load_dit_checkpoint(src)                 # the .pt again (mmap): its own dtype, not the compute one
+        save_dit_export(target, ck.state_dict, ck.config, ck.stream_config,
+                        extra={FAMILY_KEY: ck.family, "family": ck.family, "converted_from": src.name})
+    except (OSError, RuntimeError) as e:
+        log.warning("could not write %s beside %s: %s", target.name, src.name, e)
+        return None
+    log.info("wrote %s (the weights of %s, family %s): pick it next time", target, src.name, ck.family)
+    return target
+
+
 class StreamR1ModelLoader:
     DESCRIPTION = ("Load a causal Wan2.1 student (Stream-R1, Reward Forcing, Self-Forcing, LongLive, or our own "
                    "exports; Wan-AI, Comfy-Org repackaged incl. fp8, and .pt training checkpoints) from "
@@ -105,7 +134,10 @@ class StreamR1ModelLoader:
         }}
 
     def load(self, model_name: str, dtype: str, attention: str, entry: str, compile: bool = False):
-        path = host.resolve_model(model_name)
+        try:
+            path = host.resolve_model(model_name)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}. For {DOWNLOAD_HINT}.") from None
         device, offload = host.torch_device(), host.offload_device()
         compute = host.default_dtype(device) if dtype == "auto" else DTYPES[dtype]
         comfy_attn = host.comfy_attention() if attention == "comfy" else None
@@ -118,9 +150,15 @@ class StreamR1ModelLoader:
         if info.family == "wan-base":
             log.warning("%s holds bidirectional Wan2.1 base weights, not a distilled causal student: "
                         "streamed output will not be good", model_name)
+        notes = list(info.notes)
+        picked = None if entry == "auto" else entry
+        converted = write_safetensors_once(path, picked) if path.endswith(".pt") else None
+        if converted is not None:
+            notes.append(f"wrote {converted.name} beside it (same weights, family and stream settings, no pickle): "
+                         f"pick it next time")
         compiled = compile_student(module, device) if compile else False
         patcher = host.wrap_model(module, device, offload)
         model = StreamR1Model(module, info, patcher, device if patcher is not None else offload, compute, compiled)
-        if info.notes:                               # what the loader assumed (e.g. the family's default policy)
-            return {"ui": {"text": [f"{model_name}: {n}" for n in info.notes]}, "result": (model,)}
+        if notes:                                    # what the loader assumed or did (family default, conversion)
+            return {"ui": {"text": [f"{model_name}: {n}" for n in notes]}, "result": (model,)}
         return (model,)

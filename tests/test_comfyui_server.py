@@ -292,6 +292,30 @@ def tiny(api: dict, seconds: float, size: dict = SIZE, dtype: str = "fp32") -> d
     return out
 
 
+def generate_node_graph(api: dict) -> dict:
+    """`api` with its Stream-R1 Generate to File node replaced by Stream-R1 Generate (same id and inputs,
+    keep_state off) -> stock Create Video -> stock Save Video (the next free ids, the same fps and filename
+    prefix): the Generate node's own graph, built from the shipped 5-second workflow."""
+    out = json.loads(json.dumps(api))
+    gen = next(n for n, v in out.items() if v["class_type"] == "StreamR1GenerateToFile")
+    inputs = out[gen]["inputs"]
+    fps, prefix = inputs.pop("fps"), inputs.pop("filename_prefix")
+    links = {k: inputs.pop(k) for k in [k for k, v in inputs.items() if isinstance(v, list)]}
+    out[gen] = {"inputs": {**inputs, "keep_state": False, **links}, "class_type": "StreamR1Generate",
+                "_meta": {"title": "Stream-R1 Generate"}}
+    video, save = (str(max(int(n) for n in out) + i) for i in (1, 2))
+    out[video] = {"inputs": {"fps": fps, "images": [gen, 0]}, "class_type": "CreateVideo",
+                  "_meta": {"title": "Create Video"}}
+    out[save] = {"inputs": {"filename_prefix": prefix, "format": "auto", "codec": "auto", "video": [video, 0]},
+                 "class_type": "SaveVideo", "_meta": {"title": "Save Video"}}
+    return out
+
+
+def t2v_5s_generate_node() -> dict:
+    """The Generate -> Create Video -> Save Video graph of the shipped 5-second workflow (API format)."""
+    return generate_node_graph(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()))
+
+
 def output_file(server: Server, entry: dict, node_id: str) -> Path:
     item = entry["outputs"][node_id]["images"][0]
     assert item["type"] == "output" and entry["outputs"][node_id].get("animated") in ([True], (True,))
@@ -319,6 +343,9 @@ def test_the_pack_loads_with_its_templates_and_extension(server):
     assert sorted(templates[PACK_DIR]) == sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     served = server.get(f"/api/workflow_templates/{PACK_DIR}/stream_r1_t2v_5s.json")
     assert served == json.loads((WORKFLOWS / "stream_r1_t2v_5s.json").read_text())
+    for path in WORKFLOWS.glob("*.json"):      # the Templates dialog's thumbnail: <name>.jpg beside the JSON
+        thumb = server.get(f"/api/workflow_templates/{PACK_DIR}/{path.stem}.jpg")
+        assert thumb == path.with_suffix(".jpg").read_bytes() and thumb[:3] == b"\xff\xd8\xff"
     extensions = server.get("/extensions")
     assert f"/extensions/{PACK_DIR}/stream_r1.js" in extensions
     assert f"/extensions/{PACK_DIR}/lib/stream_state.js" in extensions
@@ -354,7 +381,7 @@ def test_recorded_stock_definitions_match_this_server(server, build):
 def saved_state_and_reference(server: Server, resume_api: dict) -> tuple[str, np.ndarray]:
     """Start a 1 s stream (keep_state), save its state with Stream-R1 Save State, and continue the live stream
     by 1 s with the resume workflow's prompt: (state file, the continued frames as saved)."""
-    start = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 1.0)
+    start = tiny(t2v_5s_generate_node(), 1.0)
     gen = next(n for n, v in start.items() if v["class_type"] == "StreamR1Generate")
     start[gen]["inputs"]["keep_state"] = True
     text = next(v["inputs"]["text"] for v in resume_api.values() if v["class_type"] == "CLIPTextEncode")
@@ -383,7 +410,6 @@ def test_shipped_api_workflow_runs(server, name):
     entry, messages = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
     chunks = [d for t, d in messages if t == "stream_r1.chunk"]
-    previews = [m for t, m in messages if t == "binary"]
     assert bool(chunks) == HAVE_WS
 
     if name == "stream_r1_continue_branch":
@@ -413,17 +439,33 @@ def test_shipped_api_workflow_runs(server, name):
             assert [(d["chunk"], d["chunks_done"]) for d in chunks] == [(2, 1), (3, 2)]
         return
 
+    check_streamed_video(server, api, entry, messages, SECONDS[name])
+
+
+def test_the_generate_node_graph_runs(server):
+    """Stream-R1 Generate -> Create Video -> Save Video (the 5-second workflow's Generate node graph) streams and
+    saves the video as the shipped workflows do."""
+    api = tiny(t2v_5s_generate_node(), 1.0)
+    entry, messages = server.run(api)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
+    check_streamed_video(server, api, entry, messages, 1.0)
+
+
+def check_streamed_video(server: Server, api: dict, entry: dict, messages: list, seconds: float) -> None:
+    """One stream of `seconds` at test size ran: its saved video (Save Video or Generate to File) has the frames,
+    and (with websocket-client) a chunk event, a preview and progress came per chunk."""
     save = next(n for n, v in api.items() if v["class_type"] in ("SaveVideo", "StreamR1GenerateToFile"))
     video = frames_of(output_file(server, entry, save))
-    assert video.shape == (expected_frames(SECONDS[name]), SIZE["height"], SIZE["width"], 3)
+    assert video.shape == (expected_frames(seconds), SIZE["height"], SIZE["width"], 3)
     assert video.std() > 1.0, "a random model still draws something, not a flat frame"
     if HAVE_WS:
         from stream_r1.stream import latent_frames_for_seconds
 
-        n = latent_frames_for_seconds(SECONDS[name]) // 3
+        chunks = [d for t, d in messages if t == "stream_r1.chunk"]
+        n = latent_frames_for_seconds(seconds) // 3
         assert [d["chunks_done"] for d in chunks] == list(range(1, n + 1))
         assert chunks[-1]["frames"] == video.shape[0] and all(d["fps"] > 0 for d in chunks)
-        assert len(previews) >= n, "a preview image per chunk"
+        assert len([m for t, m in messages if t == "binary"]) >= n, "a preview image per chunk"
         assert any(t == "progress" and d["max"] == n for t, d in messages)
 
 
@@ -453,7 +495,7 @@ def test_the_shapes_world_workflow_runs_on_the_shipped_bundle(server):
 
 
 def test_a_bad_request_fails_with_a_clear_message(server):
-    api = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 1.0)
+    api = tiny(t2v_5s_generate_node(), 1.0)
     api["5"]["inputs"]["height"] = 40                          # allowed by the widget step? no: 40 is not 16k
     req = urllib.request.Request(server.url + "/prompt", json.dumps({"prompt": api}).encode(),
                                  {"Content-Type": "application/json"})
@@ -613,7 +655,8 @@ def test_timeline_bar_on_the_timeline_node(browser, tmp_path):
 
 
 def test_live_preview_counter_and_error_on_the_node(browser, server, tmp_path):
-    """Load the 5 s workflow, swap the umT5 nodes for the test conditioning at test size, queue it from the page."""
+    """Load the shipped 5 s workflow (Stream-R1 Generate to File, the same status panel as Generate), swap the umT5
+    nodes for the test conditioning at test size, queue it from the page."""
     ui = json.loads((WORKFLOWS / "stream_r1_t2v_5s.json").read_text())
     browser.js(f"(async () => {{ await app.loadGraphData({json.dumps(ui)}, true, true, 'stream_r1_t2v_5s'); }})()")
     browser.js("""(async () => {
@@ -654,9 +697,10 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_twenty_consecutive_runs_keep_memory_flat(server):
-    """Twenty generations in one ComfyUI process (new seed each, so nothing is served from the cache):
+    """Twenty generations (Stream-R1 Generate -> Create Video -> Save Video) in one ComfyUI process (new seed each,
+    so nothing is served from the cache):
     resident memory after the last equals that after the fifth within noise (CPU here; VRAM on a GPU host)."""
-    api = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 1.0)
+    api = tiny(t2v_5s_generate_node(), 1.0)
     gen = next(n for n, v in api.items() if v["class_type"] == "StreamR1Generate")
     rss = []
     for i in range(20):
@@ -678,8 +722,8 @@ def _vram_mib(server: Server) -> dict:
 @pytest.mark.gpu
 def test_twenty_runs_at_real_size_keep_vram_flat(tmp_path_factory):
     """Flat memory over repeated runs on a GPU host, at real size: a seeded random 1.3B student (bf16) and a random real
-    Wan2.1 VAE in a ComfyUI process on CUDA, the 5-second workflow at 832x480 for 3 s (12 latent frames, past the
-    window of 9, so the cache evicts), twenty times with new seeds. Memory allocated by torch (as ComfyUI reports it)
+    Wan2.1 VAE in a ComfyUI process on CUDA, the 5-second workflow's Generate node graph at 832x480 for 3 s (12 latent
+    frames, past the window of 9, so the cache evicts), twenty times with new seeds. Memory allocated by torch (as ComfyUI reports it)
     and resident RAM after run 20 equal those after run 5 within noise. Writes the series to $COMFYUI_MEM_JSON if set."""
     import torch
 
@@ -691,8 +735,7 @@ def test_twenty_runs_at_real_size_keep_vram_flat(tmp_path_factory):
     base = _base_dir(tmp_path_factory.mktemp("comfyui_gpu"), WanConfig.wan_1_3b(), VAEConfig.wan21(), torch.bfloat16)
     server = Server(base, gpu=True)
     try:
-        api = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_t2v_5s.api.json").read_text()), 3.0,
-                   size={"width": 832, "height": 480}, dtype="bf16")
+        api = tiny(t2v_5s_generate_node(), 3.0, size={"width": 832, "height": 480}, dtype="bf16")
         gen = next(n for n, v in api.items() if v["class_type"] == "StreamR1Generate")
         series = []
         for i in range(20):

@@ -333,10 +333,12 @@ def test_the_workflows_do_what_they_say():
     def of(name, cls):
         return [n for n in api[name].values() if n["class_type"] == cls]
 
-    t2v = of("stream_r1_t2v_5s", "StreamR1Generate")[0]["inputs"]
-    assert (t2v["seconds"], t2v["width"], t2v["height"]) == (5.0, 832, 480)
+    (t2v,) = [n["inputs"] for n in of("stream_r1_t2v_5s", "StreamR1GenerateToFile")]   # the MP4 written as it streams
+    assert (t2v["seconds"], t2v["width"], t2v["height"], t2v["fps"]) == (5.0, 832, 480, 16)
+    assert t2v["filename_prefix"] == "stream_r1/t2v_5s"
     assert of("stream_r1_t2v_5s", "CLIPLoader")[0]["inputs"]["type"] == "wan"
-    assert of("stream_r1_t2v_5s", "SaveVideo") and of("stream_r1_t2v_5s", "CreateVideo")[0]["inputs"]["fps"] == 16
+    assert of("stream_r1_t2v_5s", "StreamR1ModelLoader")[0]["inputs"]["compile"] is False
+    assert not of("stream_r1_t2v_5s", "SaveVideo") and not of("stream_r1_t2v_5s", "CreateVideo")
     assert of("stream_r1_30s_to_file", "StreamR1GenerateToFile")[0]["inputs"]["seconds"] == 30
     long = of("stream_r1_3min_window_sink", "StreamR1GenerateToFile")[0]["inputs"]
     assert long["seconds"] >= 120 and "options" in long
@@ -400,6 +402,193 @@ def test_the_long_stream_workflows_do_what_they_say():
     assert resume[tel["inputs"]["frames"][0]] is cont and tel["inputs"]["first_chunk_frames"] == 12
 
 
+# ---- layout: what the frontend draws ---------------------------------------------------------------------------
+# LiteGraph's LGraphNode.computeSize in frontend 1.35.9 (the one ComfyUI 0.8.0 pins), read from its bundle: a node's
+# `size` excludes its title bar (drawn above `pos`); its height is one row per link slot (max of link inputs and
+# outputs, at least 1), then each visible widget's height + 4 (a DOM widget's getMinHeight, else 20), then 8 when
+# there are widgets, then 6. The frontend grows a node whose stored height is below that when it loads the workflow
+# (and sets an autogrow node, e.g. Batch Images, to exactly that), so a smaller stored size ends under its neighbour.
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, WIDGET_MARGIN, WIDGETS_PAD, BOTTOM_PAD = 30, 20, 20, 4, 8, 6
+TEXTAREA_MIN = 50
+"""Multiline STRING widgets and the Markdown note's editor are DOM widgets with a minimum height of 50 (measured)."""
+GROUP_TITLE = 34
+"""A group's title strip (font 24 x 1.4): members start below it."""
+MEASURED = {"StreamR1GenerateToFile": 710, "StreamR1Generate": 686, "StreamR1Continue": 526, "BatchImagesNode": 66,
+            "CLIPLoader": 106, "VAELoader": 58, "StreamR1ModelLoader": 154, "CLIPTextEncode": 88,
+            "MarkdownNote": 88, "StreamR1Options": 226, "CreateVideo": 78, "SaveVideo": 106, "PreviewImage": 26,
+            "StreamR1LoadState": 78, "StreamR1Telemetry": 126, "StreamR1RewardLoader": 82,
+            "StreamR1RewardSaliency": 244, "StreamR1TestTimeScaling": 202, "StreamR1ShapesDemoLoader": 138,
+            "StreamR1Timeline": 286}
+"""`node.computeSize()[1]` of every node type in the shipped workflows, read in ComfyUI 0.8.0 + frontend 1.35.9 in
+headless Chromium with the workflows loaded (the stream nodes with the 380 px live panel, Batch Images with two
+images and its spare slot). The formula below must give exactly these."""
+
+
+def web_constant(name: str, file: str = "stream_r1.js") -> int:
+    import re
+
+    found = re.search(rf"^const {name} = (\d+);", (ROOT / "web" / file).read_text(), re.M)
+    assert found, f"web/{file} has no `const {name} = <px>;`"
+    return int(found.group(1))
+
+
+def stream_node_types() -> set[str]:
+    import re
+
+    found = re.search(r"STREAM_NODE_TYPES = Object\.freeze\(\[([^\]]*)\]\)", (ROOT / "web/lib/stream_state.js").read_text())
+    return set(re.findall(r'"(\w+)"', found.group(1)))
+
+
+def needed_height(node: dict, defs: dict) -> int:
+    """The body height (title bar excluded) the frontend computes for a UI-format node."""
+    if node["type"] in FRONTEND_ONLY:
+        links, outputs, widgets = 0, 0, [TEXTAREA_MIN]              # the note's text editor
+    else:
+        options = {name: (kind, opts) for name, kind, opts, _, _ in inputs_of(defs[node["type"]],
+                                                                             [i["name"] for i in node["inputs"]])}
+        links = sum(1 for i in node["inputs"] if not i.get("widget"))
+        outputs = len(node["outputs"])
+        widgets = []
+        for item in node["inputs"]:
+            if not item.get("widget"):
+                continue
+            kind, opts = options[item["name"]]
+            widgets.append(TEXTAREA_MIN if kind == "STRING" and opts.get("multiline") else WIDGET_HEIGHT)
+            if has_control(item["name"], kind, opts):
+                widgets.append(WIDGET_HEIGHT)                       # control_after_generate
+        if node["type"] in stream_node_types():
+            widgets.append(web_constant("PANEL_HEIGHT"))           # the live panel: addDOMWidget getMinHeight
+        if node["type"] == "StreamR1Timeline":
+            widgets.append(web_constant("TIMELINE_HEIGHT"))        # the timeline bar
+    height = max(links, outputs, 1) * SLOT_HEIGHT
+    if widgets:
+        height += sum(h + WIDGET_MARGIN for h in widgets) + WIDGETS_PAD
+    return height + BOTTOM_PAD
+
+
+def rect(node: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) on the canvas, title bar included."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def layout_problems(ui: dict, defs: dict) -> list[str]:
+    """Why the workflow would not look finished in the frontend: nodes that grow on load, nodes on top of each other,
+    nodes cut by a group they are not in, groups on top of each other."""
+    problems = []
+    for node in ui["nodes"]:
+        need, (w, h) = needed_height(node, defs), node["size"]
+        autogrow = any("." in i["name"] for i in node["inputs"])
+        if h < need or (autogrow and h != need):
+            problems.append(f"node {node['id']} ({node['type']}) is {h} high; the frontend makes it {need}")
+    nodes = sorted(ui["nodes"], key=lambda n: n["id"])
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            if overlaps(rect(a), rect(b)):
+                problems.append(f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap")
+    boxes = [(g["title"], (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                           g["bounding"][1] + g["bounding"][3])) for g in ui["groups"]]
+    for title, (left, top, right, bottom) in boxes:
+        for node in nodes:
+            r = rect(node)
+            inside = left <= r[0] and top + GROUP_TITLE <= r[1] and r[2] <= right and r[3] <= bottom
+            if not inside and overlaps(r, (left, top, right, bottom)):
+                problems.append(f"node {node['id']} ({node['type']}) overlaps group {title!r} it is not in")
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1:]:
+            if overlaps(a, b):
+                problems.append(f"groups {ta!r} and {tb!r} overlap")
+    return problems
+
+
+def test_the_height_formula_reproduces_the_measured_frontend_sizes(defs):
+    seen = {}
+    for path in UI_FILES:
+        for node in json.loads(path.read_text())["nodes"]:
+            seen.setdefault(node["type"], set()).add(needed_height(node, defs))
+    assert set(seen) <= set(MEASURED), f"measure these in the browser first: {sorted(set(seen) - set(MEASURED))}"
+    assert {t: h.pop() if len(h) == 1 else sorted(h) for t, h in seen.items()} == \
+        {t: MEASURED[t] for t in seen}, "the formula must give the heights the frontend computed"
+    assert web_constant("PANEL_HEIGHT") == 380, "the measured stream-node sizes hold for a 380 px live panel"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=IDS)
+def test_nothing_overlaps_and_nothing_grows_on_load(path, defs):
+    assert layout_problems(json.loads(path.read_text()), defs) == []
+
+
+def test_the_layout_check_catches_overlaps_growth_and_cut_groups(defs):
+    ui = json.loads((WORKFLOWS / "stream_r1_continue_branch.json").read_text())
+    assert layout_problems(ui, defs) == []
+    by_id = {n["id"]: n for n in ui["nodes"]}
+
+    def broken(change) -> list[str]:
+        copy = json.loads(json.dumps(ui))
+        change({n["id"]: n for n in copy["nodes"]}, copy["groups"])
+        return layout_problems(copy, defs)
+
+    def stack(n, g):                                  # ending B's Continue right under ending A's title bar
+        n[7]["pos"] = [n[6]["pos"][0], n[6]["pos"][1] + 200]
+    assert any("nodes 6 (StreamR1Continue) and 7 (StreamR1Continue) overlap" in p for p in broken(stack))
+
+    def old_size(n, g):                              # the size shipped before the live panel grew
+        n[5]["size"] = [360, 436]
+    assert broken(old_size) == ["node 5 (StreamR1Generate) is 436 high; the frontend makes it 686"]
+
+    def batch(n, g):                                 # an autogrow node is set to exactly its size, smaller too
+        n[11]["size"] = [220, 90]
+    assert broken(batch) == ["node 11 (BatchImagesNode) is 90 high; the frontend makes it 66"]
+
+    def into_group(n, g):                            # the note pushed half into the Models group
+        n[8]["pos"] = [by_id[8]["pos"][0], by_id[4]["pos"][1] + 100]
+    assert any("node 8 (MarkdownNote) overlaps group 'Models'" in p for p in broken(into_group))
+
+    def cut(n, g):                                   # a group too short for its last member
+        g[0]["bounding"][3] -= 60
+    assert any("node 4 (StreamR1ModelLoader) overlaps group 'Models' it is not in" in p for p in broken(cut))
+
+    def groups(n, g):
+        g[1]["bounding"][0] = g[0]["bounding"][0] + 10
+    assert any("groups 'Models' and 'Prompts' overlap" in p for p in broken(groups))
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=IDS)
+def test_every_stream_node_gets_the_workflows_clip_for_live_steering(path):
+    ui = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    links = {link[0]: link for link in ui["links"]}
+    for node in ui["nodes"]:
+        if node["type"] not in stream_node_types():
+            continue
+        (clip,) = [i for i in node["inputs"] if i["name"] == "clip"]
+        assert clip["link"] is not None, f"{path.name} node {node['id']}: clip not connected"
+        _, src, slot, _, _, kind = links[clip["link"]]
+        assert kind == "CLIP" and nodes[src]["type"] in ("CLIPLoader", "StreamR1ShapesDemoLoader")
+        assert nodes[src]["outputs"][slot]["type"] == "CLIP"
+
+
+# ---- Templates dialog thumbnails --------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", UI_FILES, ids=IDS)
+def test_every_workflow_has_its_thumbnail(path):
+    """Frontend 1.35.9 shows a custom-node template with `/api/workflow_templates/<pack>/<name>.jpg` (mediaSubtype
+    jpg, no '-1' suffix), which ComfyUI serves from the same folder as the JSON."""
+    from PIL import Image
+
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} missing: run python workflows/thumbnails.py"
+    assert thumb.stat().st_size < 60_000, f"{thumb.name} is {thumb.stat().st_size} bytes"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.width >= 256 and im.height >= 144
+
+
+def test_no_thumbnail_without_its_workflow():
+    assert {p.stem for p in WORKFLOWS.glob("*.jpg")} == set(IDS)
+
+
 # ---- our definitions in the object_info format ------------------------------------------------------------------
 def test_our_object_info_has_the_shape_of_a_stock_v1_node(ours, stock):
     v1_keys = set(stock["CLIPTextEncode"])                 # a V1 node of ComfyUI 0.8.0, as server.node_info writes it
@@ -452,7 +641,7 @@ def test_every_generation_node_appears_in_a_workflow(ours):
 def test_web_folder_holds_only_browser_modules_as_js():
     """ComfyUI loads every web/**/*.js into the page: tests must not be *.js, modules must import relatively."""
     js = sorted(p.relative_to(ROOT / "web").as_posix() for p in (ROOT / "web").rglob("*.js"))
-    assert js == ["lib/stream_state.js", "lib/timeline.js", "stream_r1.js"]
+    assert js == ["lib/live_player.js", "lib/live_timeline.js", "lib/stream_state.js", "lib/timeline.js", "stream_r1.js"]
     text = (ROOT / "web" / "stream_r1.js").read_text()
     assert 'from "../../scripts/app.js"' in text and 'from "./lib/stream_state.js"' in text
     assert 'from "./lib/timeline.js"' in text

@@ -186,8 +186,31 @@ class Workflow:
     title: str
     description: str
     nodes: list[Node]
-    groups: list[tuple[str, tuple[int, int, int, int], str]] = field(default_factory=list)
-    """(title, (x, y, w, h), colour)."""
+    groups: list[tuple[str, tuple[int, ...], str]] = field(default_factory=list)
+    """(title, member node ids, colour): the box is drawn around the members (`group_box`)."""
+
+
+TITLE_HEIGHT = 30
+"""LiteGraph's NODE_TITLE_HEIGHT: a node's title bar is drawn above `pos`, outside `size`."""
+GROUP_PAD, GROUP_TITLE = 20, 40
+"""Margin of a group box around its members, and the strip above them that holds the group's title (font 24)."""
+GENERATE_SIZE, CONTINUE_SIZE, TO_FILE_SIZE = (360, 686), (340, 526), (380, 710)
+"""The stream nodes' sizes as frontend 1.35.9 computes them (title excluded): one 20 px row per link slot (6, 4,
+6 of them), 24 px per widget (the seed's control widget included), the live panel's 380 px minimum
+(web/stream_r1.js PANEL_HEIGHT) + 4, then 8 + 6 of padding. A smaller stored size would grow on load, under the
+node below."""
+BATCH_SIZE = (220, 66)
+"""Batch Images with two images and its spare slot: the frontend sets an autogrow node to exactly its computed size."""
+
+
+def group_box(wf: "Workflow", members: Iterable[int]) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of a group drawn around `members` (title bars included), with room for its own title."""
+    by_id = {n.id: n for n in wf.nodes}
+    boxes = [(n.pos[0], n.pos[1] - TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1])
+             for n in (by_id[i] for i in members)]
+    left, top = min(b[0] for b in boxes) - GROUP_PAD, min(b[1] for b in boxes) - GROUP_TITLE
+    right, bottom = max(b[2] for b in boxes) + GROUP_PAD, max(b[3] for b in boxes) + GROUP_PAD
+    return left, top, right - left, bottom - top
 
 
 def note(id: int, pos: tuple[int, int], size: tuple[int, int], text: str) -> Node:
@@ -197,9 +220,12 @@ def note(id: int, pos: tuple[int, int], size: tuple[int, int], text: str) -> Nod
 def files_markdown(releases: tuple[str, ...]) -> str:
     rows = "\n".join(f"| [{BY_NAME[r].filename or BY_NAME[r].repo_id + ' (whole repository)'}]({BY_NAME[r].url}) "
                      f"| `ComfyUI/models/{BY_NAME[r].folder}/` |" for r in releases)
+    only = ",".join(releases)
     return ("| file | put it in |\n|---|---|\n" + rows +
-            "\n\nOr fetch them all: `python -m stream_r1 download --comfyui /path/to/ComfyUI` "
-            "(run in the Stream-R1 pack folder).")
+            f"\n\nOr fetch them all: `python -m stream_r1 download --comfyui /path/to/ComfyUI --only {only}` "
+            "(run in the Stream-R1 pack folder). ComfyUI's Missing Models dialog downloads only .safetensors "
+            "files: it lists `stream_r1.pt` without a download button"
+            + (", and cannot fetch the VideoReward folder" if "videoreward" in releases else "") + ".")
 
 
 GENERATION_FILES = ("stream_r1", "umt5", "vae")
@@ -226,33 +252,35 @@ def t2v_5s() -> Workflow:
     nodes = _loaders() + [
         _prompt(2, (420, 80), "A red fox trotting through fresh snow in a birch forest at sunrise, soft golden "
                               "light, breath steaming, cinematic tracking shot"),
-        Node(5, "StreamR1Generate", (880, 80), (360, 436),
-             {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
-        Node(6, "CreateVideo", (1280, 80), (300, 80), {"fps": 16.0}, {"images": (5, 0)}),
-        Node(7, "SaveVideo", (1280, 200), (420, 420), {"filename_prefix": "stream_r1/t2v_5s"}, {"video": (6, 0)}),
-        note(8, (420, 320), (420, 300),
+        Node(5, "StreamR1GenerateToFile", (880, 80), TO_FILE_SIZE,
+             {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42,
+              "filename_prefix": "stream_r1/t2v_5s", "fps": 16.0},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "clip": (1, 0)}),
+        note(8, (420, 320), (420, 340),
              "## Stream-R1: 5-second text-to-video\n\nThe causal student streams 81 frames (5 s at 16 fps, 832x480) "
-             "chunk by chunk; each chunk is decoded as soon as it is denoised, and the node shows the newest "
-             "frame, a chunk counter and the running FPS. The frames go to the stock Create Video / Save Video "
-             "nodes.\n\n" + files_markdown(GENERATION_FILES)),
+             "chunk by chunk; each chunk is decoded as soon as it is denoised and written to an MP4 in "
+             "`output/stream_r1/` while the video streams. The node shows the newest frame, a chunk counter and "
+             "the running FPS, then the video when it is done. For the frames as IMAGE, to chain into other "
+             "nodes, use Stream-R1 Generate, as the continue/branch workflow (`stream_r1_continue_branch`) "
+             "does.\n\n"
+             + files_markdown(GENERATION_FILES)),
     ]
     return Workflow("stream_r1_t2v_5s", "Stream-R1: 5 s text to video",
                     "Text to a 5-second 832x480 video with the Stream-R1 student, stock umT5 text encoder and Wan "
-                    "2.1 VAE, saved with Save Video.", nodes,
-                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
-                     ("Stream", (860, 10, 400, 420), DISPLAY_COLOURS["stream"]),
-                     ("Video", (1260, 10, 460, 630), DISPLAY_COLOURS["output"])])
+                    "2.1 VAE. The MP4 is written while the video streams and the node shows it when done; for the "
+                    "frames as IMAGE to chain into other nodes, use Stream-R1 Generate as the continue/branch "
+                    "workflow does.", nodes,
+                    [("Models", (1, 3, 4), DISPLAY_COLOURS["models"]), ("Stream to file", (5,), DISPLAY_COLOURS["stream"])])
 
 
 def stream_30s() -> Workflow:
     nodes = _loaders(compile=True) + [
         _prompt(2, (420, 80), "A low drone shot flying over a winding river through an autumn forest, mist rising "
                               "from the water, golden hour, smooth continuous camera motion"),
-        Node(5, "StreamR1GenerateToFile", (880, 80), (380, 560),
+        Node(5, "StreamR1GenerateToFile", (880, 80), TO_FILE_SIZE,
              {"width": 832, "height": 480, "seconds": 30.0, "frames": 0, "seed": 42,
               "filename_prefix": "stream_r1/stream_30s", "fps": 16.0},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "clip": (1, 0)}),
         note(8, (420, 320), (420, 300),
              "## Stream-R1: 30-second stream to file\n\nEvery chunk is denoised, decoded and appended to an MP4 in "
              "`output/stream_r1/` as it is produced: memory stays flat and a cancelled run leaves a playable file. "
@@ -261,8 +289,8 @@ def stream_30s() -> Workflow:
     ]
     return Workflow("stream_r1_30s_to_file", "Stream-R1: 30 s stream to file",
                     "A 30-second stream written to an MP4 chunk by chunk (flat memory, playable if cancelled).",
-                    nodes, [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
-                            ("Stream to file", (860, 10, 420, 650), DISPLAY_COLOURS["stream"])])
+                    nodes, [("Models", (1, 3, 4), DISPLAY_COLOURS["models"]),
+                            ("Stream to file", (5,), DISPLAY_COLOURS["stream"])])
 
 
 def stream_3min() -> Workflow:
@@ -273,10 +301,10 @@ def stream_3min() -> Workflow:
              {"cache_policy": "window_sink", "denoising_steps": "1000,750,500,250", "window_frames": 9,
               "sink_frames": 3, "sink_ema_alpha": -1.0, "sink_ema_source": "auto", "context_noise": -1.0,
               "full_cache_frames": -1}),
-        Node(5, "StreamR1GenerateToFile", (880, 80), (380, 560),
+        Node(5, "StreamR1GenerateToFile", (880, 80), TO_FILE_SIZE,
              {"width": 832, "height": 480, "seconds": 180.0, "frames": 0, "seed": 42,
               "filename_prefix": "stream_r1/stream_3min", "fps": 16.0},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "options": (6, 0)}),
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "options": (6, 0), "clip": (1, 0)}),
         note(8, (420, 600), (420, 330),
              "## Stream-R1: a 3-minute stream\n\nThe rolling KV cache keeps a window of 9 latent frames, 3 of "
              "them an EMA attention sink (window_sink, what Stream-R1 was trained with), so the cost per chunk "
@@ -285,8 +313,8 @@ def stream_3min() -> Workflow:
     ]
     return Workflow("stream_r1_3min_window_sink", "Stream-R1: 3-minute stream (window + sink)",
                     "A minutes-long stream with the rolling window + EMA sink cache, written to an MP4 as it goes.",
-                    nodes, [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
-                            ("Stream to file", (860, 10, 420, 650), DISPLAY_COLOURS["stream"])])
+                    nodes, [("Models", (1, 3, 4), DISPLAY_COLOURS["models"]),
+                            ("Stream to file", (5,), DISPLAY_COLOURS["stream"])])
 
 
 def continue_branch() -> Workflow:
@@ -297,22 +325,23 @@ def continue_branch() -> Workflow:
                                "rain streaks", title="Prompt: ending A"),
         _prompt(10, (420, 520), "The hot-air balloon descends gently into a field of sunflowers, people running "
                                 "towards it and waving", title="Prompt: ending B"),
-        Node(5, "StreamR1Generate", (880, 80), (360, 436),
+        Node(5, "StreamR1Generate", (880, 80), GENERATE_SIZE,
              {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": True},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}, title="Stream-R1 Generate (start, keeps state)"),
-        Node(6, "StreamR1Continue", (1280, 80), (340, 276), {"seconds": 5.0, "keep_state": False},
-             {"state": (5, 2), "positive": (9, 0)}, title="Continue: ending A"),
-        Node(7, "StreamR1Continue", (1280, 400), (340, 276), {"seconds": 5.0, "keep_state": False},
-             {"state": (5, 2), "positive": (10, 0)}, title="Continue: ending B"),
-        Node(11, "BatchImagesNode", (1660, 80), (220, 90), {}, {"images.image0": (5, 0), "images.image1": (6, 0)},
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "clip": (1, 0)},
+             title="Stream-R1 Generate (start, keeps state)"),
+        Node(6, "StreamR1Continue", (1280, 80), CONTINUE_SIZE, {"seconds": 5.0, "keep_state": False},
+             {"state": (5, 2), "positive": (9, 0), "clip": (1, 0)}, title="Continue: ending A"),
+        Node(7, "StreamR1Continue", (1280, 680), CONTINUE_SIZE, {"seconds": 5.0, "keep_state": False},
+             {"state": (5, 2), "positive": (10, 0), "clip": (1, 0)}, title="Continue: ending B"),
+        Node(11, "BatchImagesNode", (1680, 80), BATCH_SIZE, {}, {"images.image0": (5, 0), "images.image1": (6, 0)},
              title="Start + ending A"),
-        Node(12, "BatchImagesNode", (1660, 400), (220, 90), {}, {"images.image0": (5, 0), "images.image1": (7, 0)},
+        Node(12, "BatchImagesNode", (1680, 680), BATCH_SIZE, {}, {"images.image0": (5, 0), "images.image1": (7, 0)},
              title="Start + ending B"),
-        Node(13, "CreateVideo", (1920, 80), (270, 80), {"fps": 16.0}, {"images": (11, 0)}),
-        Node(14, "CreateVideo", (1920, 400), (270, 80), {"fps": 16.0}, {"images": (12, 0)}),
-        Node(15, "SaveVideo", (2230, 80), (360, 280), {"filename_prefix": "stream_r1/branch_a"}, {"video": (13, 0)}),
-        Node(16, "SaveVideo", (2230, 400), (360, 280), {"filename_prefix": "stream_r1/branch_b"}, {"video": (14, 0)}),
-        note(8, (40, 520), (340, 420),
+        Node(13, "CreateVideo", (1940, 80), (270, 80), {"fps": 16.0}, {"images": (11, 0)}),
+        Node(14, "CreateVideo", (1940, 680), (270, 80), {"fps": 16.0}, {"images": (12, 0)}),
+        Node(15, "SaveVideo", (2250, 80), (360, 280), {"filename_prefix": "stream_r1/branch_a"}, {"video": (13, 0)}),
+        Node(16, "SaveVideo", (2250, 680), (360, 280), {"filename_prefix": "stream_r1/branch_b"}, {"video": (14, 0)}),
+        note(8, (40, 600), (340, 420),
              "## Stream-R1: continue and branch\n\nGenerate keeps its stream (keep_state on: KV cache, noise "
              "generator and VAE cache). Each Continue works on its own copy of that state with a new prompt, so "
              "one start gets two endings with no seam and no VAE re-encode. Each ending is batched after the "
@@ -321,19 +350,20 @@ def continue_branch() -> Workflow:
     return Workflow("stream_r1_continue_branch", "Stream-R1: continue a stream, two endings",
                     "Generate 5 s and keep the stream; two Continue nodes with different prompts give two endings "
                     "from the same start.", nodes,
-                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
-                     ("Prompts", (400, 10, 460, 720), DISPLAY_COLOURS["prompt"]),
-                     ("Branches", (1260, 10, 380, 580), DISPLAY_COLOURS["stream"])])
+                    [("Models", (1, 3, 4), DISPLAY_COLOURS["models"]),
+                     ("Prompts", (2, 9, 10), DISPLAY_COLOURS["prompt"]),
+                     ("Start", (5,), DISPLAY_COLOURS["stream"]),
+                     ("Branches", (6, 7), DISPLAY_COLOURS["stream"])])
 
 
 def saliency_view() -> Workflow:
     prompt = ("A red kite flying over a green hill on a windy day, the string taut, clouds racing across a blue sky")
     nodes = _loaders() + [
         _prompt(2, (420, 80), prompt),
-        Node(5, "StreamR1Generate", (880, 80), (360, 436),
+        Node(5, "StreamR1Generate", (880, 80), GENERATE_SIZE,
              {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
-        Node(9, "StreamR1RewardLoader", (40, 460), (340, 82),
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "clip": (1, 0)}),
+        Node(9, "StreamR1RewardLoader", (40, 560), (340, 82),
              {"model_file": "VideoReward/checkpoint-11352/model.pth", "dtype": "auto"}),
         Node(10, "StreamR1RewardSaliency", (1280, 80), (380, 330),
              {"prompt": prompt, "axis": "combined", "alpha": 0.55, "spatial_floor": 0.15, "temporal_floor": 0.2},
@@ -353,9 +383,9 @@ def saliency_view() -> Workflow:
     return Workflow("stream_r1_saliency", "Stream-R1: reward saliency of a generated clip",
                     "Generate 5 s, then show where VideoReward looks (the Intra-Perplexity weight) as an overlay "
                     "video, a temporal profile and the scores.", nodes,
-                    [("Models", (20, 10, 380, 560), DISPLAY_COLOURS["models"]),
-                     ("Stream", (860, 10, 400, 420), DISPLAY_COLOURS["stream"]),
-                     ("Reward saliency", (1260, 10, 1190, 600), DISPLAY_COLOURS["output"])])
+                    [("Models", (1, 3, 4, 9), DISPLAY_COLOURS["models"]),
+                     ("Stream", (5,), DISPLAY_COLOURS["stream"]),
+                     ("Reward saliency", (10, 11, 12, 13), DISPLAY_COLOURS["output"])])
 
 
 FIVE_PROMPTS = (
@@ -375,10 +405,10 @@ def timeline_3min() -> Workflow:
     nodes = _loaders(compile=True) + [
         Node(2, "StreamR1Timeline", (420, 80), (560, 540), {"timeline": FIVE_PROMPTS, "default_transition": "recache"},
              {"clip": (1, 0)}),
-        Node(5, "StreamR1GenerateToFile", (1020, 80), (380, 560),
+        Node(5, "StreamR1GenerateToFile", (1020, 80), TO_FILE_SIZE,
              {"width": 832, "height": 480, "seconds": 180.0, "frames": 0, "seed": 42,
               "filename_prefix": "stream_r1/timeline_3min", "fps": 16.0},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0)}),
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "clip": (1, 0)}),
         note(8, (420, 670), (560, 400),
              "## Stream-R1: a 3-minute stream with five prompts\n\nStream-R1 Prompt Timeline encodes each prompt once "
              "and hands the whole timeline to Generate to File, which switches prompts at the chunk boundary "
@@ -392,9 +422,9 @@ def timeline_3min() -> Workflow:
     return Workflow("stream_r1_timeline_3min", "Stream-R1: 3-minute stream, five prompts (timeline)",
                     "A 180 s stream that moves through five timed prompts with recache / none / flush transitions, "
                     "written to an MP4 as it goes.", nodes,
-                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
-                     ("Prompt timeline", (400, 10, 600, 640), DISPLAY_COLOURS["prompt"]),
-                     ("Stream to file", (1000, 10, 420, 650), DISPLAY_COLOURS["stream"])])
+                    [("Models", (1, 3, 4), DISPLAY_COLOURS["models"]),
+                     ("Prompt timeline", (2,), DISPLAY_COLOURS["prompt"]),
+                     ("Stream to file", (5,), DISPLAY_COLOURS["stream"])])
 
 
 def resume_stream() -> Workflow:
@@ -403,13 +433,13 @@ def resume_stream() -> Workflow:
                               "slow ascent", title="Prompt: same one to continue, a new one to branch"),
         Node(9, "StreamR1LoadState", (420, 300), (420, 110), {"state_file": "stream_r1/state_00001_.safetensors"},
              {"model": (4, 0), "vae": (3, 0)}),
-        Node(5, "StreamR1Continue", (880, 80), (340, 276), {"seconds": 10.0, "keep_state": False},
-             {"state": (9, 0), "positive": (2, 0)}),
-        Node(6, "CreateVideo", (1260, 80), (270, 80), {"fps": 16.0}, {"images": (5, 0)}),
-        Node(7, "SaveVideo", (1260, 200), (420, 420), {"filename_prefix": "stream_r1/resumed"}, {"video": (6, 0)}),
-        Node(10, "StreamR1Telemetry", (880, 420), (340, 150),
+        Node(5, "StreamR1Continue", (880, 80), CONTINUE_SIZE, {"seconds": 10.0, "keep_state": False},
+             {"state": (9, 0), "positive": (2, 0), "clip": (1, 0)}),
+        Node(6, "CreateVideo", (1280, 80), (270, 80), {"fps": 16.0}, {"images": (5, 0)}),
+        Node(7, "SaveVideo", (1280, 200), (420, 420), {"filename_prefix": "stream_r1/resumed"}, {"video": (6, 0)}),
+        Node(10, "StreamR1Telemetry", (1280, 720), (340, 150),
              {"first_chunk_frames": 12, "chunk_frames": 12, "fps": 16.0}, {"frames": (5, 0)}),
-        Node(11, "PreviewImage", (880, 610), (420, 300), {}, {"images": (10, 0)}, title="Drift telemetry"),
+        Node(11, "PreviewImage", (1280, 910), (420, 300), {}, {"images": (10, 0)}, title="Drift telemetry"),
         note(8, (420, 460), (420, 470),
              "## Stream-R1: resume a saved stream\n\nStream-R1 Load State reads a stream saved by Stream-R1 Save "
              "State (Generate with keep_state on → Save State) or by `python -m stream_r1 generate --save-state "
@@ -422,9 +452,10 @@ def resume_stream() -> Workflow:
     return Workflow("stream_r1_resume_stream", "Stream-R1: resume a saved stream",
                     "Load a saved stream state and continue it by 10 s (same prompt: exact continuation; new "
                     "prompt: a branch), saved as a video, with a drift telemetry plot.", nodes,
-                    [("Models", (20, 10, 380, 470), DISPLAY_COLOURS["models"]),
-                     ("Resume", (860, 10, 380, 390), DISPLAY_COLOURS["stream"]),
-                     ("Video", (1240, 10, 460, 630), DISPLAY_COLOURS["output"])])
+                    [("Models", (1, 3, 4), DISPLAY_COLOURS["models"]),
+                     ("Resume", (5,), DISPLAY_COLOURS["stream"]),
+                     ("Video", (6, 7), DISPLAY_COLOURS["output"]),
+                     ("Drift telemetry", (10, 11), DISPLAY_COLOURS["output"])])
 
 
 def test_time_scaling() -> Workflow:
@@ -432,18 +463,18 @@ def test_time_scaling() -> Workflow:
               "through the rain, dramatic wide shot")
     nodes = _loaders() + [
         _prompt(2, (420, 80), prompt),
-        Node(9, "StreamR1RewardLoader", (40, 460), (340, 82),
+        Node(9, "StreamR1RewardLoader", (40, 560), (340, 82),
              {"model_file": "VideoReward/checkpoint-11352/model.pth", "dtype": "auto"}),
-        Node(10, "StreamR1TestTimeScaling", (420, 300), (420, 250),
+        Node(10, "StreamR1TestTimeScaling", (420, 350), (420, 250),
              {"beams": 2, "children": 2, "rho": -0.1, "window_chunks": 10, "sinking": "auto", "max_delay": 2,
               "short_reward_file": "none"}, {"reward_model": (9, 0)}),
-        Node(5, "StreamR1Generate", (880, 80), (360, 456),
+        Node(5, "StreamR1Generate", (880, 80), GENERATE_SIZE,
              {"width": 832, "height": 480, "seconds": 5.0, "frames": 0, "seed": 42, "keep_state": False},
-             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "tts": (10, 0)}),
+             {"model": (4, 0), "positive": (2, 0), "vae": (3, 0), "tts": (10, 0), "clip": (1, 0)}),
         Node(6, "CreateVideo", (1280, 80), (300, 80), {"fps": 16.0}, {"images": (5, 0)}),
         Node(7, "SaveVideo", (1280, 200), (420, 420), {"filename_prefix": "stream_r1/test_time_scaling"},
              {"video": (6, 0)}),
-        note(8, (420, 600), (420, 420),
+        note(8, (420, 680), (420, 420),
              "## Stream-R1: test-time scaling (Stream-T1)\n\nEvery chunk, each of the 2 surviving beams gets 2 "
              "candidates (4 in all, run as one batched DiT call); VideoReward scores each candidate's own frames and "
              "the last 10 chunks of its lineage, and the best 2 go on. Cost: about 4x the DiT + decode work of the "
@@ -456,10 +487,10 @@ def test_time_scaling() -> Workflow:
     return Workflow("stream_r1_test_time_scaling", "Stream-R1: test-time scaling (reward-guided search)",
                     "Generate 5 s with Stream-T1 test-time scaling: 2 beams x 2 candidates per chunk scored by "
                     "VideoReward, the best kept; about 4x the compute of a plain run.", nodes,
-                    [("Models", (20, 10, 380, 560), DISPLAY_COLOURS["models"]),
-                     ("Search", (400, 230, 460, 340), DISPLAY_COLOURS["prompt"]),
-                     ("Stream", (860, 10, 400, 560), DISPLAY_COLOURS["stream"]),
-                     ("Video", (1260, 10, 460, 630), DISPLAY_COLOURS["output"])])
+                    [("Models", (1, 3, 4, 9), DISPLAY_COLOURS["models"]),
+                     ("Search", (10,), DISPLAY_COLOURS["prompt"]),
+                     ("Stream", (5,), DISPLAY_COLOURS["stream"]),
+                     ("Video", (6, 7), DISPLAY_COLOURS["output"])])
 
 
 SHAPES_TIMELINE = (
@@ -479,19 +510,19 @@ def shapes_world() -> Workflow:
         Node(1, "StreamR1ShapesDemoLoader", (40, 80), (340, 150), {"dtype": "auto"}),
         Node(2, "StreamR1Timeline", (420, 80), (520, 330), {"timeline": SHAPES_TIMELINE,
                                                              "default_transition": "recache"}, {"clip": (1, 1)}),
-        Node(5, "StreamR1Generate", (980, 80), (360, 436),
+        Node(5, "StreamR1Generate", (980, 80), GENERATE_SIZE,
              {"width": SHAPES_SIZE, "height": SHAPES_SIZE, "seconds": 20.0, "frames": 0, "seed": 42,
-              "keep_state": False}, {"model": (1, 0), "positive": (2, 0), "vae": (1, 2)}),
-        Node(6, "CreateVideo", (1380, 80), (270, 80), {"fps": 16.0}, {"images": (5, 0)}),
-        Node(7, "SaveVideo", (1380, 200), (360, 330), {"filename_prefix": "stream_r1/shapes_world"},
+              "keep_state": False}, {"model": (1, 0), "positive": (2, 0), "vae": (1, 2), "clip": (1, 1)}),
+        Node(6, "CreateVideo", (1400, 80), (270, 80), {"fps": 16.0}, {"images": (5, 0)}),
+        Node(7, "SaveVideo", (1400, 200), (360, 330), {"filename_prefix": "stream_r1/shapes_world"},
              {"video": (6, 0)}),
-        Node(9, "StreamR1RewardSaliency", (980, 560), (380, 330),
+        Node(9, "StreamR1RewardSaliency", (980, 880), (380, 330),
              {"prompt": first_prompt, "axis": "combined", "alpha": 0.55, "spatial_floor": 0.15,
               "temporal_floor": 0.2}, {"reward_model": (1, 3), "images": (5, 0)}),
-        Node(10, "CreateVideo", (1380, 580), (270, 80), {"fps": 16.0}, {"images": (9, 0)}),
-        Node(11, "SaveVideo", (1380, 700), (360, 330), {"filename_prefix": "stream_r1/shapes_saliency"},
+        Node(10, "CreateVideo", (1400, 880), (270, 80), {"fps": 16.0}, {"images": (9, 0)}),
+        Node(11, "SaveVideo", (1400, 1000), (360, 330), {"filename_prefix": "stream_r1/shapes_saliency"},
              {"video": (10, 0)}, title="Saliency overlay"),
-        Node(12, "PreviewImage", (1780, 580), (300, 260), {}, {"images": (9, 2)}, title="Temporal profile"),
+        Node(12, "PreviewImage", (1800, 880), (300, 260), {}, {"images": (9, 2)}, title="Temporal profile"),
         note(8, (40, 300), (340, 620),
              "## Stream-R1: the shapes world (CPU, no downloads)\n\nThe Shapes Demo Loader reads the bundle "
              "embedded in the pack (`stream_r1/shapes/bundle/`): a small causal student, its Wan-architecture VAE, "
@@ -500,7 +531,7 @@ def shapes_world() -> Workflow:
              "turning blue at 7 s, bouncing from 14 s) and is saved as a video; the reward model then shows "
              "where it looks (saliency overlay video, temporal profile; TA is measured against the first "
              "prompt).\n\nNo files to fetch. If the loader says the bundle is missing, build it: "
-             "`bash bench/shapes_train.sh` (README, section 'The shapes world'), or set "
+             "`bash bench/shapes_train.sh` (see `docs/shapes-world.md`), or set "
              "`STREAM_R1_SHAPES_BUNDLE` to a bundle folder. A bundle without a `reward/` folder still streams; "
              "only the saliency node then stops with a message."),
     ]
@@ -508,10 +539,11 @@ def shapes_world() -> Workflow:
                     "The embedded shapes-world model: a 20 s stream through a three-prompt timeline, saved as a "
                     "video, and the bundle's reward model's saliency view. Runs on a CPU with no downloads.",
                     nodes,
-                    [("Shapes bundle", (20, 10, 380, 240), DISPLAY_COLOURS["models"]),
-                     ("Prompt timeline", (400, 10, 560, 420), DISPLAY_COLOURS["prompt"]),
-                     ("Stream", (960, 10, 400, 530), DISPLAY_COLOURS["stream"]),
-                     ("Reward saliency", (960, 540, 1140, 510), DISPLAY_COLOURS["output"])])
+                    [("Shapes bundle", (1,), DISPLAY_COLOURS["models"]),
+                     ("Prompt timeline", (2,), DISPLAY_COLOURS["prompt"]),
+                     ("Stream", (5,), DISPLAY_COLOURS["stream"]),
+                     ("Video", (6, 7), DISPLAY_COLOURS["output"]),
+                     ("Reward saliency", (9, 10, 11, 12), DISPLAY_COLOURS["output"])])
 
 
 WORKFLOWS = (t2v_5s, stream_30s, stream_3min, continue_branch, saliency_view, timeline_3min, resume_stream,
@@ -604,8 +636,8 @@ def to_ui(wf: Workflow, defs: dict[str, dict]) -> dict:
         if node.color:
             entry["color"], entry["bgcolor"] = node.color, node.bgcolor
         ui_nodes.append(entry)
-    groups = [{"id": i + 1, "title": title, "bounding": list(box), "color": colour, "font_size": 24, "flags": {}}
-              for i, (title, box, colour) in enumerate(wf.groups)]
+    groups = [{"id": i + 1, "title": title, "bounding": list(group_box(wf, members)), "color": colour,
+               "font_size": 24, "flags": {}} for i, (title, members, colour) in enumerate(wf.groups)]
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{PACK_ID}/workflows/{wf.name}")), "revision": 0,
             "last_node_id": max(n.id for n in wf.nodes), "last_link_id": len(links), "nodes": ui_nodes,
             "links": links, "groups": groups, "config": {},
