@@ -40,7 +40,7 @@ pytestmark = [
                        reason="no shapes-world bundle in stream_r1/shapes/bundle/"),
 ]
 
-GEN, SAVE = 5, 7                                   # node ids in workflows/stream_r1_shapes_world.json
+GEN, SAVE = 5, 7                                   # node ids in workflows/shapes_world_no_download.json
 RED, BLUE, GREEN = (f"a {c} circle moving right on a black background" for c in ("red", "blue", "green"))
 SECONDS, CHUNKS = 15.0, 20                         # 15 s at 16 fps, rounded to whole chunks
 FPB = 3                                            # latent frames per chunk of the shapes student
@@ -146,7 +146,7 @@ SETUP = """(async () => {
       return r;
     };
   }
-  await app.loadGraphData(%(ui)s, true, true, "stream_r1_shapes_world");
+  await app.loadGraphData(%(ui)s, true, true, "shapes_world_no_download");
   document.querySelectorAll(".p-dialog-mask").forEach((d) => d.remove());
   const g = app.graph, gen = g.getNodeById(%(gen)d), loader = g.getNodeById(1), timeline = g.getNodeById(2);
   const clipOut = loader.findOutputSlot("clip");
@@ -179,7 +179,7 @@ SETUP = """(async () => {
 
 
 def _setup(browser) -> dict:
-    ui = json.loads((WORKFLOWS / "stream_r1_shapes_world.json").read_text())
+    ui = json.loads((WORKFLOWS / "shapes_world_no_download.json").read_text())
     return browser.js(SETUP % {"ui": json.dumps(ui), "gen": GEN, "save": SAVE, "red": json.dumps(RED),
                                "seconds": SECONDS})
 

@@ -479,7 +479,7 @@ def test_the_shapes_world_workflow_runs_on_the_shipped_bundle(server):
 
     from stream_r1.shapes import check
 
-    api = json.loads((WORKFLOWS / "api" / "stream_r1_shapes_world.api.json").read_text())
+    api = json.loads((WORKFLOWS / "api" / "shapes_world_no_download.api.json").read_text())
     entry, _ = server.run(api)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.tail()
     video = frames_of(output_file(server, entry, "7"))

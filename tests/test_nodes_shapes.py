@@ -183,10 +183,10 @@ def test_inside_comfyui_the_model_and_vae_are_managed(bundle_root, nodes, tmp_pa
 
 
 def test_the_shipped_shapes_workflow_runs_on_the_bundle(bundle_root, nodes, monkeypatch):
-    """Our nodes of workflows/api/stream_r1_shapes_world.api.json executed in graph order (stock Create / Save Video
+    """Our nodes of workflows/api/shapes_world_no_download.api.json executed in graph order (stock Create / Save Video
     and Preview Image only receive their inputs), at the tiny bundle's size: the whole 20 s timeline streams."""
     monkeypatch.setenv("STREAM_R1_SHAPES_BUNDLE", str(bundle_root))
-    api = json.loads((ROOT / "workflows" / "api" / "stream_r1_shapes_world.api.json").read_text())
+    api = json.loads((ROOT / "workflows" / "api" / "shapes_world_no_download.api.json").read_text())
     outputs, received = {}, {}
     pending = dict(api)
     while pending:

@@ -370,7 +370,7 @@ def test_the_long_stream_workflows_do_what_they_say():
     assert len(events) == 5 and {e.transition for e in events[1:]} == {"recache", "none", "flush"}
     assert events[-1].seconds < 180 - 20, "the last prompt gets a fair share of the stream"
 
-    shapes = api["stream_r1_shapes_world"]
+    shapes = api["shapes_world_no_download"]
     (loader,) = [n for n in shapes.values() if n["class_type"] == "StreamR1ShapesDemoLoader"]
     (gen,) = [n for n in shapes.values() if n["class_type"] == "StreamR1Generate"]
     (timeline,) = [n for n in shapes.values() if n["class_type"] == "StreamR1Timeline"]

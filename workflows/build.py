@@ -535,7 +535,7 @@ def shapes_world() -> Workflow:
              "`STREAM_R1_SHAPES_BUNDLE` to a bundle folder. A bundle without a `reward/` folder still streams; "
              "only the saliency node then stops with a message."),
     ]
-    return Workflow("stream_r1_shapes_world", "Stream-R1: shapes world demo (CPU, no downloads)",
+    return Workflow("shapes_world_no_download", "Stream-R1: shapes world demo (CPU, no downloads)",
                     "The embedded shapes-world model: a 20 s stream through a three-prompt timeline, saved as a "
                     "video, and the bundle's reward model's saliency view. Runs on a CPU with no downloads.",
                     nodes,

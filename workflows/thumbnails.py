@@ -166,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     defs = build.definitions()
     for make in build.WORKFLOWS:
         wf = make()
-        if wf.name == "stream_r1_shapes_world":
+        if wf.name == "shapes_world_no_download":
             video = args.shapes_video
             if video is None:
                 video = shapes_video(Path(tempfile.mkdtemp()) / "shapes.mp4", first_prompt(wf))
