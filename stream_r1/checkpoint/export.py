@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from ..config import StreamConfig, WanConfig
 from .formats import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, family_for_policy
@@ -49,6 +48,7 @@ def save_dit_export(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        from safetensors.torch import save_file      # here: importing the node pack reads no file
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     finally:

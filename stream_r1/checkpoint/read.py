@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ..weights_io import read_safetensors_header, regular_file
 from ..weights_io import torch_load as _torch_load
@@ -55,6 +54,7 @@ class SafetensorsFiles(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         f = self._file[name]
         if f not in self._handles:
+            from safetensors import safe_open        # here, not at import: loading the node pack reads no file
             self._handles[f] = safe_open(str(f), framework="pt", device="cpu")
         return self._handles[f].get_tensor(name)
 
