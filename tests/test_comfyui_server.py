@@ -754,3 +754,43 @@ def test_twenty_runs_at_real_size_keep_vram_flat(tmp_path_factory):
         assert b["rss_mib"] - a["rss_mib"] < 200, f"RSS grew: {series}"
     finally:
         server.stop()
+
+
+def test_every_open_tab_gets_the_live_stream(server):
+    """A second browser tab (another websocket client, not the one that queued the prompt) receives the same live
+    events: start, every chunk's compact previews, end. ComfyUI broadcasts a send_sync without a client id."""
+    websocket = pytest.importorskip("websocket")
+    api = tiny(t2v_5s_generate_node(), 1.0)
+    watcher = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={uuid.uuid4().hex}", timeout=120)
+    seen: list = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                msg = watcher.recv()
+            except Exception:
+                return
+            if isinstance(msg, str):
+                m = json.loads(msg)
+                if m["type"] == "stream_r1.live":
+                    seen.append(m["data"])
+                    if m["data"]["type"] == "end":
+                        return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        entry, messages = server.run(api)
+        assert entry["status"]["status_str"] == "success", server.tail()
+        thread.join(timeout=30)
+    finally:
+        done.set()
+        watcher.close()
+    mine = [d for t, d in messages if t == "stream_r1.live"]
+    kinds = [d["type"] for d in seen]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "frames" in kinds, kinds
+    assert kinds == [d["type"] for d in mine]                                   # the same events, in the same order
+    frames = [f for d in seen if d["type"] == "frames" for f in d["frames"]]
+    assert len(frames) == seen[-1]["frames"] == 21                             # 1 s at 16 fps: 21 frames
+    assert all(f.startswith("data:image/jpeg;base64,") for f in frames)
