@@ -402,3 +402,55 @@ def test_stop_from_the_panel_ends_the_run_early_with_a_playable_file(browser, se
     print(json.dumps({"seen_at_click": seen, "stopped_at_frames": end["frames"], "chunks": chunks, "asked": ASKED,
                       "panel": line}))
 
+
+
+def test_the_player_stays_smooth_with_832x480_previews_arriving_twice_as_fast(browser, server):
+    """The panel at the product's real size and speed, without a GPU: the 5-second workflow loaded in the real
+    frontend, then the events a 832x480 stream sends at 34 FPS (compact previews: 416x240 JPEGs, 12 per chunk,
+    a chunk every 12/34 s) dispatched on the page's own api. The drawn frame counter advances at 16 +/- 2 fps and
+    never stalls: no gap between drawn frames over 3 frame periods (188 ms)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    urls = []
+    for i in range(24):                                   # textured frames: JPEGs of a realistic size (~20 kB)
+        x = np.linspace(0, 1, 416)[None, :, None] * 255 * np.array([1.0, 0.6, 0.3]) * (0.5 + i / 48)
+        img = np.clip(x + rng.normal(0, 18, (240, 416, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=75)
+        urls.append("data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
+    ui = json.loads((WORKFLOWS / "stream_r1_t2v_5s.json").read_text())
+    node = next(n["id"] for n in ui["nodes"] if n["type"] == "StreamR1GenerateToFile")
+    got = browser.js(f"""(async () => {{
+      await app.loadGraphData({json.dumps(ui)}, true, true, "stream_r1_t2v_5s");
+      document.querySelectorAll(".p-dialog-mask").forEach((d) => d.remove());
+      const api = window.comfyAPI?.api?.api ?? app.api, urls = {json.dumps(urls)}, node = "{node}";
+      const send = (detail) => api.dispatchEvent(new CustomEvent("stream_r1.live", {{ detail: {{ node, ...detail }} }}));
+      send({{ type: "start", fps: 16, width: 832, height: 480, total_frames: 241, steerable: true, prompt: "x",
+              chunk: 0, chunks: 20 }});
+      const t0 = performance.now();
+      for (let c = 0; c < 20; c++) {{                      // 34 video frames per second arrive
+        setTimeout(() => send({{ type: "frames", chunk: c, first: c * 12, width: 416, height: 240,
+          frames: Array.from({{ length: c === 0 ? 13 : 12 }}, (_, i) => urls[(c * 12 + i) % urls.length]) }}),
+          (c * 12 / 34) * 1000);
+      }}
+      const counter = () => parseInt(document.querySelector(".stream-r1-frame-counter")?.textContent
+                                        .split(" ")[1] ?? "-1", 10);
+      const seen = [];                                    // [ms, drawn frame] at every animation frame
+      await new Promise((done) => {{
+        const tick = (now) => {{ seen.push([now - t0, counter()]); now - t0 < 4500 ? requestAnimationFrame(tick) : done(); }};
+        requestAnimationFrame(tick);
+      }});
+      return seen;
+    }})()""")
+    s = np.array(got, dtype=float)                        # [n, (ms, frame)]
+    window = s[(s[:, 0] >= 1500) & (s[:, 0] <= 4500)]     # after the start buffer, while frames still arrive
+    fps = (window[-1, 1] - window[0, 1]) / ((window[-1, 0] - window[0, 0]) / 1000)
+    changes = window[np.flatnonzero(np.diff(window[:, 1])) + 1, 0]
+    gap = float(np.diff(changes).max())
+    assert 14.0 <= fps <= 18.0, f"player at {fps:.2f} fps"
+    assert gap <= 188, f"a {gap:.0f} ms stall between drawn frames"
+    assert np.all(np.diff(window[:, 1]) >= 0), "frames drawn out of order"
