@@ -309,3 +309,23 @@ def test_release_table_matches_the_published_names():
     assert r["vae"].url.endswith("Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors")
     assert (r["umt5"].folder, r["umt5"].filename) == ("text_encoders", "umt5_xxl_fp16.safetensors")
     assert r["videoreward"].destination(Path("m")) == Path("m/stream_r1/VideoReward")
+
+
+def test_the_readme_download_command_runs_as_written(hub, comfyui):
+    """The download command of the README's "Files to download", taken from the README itself (only the ComfyUI
+    path filled in), in a fresh process against the loopback hub: the three files the workflows need, in place."""
+    import re
+    import shlex
+
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("python -m stream_r1 download"))
+    argv = shlex.split(line.split("#", 1)[0].replace("/path/to/ComfyUI", str(comfyui)))
+    assert argv[:4] == ["python", "-m", "stream_r1", "download"] and re.search(r"--only \S+", line)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(comfyui.parent / "hf_home"),
+           "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=comfyui.parent)
+    assert r.returncode == 0, r.stderr
+    m = comfyui / "models"
+    assert (m / "stream_r1" / "stream_r1.pt").is_file() and (m / "vae" / "wan_2.1_vae.safetensors").is_file()
+    assert (m / "text_encoders" / "umt5_xxl_fp16.safetensors").is_file()
+    assert not (m / "stream_r1" / "VideoReward").exists()       # --only: nothing else
