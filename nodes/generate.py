@@ -87,8 +87,8 @@ def _overlap(state: StreamState, tts: Any) -> bool:
 
 
 def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
-            sink: Callable[[Tensor, Optional[Tensor]], None], tts: Any = None,
-            preview: Callable[[], Optional[Tensor]] = lambda: None, steer: Optional[live.LiveRun] = None) -> None:
+            sink: Callable[[Tensor, Optional[Tensor]], None], tts: Any,
+            steer: live.LiveRun, preview: Callable[[], Optional[Tensor]] = lambda: None) -> None:
     """Run the next `latent_frames` of `state`, handing each piece to `sink(latents [B,f,16,h,w], frames
     [B,T,3,H,W] or None)` (on the stream's device: the sink must not wait for the GPU, see `HostCopier`). Per
     computed chunk: a progress update with `preview()` (the newest frame on the host, [h, w, 3]; without a VAE a
@@ -108,14 +108,13 @@ def _stream(state: StreamState, latent_frames: int, node_id: Optional[str],
     engine = node_host = 0.0                                  # running sums: nothing grows with the stream
     try:
         with _conv_search(device):
-            pieces = state.take(latent_frames, should_stop=steer.should_stop if steer else host.interrupted, tts=tts)
+            pieces = state.take(latent_frames, should_stop=steer.should_stop, tts=tts)
             t_ready = time.perf_counter()
             for latents, frames, computed in pieces:
                 t_got = time.perf_counter()
                 sink(latents, frames)
                 frames_out = video_frames(state.latents_emitted) - video_frames(start)   # also without a VAE
-                if steer is not None:
-                    steer.delivered(frames_out)
+                steer.delivered(frames_out)
                 if not computed:
                     t_ready = time.perf_counter()
                     continue
@@ -153,7 +152,7 @@ def _conv_search(device: torch.device):
 
 
 def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
-             tts: Any = None, steer: Optional[live.LiveRun] = None) -> tuple[Tensor, dict]:
+             tts: Any, steer: live.LiveRun) -> tuple[Tensor, dict]:
     """Run and gather: (IMAGE, LATENT) of the new frames, on ComfyUI's intermediate device. Frames are copied to the
     host by a worker thread straight into the IMAGE's final layout (no host wait in the stream loop, no final
     concatenation); the live panel's previews are made from that copy."""
@@ -166,8 +165,7 @@ def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
     def consume(f: Tensor, start: int, z: Tensor) -> None:                    # worker thread: host tensors, in order
         image[:, start:start + f.shape[1]] = f
         latents.append(z)
-        if steer is not None:
-            steer.frames(image[0, start:start + f.shape[1]], start)
+        steer.frames(image[0, start:start + f.shape[1]], start)
 
     def sink(z: Tensor, f: Optional[Tensor]) -> None:
         if f is None:
@@ -176,7 +174,7 @@ def _collect(state: StreamState, latent_frames: int, node_id: Optional[str],
             copier.put(f, z)
 
     with HostCopier(consume, convert=lambda f: rearrange(f, "b t c h w -> b t h w c").float()) as copier:
-        _stream(state, latent_frames, node_id, sink, tts, preview=lambda: copier.preview, steer=steer)
+        _stream(state, latent_frames, node_id, sink, tts, steer, preview=lambda: copier.preview)
     host.throw_if_interrupted()
     images = image[:, :copier.frames].flatten(0, 1) if image is not None and copier.frames else \
         layout.placeholder_image(*state.size, out)                            # [B*T, H, W, 3], b-major
@@ -310,7 +308,7 @@ class StreamR1GenerateToFile:
                 live.running(unique_id, state, latent_frames, clip=clip, tts=tts, graph=prompt) as steer, \
                 VideoWriter(path, fps=fps) as writer, HostCopier(consume, convert=uint8_thwc) as copier:
             _stream(state, latent_frames, unique_id, lambda z, f: copier.put(f) if f is not None else None, tts,
-                    preview=lambda: copier.preview, steer=steer)
+                    steer, preview=lambda: copier.preview)
             host.throw_if_interrupted()
         return {"ui": {"images": [entry], "animated": (True,)},
                 "result": (path, host.video_output(path), steer.timeline_text())}

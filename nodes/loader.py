@@ -152,7 +152,7 @@ class StreamR1ModelLoader:
                         "streamed output will not be good", model_name)
         notes = list(info.notes)
         picked = None if entry == "auto" else entry
-        converted = write_safetensors_once(path, picked) if path.endswith(".pt") else None
+        converted = write_safetensors_once(path, picked)          # None unless a .pt was converted now
         if converted is not None:
             notes.append(f"wrote {converted.name} beside it (same weights, family and stream settings, no pickle): "
                          f"pick it next time")

@@ -17,7 +17,7 @@ import torch
 
 import comfy_stubs as stubs
 from stream_r1.video_io import read_video
-from test_nodes import SIZE, imported_pack, models, run  # noqa: F401 (models: a fixture)
+from test_nodes import SIZE, imported_pack, model, models, run, vae  # noqa: F401 (model, models, vae: fixtures)
 
 web = pytest.importorskip("aiohttp.web")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
@@ -71,17 +71,6 @@ def comfy(pack, live, models, tmp_path, monkeypatch):
 @pytest.fixture
 def nodes(pack):
     return pack.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture
-def model(comfy, nodes):
-    return run(nodes["StreamR1ModelLoader"], model_name="tiny_stream_r1.safetensors", dtype="fp32",
-               attention="sdpa", entry="auto")[0]
-
-
-@pytest.fixture(scope="module")
-def vae():
-    return stubs.FakeWanVAE()
 
 
 def encode(clip, text):

@@ -38,10 +38,12 @@ log = logging.getLogger("training.shapes.arms")
 def paired(a: list[dict], b: list[dict], key: str) -> dict[str, float]:
     """Mean of a - b over paired rows (same prompt, noise and training seed), its standard error and the 95 %
     normal interval. a, b: `score_videos(...)['videos']` rows in the same order."""
-    d = np.array([x[key] - y[key] for x, y in zip(a, b, strict=True)], dtype=np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    m = float(d.mean())
-    return {"mean": m, "se": se, "ci95": [m - 1.96 * se, m + 1.96 * se], "n": len(d)}
+    from .bundle import paired_difference
+
+    if len(a) != len(b):
+        raise ValueError(f"paired rows differ in number: {len(a)} and {len(b)}")
+    m, se = paired_difference({"videos": a}, {"videos": b}, (key,))[key]
+    return {"mean": m, "se": se, "ci95": [m - 1.96 * se, m + 1.96 * se], "n": len(a)}
 
 
 def compare(rows: dict[str, dict[int, list[dict]]], seeds: list[int]) -> dict:
