@@ -169,7 +169,8 @@ def test_rerun_of_same_chunk_overwrites(tiny_model):
 
 def test_compiled_stages_stream_as_eager_without_graph_breaks():
     """compile_blocks (inductor on the CPU here): the compiled stages stream the same latents as eager, while the
-    window rolls, with no graph break."""
+    window fills and rolls, with no graph break and no compile after the first chunk's: one graph per stage, the
+    key rotation's included, whose length grows 3 -> 6 -> 9 frames (it compiled once per length before)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
     from stream_r1.stream import generate
@@ -184,3 +185,4 @@ def test_compiled_stages_stream_as_eager_without_graph_breaks():
     out, _ = generate(comp, ctx, sc, 15, height=32, width=48, seed=2)
     assert torch.allclose(out, ref, atol=1e-4)
     assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 3                             # _pre, _post, _rope

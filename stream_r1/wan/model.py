@@ -300,9 +300,14 @@ class WanModel(nn.Module):
         h = (per_frame(blk.norm2(x)) * (1 + sc2) + sh2).flatten(1, 2)
         return x + (per_frame(ffn(blk.ffn, h)) * g2).flatten(1, 2)
 
-    def compile_blocks(self) -> "WanModel":
+    def compile_blocks(self, backend: Any = "inductor") -> "WanModel":
         """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):
-        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager."""
-        self._pre, self._post, self._rope = (torch.compile(f, dynamic=False)
-                                             for f in (WanModel._pre, WanModel._post, apply_rope))
+        one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager.
+
+        The window's key rotation (`_rope`) sees a new key length in each chunk while the window fills (3, 6, 9
+        frames); it is compiled with a symbolic length, once, so a stream does not stop to compile again in its
+        second and third chunks (a fresh process paid about 0.8 s there, cache or not)."""
+        self._pre, self._post = (torch.compile(f, dynamic=False, backend=backend)
+                                 for f in (WanModel._pre, WanModel._post))
+        self._rope = torch.compile(apply_rope, dynamic=True, backend=backend)
         return self
