@@ -11,6 +11,9 @@
 #           --set output_dir=runs/shapes/arms/<arm>_s<seed>; $PARALLEL runs at once on one GPU (default 3); a run
 #           that already finished is left as it is, a stopped one resumes
 #   eval    python -m training.shapes.arms --seeds <SEEDS, comma-separated> --prompts $PROMPTS (default 128)
+#   time    seconds per step of each arm run in the logs (the trainer's `s/step` at its last log line)
+# $STEPS (optional) overrides the recipes' 1,000 steps (a short timing run); MPS=1 starts CUDA's multi-process
+# service first, so the runs that share the GPU run their kernels side by side instead of taking turns.
 # With $OUT set (the lent GPU machine), the evaluation and every run's metrics.jsonl and config.json go there,
 # and the students' exports as <arm>_s<seed>.safetensors.
 set -uo pipefail
@@ -25,16 +28,26 @@ for step in ${@:-start arms eval}; do
            [ -f $R/teacher/teacher.safetensors ] || need+=(teacher)
            [ -f $R/ode_init/exports/student_latest.safetensors ] || need+=(ode_init)
            [ ${#need[@]} -gt 0 ] && bash bench/shapes_train.sh "${need[@]}" ;;
-    arms)  jobs=()
+    arms)  if [ "${MPS:-0}" = 1 ]; then
+             if command -v nvidia-cuda-mps-control >/dev/null; then
+               export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+               mkdir -p /tmp/mps_pipe /tmp/mps_log && nvidia-cuda-mps-control -d && echo "MPS: started"
+             else
+               echo "MPS: nvidia-cuda-mps-control not found, the runs take turns on the GPU"
+             fi
+           fi
+           jobs=()
            for seed in $SEEDS; do for arm in $ARMS; do jobs+=("$arm $seed"); done; done
            for job in "${jobs[@]}"; do
              set -- $job
              while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
-             python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" \
+             python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" ${STEPS:+--set schedule.steps=$STEPS} \
                --set "output_dir=$R/arms/$1_s$2" --set log.progress=false > "$R/arms_$1_s$2.log" 2>&1 &
            done
            wait
+           [ "${MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control
            for job in "${jobs[@]}"; do set -- $job; echo "== $1 seed $2"; tail -2 "$R/arms_$1_s$2.log"; done ;;
+    time)  for f in $R/arms_*.log; do echo "$(basename "$f" .log): $(grep -o '[0-9.]* s/step' "$f" | tail -1)"; done ;;
     eval)  python3 -m training.shapes.arms --runs $R --seeds "$(echo $SEEDS | tr ' ' ',')" --prompts ${PROMPTS:-128} ;;
     *)     echo "unknown step $step" ;;
   esac
