@@ -127,6 +127,17 @@ def ffn(mlp: nn.Sequential, h: Tensor) -> Tensor:
     return mlp(h)
 
 
+def _any_length(compiled: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """`compiled` (apply_rope under torch.compile) with the key length symbolic (x [B, L, n, d], cos/sin [L, 1, d/2])
+    and every other size static, so its kernel keeps fixed inner loops: one graph for every window length."""
+    def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x, cos, sin = (t.view(t.shape) for t in (x, cos, sin))  # new views: the mark must not reach the cached tables
+        for t, dim in ((x, 1), (cos, 0), (sin, 0)):
+            torch._dynamo.maybe_mark_dynamic(t, dim)
+        return compiled(x, cos, sin)
+    return rope
+
+
 class WanModel(nn.Module):
     """Wan2.1 text-to-video DiT. Output: flow prediction v = noise - x0, same shape as the input latents."""
 
@@ -305,9 +316,9 @@ class WanModel(nn.Module):
         one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager.
 
         The window's key rotation (`_rope`) sees a new key length in each chunk while the window fills (3, 6, 9
-        frames); it is compiled with a symbolic length, once, so a stream does not stop to compile again in its
-        second and third chunks (a fresh process paid about 0.8 s there, cache or not)."""
+        frames); its length is symbolic (`_any_length`), so it compiles once and a stream does not stop to compile
+        again in its second and third chunks (a fresh process paid about 0.8 s there, cache or not)."""
         self._pre, self._post = (torch.compile(f, dynamic=False, backend=backend)
                                  for f in (WanModel._pre, WanModel._post))
-        self._rope = torch.compile(apply_rope, dynamic=True, backend=backend)
+        self._rope = _any_length(torch.compile(apply_rope, backend=backend))
         return self
