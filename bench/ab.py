@@ -9,8 +9,7 @@ chunks"), more than the effects being measured. Here one model and one decoder a
 order that rotates from round to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
 first variant (paired, so drift of the machine cancels) with that ratio's range. A variant may set only what a
 session can change: --attention, --skip-last-context-pass, --overlap / --overlap-priority (decode on a side
-stream), --no-split-times (time it as a user runs it, without the syncs that split DiT from decode time) and
---rope-static (with --compile: the key rotation compiled per key length, the form before 2026-12-07).
+stream) and --no-split-times (time it as a user runs it, without the syncs that split DiT from decode time).
 """
 from __future__ import annotations
 
@@ -32,9 +31,6 @@ def variant_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-split-times", action="store_true", help="no syncs around the decode (DiT/decode read 0)")
     ap.add_argument("--overlap", action="store_true", help="decode chunk k on a side stream during chunk k+1")
     ap.add_argument("--overlap-priority", action="store_true", help="--overlap with the DiT on a high-priority stream")
-    ap.add_argument("--rope-static", action="store_true",
-                    help="the window's key rotation compiled with static shapes (one graph per key length, as "
-                         "before 2026-12-07) instead of one graph with a symbolic length")
     return ap
 
 
@@ -59,15 +55,10 @@ def main(argv=None) -> None:
     variants = parse_variants(own.variants)
     b = build(args)
     default_attention = args.attention
-    ropes = {False: b.model._rope}
-    if args.compile and any(f.rope_static for _, f in variants):
-        from stream_r1.wan.rope import apply_rope
-        ropes[True] = torch.compile(apply_rope, dynamic=False)
 
     def run(flags) -> dict:
         sc = b.sc.replace(skip_last_context_pass=flags.skip_last_context_pass or args.skip_last_context_pass)
         b.model.set_attention(flags.attention or default_attention)
-        b.model._rope = ropes.get(flags.rope_static, ropes[False])
         if b.decoder is not None:
             b.decoder.reset()
         return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,

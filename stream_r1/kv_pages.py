@@ -365,6 +365,7 @@ class BatchedKV:
 
     frame_seqlen = property(lambda self: self.caches[0].frame_seqlen)
     relative_rope = property(lambda self: self.caches[0].relative_rope)
+    capacity = property(lambda self: self.caches[0].capacity)
 
     @property
     def cross_valid(self) -> list[bool]:

@@ -186,3 +186,22 @@ def test_compiled_stages_stream_as_eager_without_graph_breaks():
     assert torch.allclose(out, ref, atol=1e-4)
     assert not counters["graph_break"]
     assert counters["stats"]["unique_graphs"] == 3                             # _pre, _post, _rope
+
+
+def test_the_window_rotation_over_the_full_capacity_equals_the_rotation_of_the_keys_alone():
+    """Compiled, the window's keys are rotated padded to the cache's capacity (one static shape while the window
+    fills) and cut back: the same keys as rotating only the n cached ones, for a plain and a batched cache."""
+    from stream_r1.kv_cache import KVCache
+    from stream_r1.kv_pages import BatchedKV
+    cfg = WanConfig.tiny()
+    model = WanModel(cfg, attention="sdpa").init_weights(seed=0).eval()
+    sc = StreamConfig.stream_r1()
+    cache = KVCache.for_model(model, sc, batch=1, height=32, width=48)
+    fs = cache.frame_seqlen
+    k = torch.randn(1, 3 * fs, cfg.num_heads, cfg.head_dim, generator=torch.Generator().manual_seed(1))
+    grid = (3, 32 // 16, 48 // 16)
+    plain = model._rotate_window(k, cache, grid, k.device)
+    model._rope_full_window = True
+    for c in (cache, BatchedKV([cache])):
+        assert c.capacity == sc.window_frames * fs > k.shape[1]
+        torch.testing.assert_close(model._rotate_window(k, c, grid, k.device), plain, rtol=0, atol=0)

@@ -127,17 +127,6 @@ def ffn(mlp: nn.Sequential, h: Tensor) -> Tensor:
     return mlp(h)
 
 
-def _any_length(compiled: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """`compiled` (apply_rope under torch.compile) with the key length symbolic (x [B, L, n, d], cos/sin [L, 1, d/2])
-    and every other size static, so its kernel keeps fixed inner loops: one graph for every window length."""
-    def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x, cos, sin = (t.view(t.shape) for t in (x, cos, sin))  # new views: the mark must not reach the cached tables
-        for t, dim in ((x, 1), (cos, 0), (sin, 0)):
-            torch._dynamo.maybe_mark_dynamic(t, dim)
-        return compiled(x, cos, sin)
-    return rope
-
-
 class WanModel(nn.Module):
     """Wan2.1 text-to-video DiT. Output: flow prediction v = noise - x0, same shape as the input latents."""
 
@@ -272,8 +261,7 @@ class WanModel(nn.Module):
             q, k, v = self._pre(blk, x, e0, cos_q, sin_q, not rerotate)
             k_all, v_all = cache.update(i, k, v)                              # [B, S, n, d]
             if rerotate:                                                      # window-relative positions 0..n-1
-                cos_k, sin_k = self.rope.get(0, k_all.shape[1] // fs, grid[1], grid[2], x.device)
-                k_all = self._rope(k_all, cos_k, sin_k)
+                k_all = self._rotate_window(k_all, cache, grid, x.device)
             att = self.attn_fn(q, k_all, v_all)
         kv = cache.cross(i) if cache is not None else None                    # 2. text K/V (cached per prompt)
         if kv is None:
@@ -282,8 +270,24 @@ class WanModel(nn.Module):
                 cache.set_cross(i, *kv)
         return self._post(blk, x, att, e0, kv[0], kv[1], self.attn_fn)        # 2.-3. cross-attention, FFN
 
+    def _rotate_window(self, k_all: Tensor, cache: KVCache, grid: tuple[int, int, int],
+                       device: torch.device) -> Tensor:
+        """Rotate the window's keys k_all [B, n, heads, d] to positions 0..n-1. Compiled, the rotation always sees
+        the window's full capacity (zero keys appended while the window fills, then cut off), so its one static
+        graph serves every chunk: n grows 3 -> 6 -> 9 frames over a stream's first chunks, and a graph per length
+        cost a fresh process about 0.8 s in chunks 2-3; a symbolic length ran 1.7 % slower (bench/RESULTS.md)."""
+        fs = grid[1] * grid[2]
+        n = k_all.shape[1]
+        full = max(n, getattr(cache, "capacity", n)) if self._rope_full_window else n
+        full = n if full % fs else full                                      # (whole frames only)
+        if full > n:
+            k_all = F.pad(k_all, (0, 0, 0, 0, 0, full - n))                 # [B, capacity, heads, d]
+        cos_k, sin_k = self.rope.get(0, full // fs, grid[1], grid[2], device)
+        return self._rope(k_all, cos_k, sin_k)[:, :n]
+
     # ---- the pure stages of a block (what `compile_blocks` compiles) ------------------------------
     _rope = staticmethod(apply_rope)
+    _rope_full_window = False                                                # set by compile_blocks
 
     @staticmethod
     def _pre(blk: Block, x: Tensor, e0: Tensor, cos: Tensor, sin: Tensor,
@@ -315,10 +319,9 @@ class WanModel(nn.Module):
         """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):
         one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager.
 
-        The window's key rotation (`_rope`) sees a new key length in each chunk while the window fills (3, 6, 9
-        frames); its length is symbolic (`_any_length`), so it compiles once and a stream does not stop to compile
-        again in its second and third chunks (a fresh process paid about 0.8 s there, cache or not)."""
-        self._pre, self._post = (torch.compile(f, dynamic=False, backend=backend)
-                                 for f in (WanModel._pre, WanModel._post))
-        self._rope = _any_length(torch.compile(apply_rope, backend=backend))
+        The window's key rotation always sees the window's capacity (`_rotate_window`), so it compiles once and a
+        stream does not stop to compile again in its second and third chunks."""
+        self._pre, self._post, self._rope = (torch.compile(f, dynamic=False, backend=backend)
+                                             for f in (WanModel._pre, WanModel._post, apply_rope))
+        self._rope_full_window = True
         return self
