@@ -360,3 +360,5 @@ def test_log_line_of_a_critic_step_carries_the_latest_generator_metrics():
     assert "0.20 s/step" in line and "peak 1.10 GiB" in line
     assert "gen @" not in format_line("run", gen, 500, gen)
     assert "gen @" not in format_line("run", critic, 500, None) and "gen " not in format_line("run", critic, 500)
+    timed = {**gen, "seconds_rollout": 0.31, "seconds_decode": 0.04, "seconds_checker": 5.9}
+    assert "| gen s: rollout 0.31, decode 0.04, checker 5.90 |" in format_line("run", critic, 500, timed)

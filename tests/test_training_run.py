@@ -225,3 +225,37 @@ def test_the_reward_checker_correlation_logged_per_micro_batch():
     assert _checker_rho(score.view(-1, 1, 1, 1, 1), frames, prompts) == pytest.approx(1.0)
     assert _checker_rho(-score.view(-1, 1, 1, 1, 1), frames, prompts) == pytest.approx(-1.0)
     assert math.isnan(_checker_rho(score[:1].view(1, 1, 1, 1, 1), frames[:1], prompts[:1]))
+
+
+def test_generator_steps_log_their_phase_times_and_the_checker_runs_on_its_cadence(tmp_path, monkeypatch):
+    """metrics.jsonl splits every generator step's wall time into its phases (rollout, teacher/critic scores, the
+    decode and the reward weights, the backward), and reward.log_checker_every=N runs the (CPU) checker on every
+    Nth generator step only."""
+    import json
+
+    import training.trainer as trainer_mod
+    calls = []
+    monkeypatch.setattr(trainer_mod, "_checker_rho", lambda w, f, p: calls.append(len(p)) or 0.5)
+    cfg = _cfg(tmp_path / "run", 6)
+    cfg.schedule.generator_every = 1
+    cfg.reward.log_checker, cfg.reward.log_checker_every = True, 2
+    history = Trainer(cfg).train()
+    assert len(calls) == 3                                             # generator steps 0, 2, 4 of 0..5
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    phases = ("seconds_rollout", "seconds_scores", "seconds_decode", "seconds_reward", "seconds_backward")
+    for line, m in zip(lines, history):
+        assert all(line[p] > 0 for p in phases)
+        assert sum(line[p] for p in phases) <= m["seconds"]
+    assert [("r_checker" in x) for x in lines] == [True, False, True, False, True, False]
+
+
+def test_the_batched_decode_equals_one_sample_at_a_time(tmp_path, monkeypatch):
+    """Trainer.decode puts as many videos into one VAE call as DECODE_GROUP_PIXELS allows: the same frames as
+    decoding them one by one."""
+    trainer = Trainer(_cfg(tmp_path / "run", 0))
+    x = torch.randn(3, 3, trainer.student.cfg.in_dim, *trainer.latent_hw, generator=torch.Generator().manual_seed(0))
+    together = trainer.decode(x)
+    monkeypatch.setattr(Trainer, "DECODE_GROUP_PIXELS", 1)             # one video per call
+    alone = trainer.decode(x)
+    assert together.shape == alone.shape == (3, 9, 3, 8 * trainer.latent_hw[0], 8 * trainer.latent_hw[1])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)

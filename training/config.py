@@ -167,7 +167,9 @@ class RewardConfig:
     """`shuffled`: the uninformed control arm of a paired test: the same W_inter and W_intra values, detached from
     their rollouts (W_inter deranged within the micro-batch, W_intra maps moved one sample along; seeded by step)."""
     log_checker: bool = False
-    """Shapes world: log Spearman(r, analytic checker score) over each generator micro-batch (`r_checker`)."""
+    """Shapes world: log Spearman(r, analytic checker score) over the generator micro-batch (`r_checker`)."""
+    log_checker_every: int = 1
+    """With log_checker: on every Nth generator step only (the checker runs on the CPU, ~0.4 s per 45-frame clip)."""
     balance_window: int = 50
     """BalancedOverall history length per axis."""
     balance_warmup: int = 50
@@ -447,6 +449,8 @@ class TrainConfig:
             raise ValueError("reward.enabled needs a VAE to decode rollouts: set model.vae to a file or 'random'")
         if self.reward.enabled and not self.reward.path:
             raise ValueError("reward.enabled needs reward.path (a VideoReward folder, 'synthetic' or 'analytic-shapes')")
+        if self.reward.log_checker_every < 1:
+            raise ValueError(f"reward.log_checker_every must be >= 1, got {self.reward.log_checker_every}")
         if self.reward.enabled and self.reward.path == "analytic-shapes" and self.reward.target != "pixels":
             raise ValueError("reward.path=analytic-shapes scores decoded pixels (it has no ViT patches): set "
                              "reward.target=pixels")

@@ -17,6 +17,9 @@ _SHORT = (("gen_loss", "gen"), ("critic_loss", "critic"), ("ode_loss", "ode"), (
           ("balance_penalty", "bal"), ("grad_norm_gen", "gnorm_g"), ("grad_norm_critic", "gnorm_c"))
 
 
+_PHASES = ("rollout", "scores", "decode", "reward", "checker", "backward")
+
+
 def format_line(name: str, m: dict[str, Any], total: int, last_gen: dict[str, Any] | None = None) -> str:
     """One log line for step m. When m is a critic-only step, the generator's metrics (loss, reward weights) come
     from `last_gen`, the latest generator step, marked `(gen @ step)`: an interval that is a multiple of
@@ -38,6 +41,9 @@ def format_line(name: str, m: dict[str, Any], total: int, last_gen: dict[str, An
     if m.get("dmd_nonfinite"):
         parts.append(f"nonfinite {m['dmd_nonfinite']:.0f}")
     parts.append(f"{m['seconds']:.2f} s/step")
+    phases = [f"{p} {m['seconds_' + p]:.2f}" for p in _PHASES if f"seconds_{p}" in m]
+    if phases:                                                      # where a generator step's time went
+        parts.append("gen s: " + ", ".join(phases))
     parts.append(f"peak {max(m['peak_mem_gib']):.2f} GiB")
     return " | ".join(parts)
 

@@ -18,6 +18,7 @@ caches would break that.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -234,18 +235,22 @@ class Trainer:
         pos, prompts = self._batch(block, micro)
         ctx = self.text(prompts)
         e = self.exit_step(k, micro, "generator")
-        x = self._rollout(ctx, pos, "gen-rollout", e, grad=True)                        # [B, F, C, h, w]
+        with self._timed(acc, "rollout"):
+            x = self._rollout(ctx, pos, "gen-rollout", e, grad=True)                    # [B, F, C, h, w]
         with torch.no_grad():
-            x_t, t, sig, _ = self._noised(x, pos, "gen-score")
-            xt_c = rearrange(x_t, "b f c h w -> b c f h w")
-            real = cfg_flow(self.teacher, xt_c, t, ctx, self.text.negative(len(pos)), self.cfg.dmd.guidance_scale)
-            fake = self.critic(xt_c, t, ctx)
-            d_real = x_t.float() - sig * rearrange(real, "b c f h w -> b f c h w").float()
-            d_fake = x_t.float() - sig * rearrange(fake, "b c f h w -> b f c h w").float()
-            direction = losses.dmd_direction(x, d_fake, d_real)
+            with self._timed(acc, "scores"):
+                x_t, t, sig, _ = self._noised(x, pos, "gen-score")
+                xt_c = rearrange(x_t, "b f c h w -> b c f h w")
+                real = cfg_flow(self.teacher, xt_c, t, ctx, self.text.negative(len(pos)),
+                                self.cfg.dmd.guidance_scale)
+                fake = self.critic(xt_c, t, ctx)
+                d_real = x_t.float() - sig * rearrange(real, "b c f h w -> b f c h w").float()
+                d_fake = x_t.float() - sig * rearrange(fake, "b c f h w -> b f c h w").float()
+                direction = losses.dmd_direction(x, d_fake, d_real)
             w_inter, w_intra, intra = self._reward_weights(x, prompts, acc, (k, micro))
-        loss = losses.dmd_loss(x, direction.grad, w_inter, w_intra)
-        (loss / self.accum).backward()
+        with self._timed(acc, "backward"):
+            loss = losses.dmd_loss(x, direction.grad, w_inter, w_intra)
+            (loss / self.accum).backward()
         b = len(pos)
         acc.mean("gen_loss", loss.item(), b)
         acc.mean("dmd_grad_abs", direction.grad.abs().mean().item(), b)
@@ -262,34 +267,37 @@ class Trainer:
             return None, None, None
         intra_info = None
         r = self.cfg.reward
-        frames = self.decode(x.detach())                                                # [B, T, 3, H, W] in [0, 1]
-        if r.intra:
-            from stream_r1.reward.dmd_weights import reward_weights
-            from stream_r1.reward.weights import IntraConfig
-            intra = IntraConfig(combine=r.combine, temperature=r.temperature, normalize_axes=r.normalize_axes,
-                                spatial_strength=r.spatial_strength, temporal_strength=r.temporal_strength,
-                                spatial_floor=r.spatial_floor, temporal_floor=r.temporal_floor)
-            rw = reward_weights(self.reward, frames, prompts, (x.shape[1], *self.latent_hw), intra=intra,
-                                reward_mode=r.mode, balancer=self.balancer, beta=r.beta, clip=r.clip,
-                                target=r.target, checkpointing=r.checkpointing, order=r.saliency_order)
-            w_inter, w_intra, scores = rw.w_inter, rw.w_intra.to(self.device), rw.scores
-            tau = rw.intra.temporal
-            acc.extrema("w_intra_temporal", tau.min().item(), tau.max().item())
-            acc.extrema("w_intra", rw.w_intra.min().item(), rw.w_intra.max().item())
-            intra_info = (rw.w_intra[0, :, 0].float().cpu(), tau[0].float().cpu())
-        else:
-            from stream_r1.reward.model import compute_scores
-            from stream_r1.reward.weights import inter_weight, reward_signal
-            scores = compute_scores(self.reward, frames, prompts)
-            w_inter = inter_weight(reward_signal(scores.normalized, scores.axes, r.mode, self.balancer), r.beta, r.clip)
-            w_intra = None
-        w_inter = w_inter.to(self.device)
-        if r.inter_norm == "batch":                                     # mean 1 over the global micro-batch
-            from stream_r1.reward.weights import normalize_inter       # (cancels the BalancedOverall penalty)
-            w_inter = normalize_inter(w_inter, lambda t: parallel.all_reduce_(t, "sum"))
+        with self._timed(acc, "decode"):
+            frames = self.decode(x.detach())                                            # [B, T, 3, H, W] in [0, 1]
+        with self._timed(acc, "reward"):
+            if r.intra:
+                from stream_r1.reward.dmd_weights import reward_weights
+                from stream_r1.reward.weights import IntraConfig
+                intra = IntraConfig(combine=r.combine, temperature=r.temperature, normalize_axes=r.normalize_axes,
+                                    spatial_strength=r.spatial_strength, temporal_strength=r.temporal_strength,
+                                    spatial_floor=r.spatial_floor, temporal_floor=r.temporal_floor)
+                rw = reward_weights(self.reward, frames, prompts, (x.shape[1], *self.latent_hw), intra=intra,
+                                    reward_mode=r.mode, balancer=self.balancer, beta=r.beta, clip=r.clip,
+                                    target=r.target, checkpointing=r.checkpointing, order=r.saliency_order)
+                w_inter, w_intra, scores = rw.w_inter, rw.w_intra.to(self.device), rw.scores
+                tau = rw.intra.temporal
+                acc.extrema("w_intra_temporal", tau.min().item(), tau.max().item())
+                acc.extrema("w_intra", rw.w_intra.min().item(), rw.w_intra.max().item())
+                intra_info = (rw.w_intra[0, :, 0].float().cpu(), tau[0].float().cpu())
+            else:
+                from stream_r1.reward.model import compute_scores
+                from stream_r1.reward.weights import inter_weight, reward_signal
+                scores = compute_scores(self.reward, frames, prompts)
+                w_inter = inter_weight(reward_signal(scores.normalized, scores.axes, r.mode, self.balancer), r.beta, r.clip)
+                w_intra = None
+            w_inter = w_inter.to(self.device)
+            if r.inter_norm == "batch":                                     # mean 1 over the global micro-batch
+                from stream_r1.reward.weights import normalize_inter       # (cancels the BalancedOverall penalty)
+                w_inter = normalize_inter(w_inter, lambda t: parallel.all_reduce_(t, "sum"))
         b = x.shape[0]
-        if r.log_checker:                     # W_inter is monotone in r: its ranks are r's (before any control)
-            rho = _checker_rho(w_inter, frames, prompts)
+        if r.log_checker and (key[0] // self.cfg.schedule.generator_every) % r.log_checker_every == 0:
+            with self._timed(acc, "checker"):  # W_inter is monotone in r: its ranks are r's (before any control)
+                rho = _checker_rho(w_inter, frames, prompts)
             if math.isfinite(rho):
                 acc.mean("r_checker", rho, 1)
         if r.control == "shuffled":
@@ -414,11 +422,13 @@ class Trainer:
         if gen and self.cfg.method == "ode_init":
             mean_keys += ["ode_loss"]
         elif gen:
-            mean_keys += ["gen_loss", "dmd_grad_abs", "dmd_nonfinite", "exit_step_gen"]
+            mean_keys += ["gen_loss", "dmd_grad_abs", "dmd_nonfinite", "exit_step_gen",
+                          "seconds_rollout", "seconds_scores", "seconds_backward"]
             if self.reward is not None:
                 mean_keys += [f"reward_{a}" for a in self.reward.axes] + ["w_inter", "ess"]
                 mean_keys += ["w_intra_std"] if self.cfg.reward.intra else []
-                mean_keys += ["r_checker"] if self.cfg.reward.log_checker else []
+                mean_keys += ["r_checker", "seconds_checker"] if self.cfg.reward.log_checker else []
+                mean_keys += ["seconds_decode", "seconds_reward"]
                 mean_keys += ["balance_penalty"] if self.balancer is not None else []
                 ext_keys += ["w_inter"] + (["w_intra", "w_intra_temporal"] if self.cfg.reward.intra else [])
         out.update(acc.reduce((mean_keys, ext_keys)))
@@ -536,16 +546,33 @@ class Trainer:
         log.info("resumed from %s (step %d)", path, self.step_idx)
 
     # ---- helpers ------------------------------------------------------------------------------------------------
+    DECODE_GROUP_PIXELS = 1 << 25     # frames x height x width decoded per call: 2 videos of 81 x 480 x 832
+
     @torch.no_grad()
     def decode(self, x: Tensor) -> Tensor:
-        """Latents [B, F, C, h, w] -> frames [B, T, 3, H, W] in [0, 1] (one sample at a time)."""
+        """Latents [B, F, C, h, w] -> frames [B, T, 3, H, W] in [0, 1]: as many samples per VAE call as fit
+        DECODE_GROUP_PIXELS (the whole batch of small videos, so the per-frame causal loop runs once, not B times)."""
         if self.vae is None:
             raise ValueError("decoding needs a VAE (model.vae)")
+        b, f, _, h, w = x.shape
+        pixels = (1 + 4 * (f - 1)) * h * w * 64                                          # one video's frames x H x W
+        group = max(1, self.DECODE_GROUP_PIXELS // pixels)
         outs = []
-        for i in range(x.shape[0]):
-            v = self.vae.decode(rearrange(x[i:i + 1], "b f c h w -> b c f h w"))       # [1, 3, T, H, W]
+        for i in range(0, b, group):
+            v = self.vae.decode(rearrange(x[i:i + group], "b f c h w -> b c f h w"))   # [g, 3, T, H, W]
             outs.append(rearrange(((v.float() + 1) / 2).clamp(0, 1), "b c t h w -> b t c h w"))
         return torch.cat(outs)
+
+    @contextlib.contextmanager
+    def _timed(self, acc: Metrics, name: str):
+        """Wall seconds of a phase of a generator micro-step, as metric `seconds_<name>` (the device synchronised
+        before and after, so the GPU's queued work lands in the phase that queued it)."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        yield
+        sync()
+        acc.mean(f"seconds_{name}", time.perf_counter() - t0, 1)
 
     def write_summary(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
