@@ -126,7 +126,8 @@ def test_tiny_chain_writes_every_stage(tiny_chain):
         assert (r / f).is_file(), f
     m = json.loads((r / "vae" / "metrics.json").read_text())
     assert len(m["whole_clip_psnr_per_frame"]) == 9
-    assert set(m["reconstruction_check"]) == {"color", "motion", "color_original", "motion_original"}
+    assert set(m["reconstruction_check"]) == {"color", "shape", "motion", "color_original", "shape_original",
+                                              "motion_original"}
     assert 0 < m["reconstruction_check"]["color_original"] <= 1     # the checker reads the rendered clips (32 px)
     t = json.loads((r / "teacher" / "metrics.json").read_text())["teacher_check"]
     assert t["samples"] == 8 and 0 <= t["checker"]["color"] <= 1

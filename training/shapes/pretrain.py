@@ -143,20 +143,21 @@ def foreground_crops(x: Tensor, c: int, g: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def reconstruction_check(vae, bank: ClipBank, device: torch.device, idx: list[int]) -> dict[str, float]:
-    """Mean checker scores (colour, motion) of encode -> decode of clips `idx`, with the originals' scores beside:
-    a VAE that loses the shapes' colours fails here long before a teacher could be trained on it."""
+    """Mean checker scores (colour, shape, motion) of encode -> decode of clips `idx`, with the originals' scores
+    beside: a VAE that loses the shapes' colours or outlines fails here long before a teacher could be trained on it
+    (the 2026-11-22 VAE kept the colours, 0.79, but turned squares, diamonds and stars into blobs: shape 0.26 against
+    0.96 for the originals, bench/SHAPES.md 2026-12-07)."""
     from stream_r1.shapes import check
 
-    got = {"color": 0.0, "motion": 0.0, "color_original": 0.0, "motion_original": 0.0}
+    got = {k: 0.0 for k in ("color", "shape", "motion", "color_original", "shape_original", "motion_original")}
     for i in idx:
         x = bank.batch([i], device)                                                       # [1, T, 3, H, W]
         r = vae.decode(vae.encode(rearrange(x * 2 - 1, "b t c h w -> b c t h w"))).float()
         r = rearrange((r[0] + 1) / 2, "c t h w -> t c h w").cpu()
         a, b = check(x[0].cpu(), bank.prompts[i]), check(r, bank.prompts[i])
-        got["color"] += b["color_score"] / len(idx)
-        got["motion"] += b["motion_score"] / len(idx)
-        got["color_original"] += a["color_score"] / len(idx)
-        got["motion_original"] += a["motion_score"] / len(idx)
+        for key in ("color", "shape", "motion"):
+            got[key] += b[f"{key}_score"] / len(idx)
+            got[f"{key}_original"] += a[f"{key}_score"] / len(idx)
     return {k: round(v, 3) for k, v in got.items()}
 
 
