@@ -70,9 +70,9 @@ for stage in "${STAGES[@]}"; do
   echo "stage ${stage}: $(( $(date +%s) - t0 )) s"
   if [ "$stage" = vae ] && [ -z "${SKIP_VAE_GATE:-}" ]; then   # do not spend GPU time on a VAE that loses the shapes
     python3 -c "import json,sys; r=json.load(open('runs/shapes/vae/metrics.json'))['reconstruction_check']; \
-print('VAE gate', r); sys.exit(0 if r['color'] >= 0.8 * r['color_original'] and r.get('shape', 1) >= 0.6 else 3)" \
+print('VAE gate', r); sys.exit(0 if r['color'] >= 0.8 * r['color_original'] and r['shape'] >= 0.8 * r['shape_original'] else 3)" \
       || { echo "VAE gate failed: reconstructions lose the shapes' colours or outlines (checker colour below 0.8 x" \
-                "the originals' or shape below 0.6; SKIP_VAE_GATE=1 to go on anyway)"; exit 3; }
+                "the originals', or shape below 0.8 x theirs; SKIP_VAE_GATE=1 to go on anyway)"; exit 3; }
   fi
   if [ "$stage" = teacher ] && [ -z "${SKIP_TEACHER_GATE:-}" ]; then   # nor on distilling a teacher that fails the checker
     python3 -c "import json,sys; r=json.load(open('runs/shapes/teacher/metrics.json'))['teacher_check']; \

@@ -367,3 +367,18 @@ def test_rebuilding_a_bundle_leaves_identical_weight_files_untouched(tmp_path):
     assert path.stat().st_mtime_ns == 1
     assert save_unless_same({**sd, "a": torch.zeros(4)}, path, meta)
     assert save_unless_same(sd, path, {**meta, "x": "9"})
+
+
+def test_the_vae_loss_weights_a_band_around_each_outline():
+    """outline_band: 1 within 2 px of a shape's outline, inside and outside, 0 farther in, farther out and on an
+    empty frame; a square and a circle of the same area differ only there, which is what the weight is for."""
+    from training.shapes.pretrain import outline_band
+
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, 0, 8:24, 8:24] = 1                                          # a 16 px square in frame 0, frame 1 empty
+    band = outline_band(mask)
+    assert band.shape == mask.shape and set(band.unique().tolist()) == {0.0, 1.0}
+    assert band[0, 0, 16, 6:10].tolist() == [1.0] * 4                  # 2 px outside, 2 px inside the left edge
+    assert band[0, 0, 16, 5] == 0 and band[0, 0, 16, 10] == 0 and band[0, 0, 16, 16] == 0
+    assert band[0, 0].sum() == 20 * 20 - 12 * 12                       # the ring between the 20 px and 12 px squares
+    assert band[1].sum() == 0

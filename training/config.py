@@ -372,6 +372,11 @@ class PretrainConfig:
     vae_fg_weight: float = 10.0
     """Loss weight of foreground pixels (farther than 0.1 from the clip's median colour): shapes cover ~3 % of a
     frame, and an unweighted VAE first learns to draw the background alone (the 2026-11-22 attempt did)."""
+    vae_edge_weight: float = 0.0
+    """Extra loss weight on a +-2 px band around each shape's outline (`outline_band`). With only the foreground weight
+    the VAE draws every kind as a blob (the 2026-11-22 VAE: checker shape 0.26 on reconstructions, originals 0.96);
+    fine-tuning it on single frames with weight 40 here reached 0.45 in 1,200 CPU steps, against 0.25 with the
+    foreground weight alone and 0.27 with that weight at 40 (bench/SHAPES.md, 2026-12-07)."""
     vae_init: str = ""
     """Start the VAE from this file (fine-tuning) instead of a seeded random init."""
     vae_crop: int = 48

@@ -139,6 +139,7 @@ def _shapes(cfg: TrainConfig, name: str) -> TrainConfig:
 def shapes_vae() -> TrainConfig:
     cfg = _shapes(TrainConfig(method="vae"), "shapes_vae")
     cfg.optim.lr = 3e-4                                                # 1e-3 spiked and stalled at ~8 dB on the CPU
+    cfg.pretrain.vae_edge_weight = 40.0                                # outlines, or every shape decodes as a blob
     s = cfg.schedule
     s.steps, s.global_batch = 800, 32              # 45-frame crops: 0.6 s/step on an H200 (8 min); the gate passed at 718
     return cfg
