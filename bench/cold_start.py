@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+ALLOCS = re.compile(r"device allocations per chunk \(cudaMalloc calls of the caching allocator\): ([\d, ]+)")
 LINE = re.compile(r"streamed (\d+) chunks in ([\d.]+) s \(first frames after ([\d.]+) s; chunk seconds ([\d., ]+)\)")
 
 
@@ -78,6 +79,9 @@ def main() -> int:
             chunks = [float(x) for x in m.group(4).split(",") if x.strip() not in ("", "...")]
             run.update(chunks=int(m.group(1)), stream_seconds=float(m.group(2)), first_frames=float(m.group(3)),
                        chunk_seconds=chunks, steady_chunk=round(sorted(chunks)[len(chunks) // 2], 3))
+            a = ALLOCS.search(proc.stderr + proc.stdout)
+            if a:
+                run["device_allocations_per_chunk"] = [int(x) for x in a.group(1).split(",")]
         else:
             run["log_tail"] = (proc.stderr + proc.stdout)[-3000:]
         runs.append(run)

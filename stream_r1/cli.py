@@ -725,12 +725,14 @@ def _run_chunks(args, session, run, out: "_Outputs", n_chunks: int, video_frames
     bar = tqdm(total=n_chunks, unit="chunk", disable=args.quiet, file=sys.stderr)
     t0 = last = time.perf_counter()
     first, gaps = None, []                      # the first 16 chunk periods (a bounded log line)
+    allocs = _DeviceAllocations()
     with stop:
         for chunk in run(n_chunks, should_stop=stop, on_chunk=telemetry.on_chunk if telemetry else None):
             now, delivered = time.perf_counter(), delivered + 1
             first = now - t0 if first is None else first
             if len(gaps) < 16:
                 gaps.append(now - last)
+                allocs.mark()
             last = now
             out.put(chunk, video_frames)
             bar.update(1)
@@ -743,7 +745,32 @@ def _run_chunks(args, session, run, out: "_Outputs", n_chunks: int, video_frames
     if delivered:
         log.info("streamed %d chunks in %.2f s (first frames after %.3f s; chunk seconds %s%s)", delivered,
                  last - t0, first, ", ".join(f"{g:.3f}" for g in gaps), ", ..." if delivered > len(gaps) else "")
+        if allocs.counts:
+            log.info("device allocations per chunk (cudaMalloc calls of the caching allocator): %s",
+                     ", ".join(map(str, allocs.counts)))
     return delivered
+
+
+class _DeviceAllocations:
+    """How many times the CUDA caching allocator asked the driver for memory during each chunk (nothing on a CPU):
+    a chunk slower than its neighbours for no compile may be paying for new device memory."""
+
+    def __init__(self) -> None:
+        import torch
+        self._on = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self._last = self._read() if self._on else 0
+        self.counts: list[int] = []
+
+    @staticmethod
+    def _read() -> int:
+        import torch
+        return int(torch.cuda.memory_stats().get("num_device_alloc", 0))
+
+    def mark(self) -> None:
+        if self._on:
+            now = self._read()
+            self.counts.append(now - self._last)
+            self._last = now
 
 
 class _Outputs:

@@ -197,3 +197,22 @@ def test_conv_search_sets_cudnn_only_on_a_gpu(monkeypatch, device, compile, sear
     monkeypatch.setattr(torch.backends.cudnn, "benchmark_limit", 10)
     _cudnn_setup(torch.device(device), compile, search)
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit) == want
+
+
+def test_generate_counts_the_allocators_device_requests_per_chunk(monkeypatch):
+    """On CUDA the streamed log line is followed by how many cudaMalloc calls each chunk made (a slow chunk with no
+    compile may be paying for new device memory); on a CPU nothing is counted."""
+    import torch
+
+    from stream_r1.cli import _DeviceAllocations
+    cpu = _DeviceAllocations()
+    cpu.mark()
+    assert cpu.counts == [] or torch.cuda.is_initialized()
+    reads = iter([5, 9, 9, 12])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda: {"num_device_alloc": next(reads)})
+    gpu = _DeviceAllocations()
+    for _ in range(3):
+        gpu.mark()
+    assert gpu.counts == [4, 0, 3]
