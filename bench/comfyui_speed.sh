@@ -26,6 +26,10 @@
 #                             installs it into /tmp/comfy_site, which stays while the machine is warm): the tree plus
 #                             everything exceeds one call's 64 MiB
 #   .ref/reward_forcing       the public reference's files (bench/reference_side_by_side.py lists them)
+# Everything in one call runs past the 600 s a command may take (2026-12-07, call D: `cold` did not run). Two calls
+# back to back on the warm machine, each with the reference in it:
+#   carry .gpu_av .ref:        bash bench/comfyui_speed.sh setup ref cli cold          (≈ 5 min)
+#   carry .gpu_comfy .ref:     RUNS=20 bash bench/comfyui_speed.sh setup ref comfy     (≈ 7.5 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
