@@ -251,7 +251,6 @@ class WanModel(nn.Module):
     def _block(self, i: int, blk: Block, x: Tensor, e0: Tensor, text: Optional[Tensor],
                cache: Optional[KVCache], grid: tuple[int, int, int], cos_q: Tensor, sin_q: Tensor,
                mask: Optional[Tensor]) -> Tensor:
-        fs = grid[1] * grid[2]                                               # tokens per latent frame
         # 1. self-attention; window-relative keys are cached un-rotated and rotated here over the whole window
         rerotate = cache is not None and cache.relative_rope
         if cache is None:
@@ -315,13 +314,13 @@ class WanModel(nn.Module):
         h = (per_frame(blk.norm2(x)) * (1 + sc2) + sh2).flatten(1, 2)
         return x + (per_frame(ffn(blk.ffn, h)) * g2).flatten(1, 2)
 
-    def compile_blocks(self, backend: Any = "inductor") -> "WanModel":
+    def compile_blocks(self) -> "WanModel":
         """torch.compile the pure per-block stages (norms, modulation, projections, RoPE, FFN, cross-attention):
         one graph shared by all blocks; the KV-cache bookkeeping and self-attention stay eager.
 
         The window's key rotation always sees the window's capacity (`_rotate_window`), so it compiles once and a
         stream does not stop to compile again in its second and third chunks."""
-        self._pre, self._post, self._rope = (torch.compile(f, dynamic=False, backend=backend)
+        self._pre, self._post, self._rope = (torch.compile(f, dynamic=False)
                                              for f in (WanModel._pre, WanModel._post, apply_rope))
         self._rope_full_window = True
         return self
