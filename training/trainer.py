@@ -546,7 +546,7 @@ class Trainer:
         log.info("resumed from %s (step %d)", path, self.step_idx)
 
     # ---- helpers ------------------------------------------------------------------------------------------------
-    DECODE_GROUP_PIXELS = 1 << 25     # frames x height x width decoded per call: 2 videos of 81 x 480 x 832
+    DECODE_GROUP_PIXELS = 1 << 25     # frames x height x width decoded per call (one video of 81 x 480 x 832)
 
     @torch.no_grad()
     def decode(self, x: Tensor) -> Tensor:
@@ -555,7 +555,8 @@ class Trainer:
         if self.vae is None:
             raise ValueError("decoding needs a VAE (model.vae)")
         b, f, _, h, w = x.shape
-        pixels = (1 + 4 * (f - 1)) * h * w * 64                                          # one video's frames x H x W
+        ts, ss = self.vae.cfg.temporal_stride, self.vae.cfg.spatial_stride
+        pixels = (1 + ts * (f - 1)) * h * w * ss * ss                                    # one video's frames x H x W
         group = max(1, self.DECODE_GROUP_PIXELS // pixels)
         outs = []
         for i in range(0, b, group):
