@@ -52,8 +52,10 @@ def analyze(frames, res_thr: float = 0.1, chunk: int = 64) -> dict:
         f = x[t0:t0 + chunk]                                                # [n,3,H,W]
         n = f.shape[0]
         p = (f - bg[None, :, :, None])[:, None]                             # [n,1,3,H,W]
-        alpha = (p * d[None, :, :, :, None]).sum(2) / dn[None, :, :, None]  # [n,C,H,W]
-        res = (p - alpha[:, :, None] * d[None, :, :, :, None]).norm(dim=2)
+        pd = (p * d[None, :, :, :, None]).sum(2)                            # [n,C,H,W]  p . d
+        alpha = pd / dn[None, :, :, None]                                   # [n,C,H,W]
+        # |p - alpha d| with alpha the projection: |p|^2 - alpha (p . d), no [n,C,3,H,W] residual
+        res = ((p * p).sum(2) - alpha * pd).clamp_min(0).sqrt()             # [n,C,H,W]
         res = torch.where((alpha > 0.08) & (alpha < 1.15), res, torch.full_like(res, 9.0))
         best = res.argmin(1)                                                # [n,H,W]
         ok = res.min(1).values < res_thr
