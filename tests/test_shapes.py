@@ -1,7 +1,7 @@
 """Shapes world: renderer determinism, prompt grammar round trip, analytic checker (CPU, fast)."""
 import torch
 
-from stream_r1.shapes import (Change, Scene, ShapeSpec, analyze, check, check_timeline, describe,
+from stream_r1.shapes import (Change, Scene, ShapeSpec, analyze, check, check_many, check_timeline, describe,
                               generate, parse_prompt, render, sample_scene)
 
 
@@ -37,6 +37,27 @@ def test_checker_accuracy_random_scenes():
         attr_ok += r["color_score"] == 1 and r["shape_score"] == 1 and r["motion_score"] == 1
     print(f"checker: passed {ok}/{n}, attributes {attr_ok}/{n}")
     assert ok / n >= 0.95 and attr_ok / n >= 0.95
+
+
+def test_check_many_is_check_of_each_video_in_order():
+    """The thread pool changes nothing: every field of every verdict as check() one by one (noisy frames too, where
+    the colour assignment's residuals decide), prompts swapped between videos included; mismatched lengths refused."""
+    import pytest
+
+    g = torch.Generator().manual_seed(0)
+    vids, prompts = [], []
+    for seed in range(2000, 2006):
+        f, sc = generate(seed, 9, width=64, height=64)
+        vids.append((f + 0.04 * torch.randn(f.shape, generator=g)).clamp(0, 1) if seed % 2 else f)
+        prompts.append(sc.prompt)
+    prompts[-1], prompts[-2] = prompts[-2], prompts[-1]
+    many = check_many(vids, prompts)
+    one = [check(v, p) for v, p in zip(vids, prompts)]
+    assert [m["score"] for m in many] == [o["score"] for o in one]
+    assert [repr(m) for m in many] == [repr(o) for o in one]
+    assert any(m["passed"] for m in many) and not all(m["passed"] for m in many)
+    with pytest.raises(ValueError, match="one prompt per video"):
+        check_many(vids, prompts[:-1])
 
 
 def test_checker_rejects_mismatching_prompts():

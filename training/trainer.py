@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -49,14 +48,10 @@ log = logging.getLogger("training")
 def _checker_rho(w_inter: Tensor, frames: Tensor, prompts: list[str]) -> float:
     """Spearman(W_inter, the shapes world's analytic checker score) over one micro-batch (frames [B, T, 3, H, W]
     in [0, 1]); nan when either side is constant (e.g. a batch of 1)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from stream_r1.shapes import check
+    from stream_r1.shapes import check_many
 
     from .shapes.gate import spearman
-    clips = frames.float().cpu().unbind(0)                  # the checker's small ops leave the GIL: one clip a thread
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(clips), os.cpu_count() or 1))) as pool:
-        score = [r["score"] for r in pool.map(check, clips, prompts)]
+    score = [r["score"] for r in check_many(frames.float().cpu().unbind(0), prompts)]
     return spearman(w_inter.flatten().float().cpu().numpy(), score) if len(score) > 1 else float("nan")
 
 

@@ -88,13 +88,11 @@ def teacher_sampler(teacher_path: str, enc, vae, size: tuple[int, int], device, 
 # ---- scoring ----------------------------------------------------------------------------------------------------------
 def score_videos(videos: list[Tensor], prompts: list[str], reward=None) -> dict[str, float]:
     """Mean checker metrics (and reward z-scores) of videos [T, 3, H, W] against their prompts."""
-    from stream_r1.shapes import check
+    from stream_r1.shapes import check_many
 
     rows = []
-    for v, p in zip(videos, prompts):
-        r = check(v, p)
-        q = max(1, v.shape[0] // 4)
-        late = check(v[-q:], p)
+    lates = check_many([v[-max(1, v.shape[0] // 4):] for v in videos], prompts)     # the last quarter of each
+    for r, late in zip(check_many(videos, prompts), lates):
         rows.append({"pass": float(r["passed"]), "color": r["color_score"], "shape": r["shape_score"],
                      "motion": r["motion_score"], "background": r["background_score"],
                      "temporal": r["temporal_consistency"], "color_drift": np.nan_to_num(r["color_drift"], nan=1.0),

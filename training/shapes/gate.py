@@ -110,7 +110,7 @@ def rollouts(count: int, frames: int, batch: int, seed: int, progress: bool = Tr
 
 def score_all(videos, prompts, learned: bool, bundle_root: Optional[Path] = None) -> list[dict]:
     from stream_r1.reward.model import compute_scores
-    from stream_r1.shapes import check
+    from stream_r1.shapes import check_many
 
     from .analytic_reward import AnalyticShapesReward
 
@@ -121,8 +121,7 @@ def score_all(videos, prompts, learned: bool, bundle_root: Optional[Path] = None
         p = Path(bundle_root) / "reward"
         lr = load_video_reward(p, device="cpu", dtype=torch.float32) if p.is_dir() else None
     rows = []
-    for v, p in zip(videos, prompts):
-        c = check(v, p)
+    for v, p, c in zip(videos, prompts, check_many(videos, prompts)):
         row = {"prompt": p, "score": c["score"], "color": c["color_score"], "motion": c["motion_score"],
                "temporal": c["temporal_consistency"], "shape": c["shape_score"], "background": c["background_score"],
                "pass": float(c["passed"])}
