@@ -14,6 +14,8 @@
 #   time    seconds per step of each arm run in the logs (the trainer's `s/step` at its last log line)
 # $STEPS (optional) overrides the recipes' 1,000 steps (a short timing run); MPS=1 starts CUDA's multi-process
 # service first, so the runs that share the GPU run their kernels side by side instead of taking turns.
+# $ARMS_TIMEOUT (seconds, optional) sends each run SIGTERM after that long: it saves a checkpoint and stops, and the
+# next `arms` (a later device call on the warm machine) resumes it. Set it below the call's limit minus the eval.
 # With $OUT set (the lent GPU machine), the evaluation and every run's metrics.jsonl and config.json go there,
 # and the students' exports as <arm>_s<seed>.safetensors.
 set -uo pipefail
@@ -41,7 +43,7 @@ for step in ${@:-start arms eval}; do
            for job in "${jobs[@]}"; do
              set -- $job
              while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
-             python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" ${STEPS:+--set schedule.steps=$STEPS} \
+             ${ARMS_TIMEOUT:+timeout -s TERM $ARMS_TIMEOUT} python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" ${STEPS:+--set schedule.steps=$STEPS} \
                --set "output_dir=$R/arms/$1_s$2" --set log.progress=false > "$R/arms_$1_s$2.log" 2>&1 &
            done
            wait
