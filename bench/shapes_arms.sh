@@ -3,9 +3,12 @@
 # help?"): plain DMD, Stream-R1 and the shuffled control, each from the same ODE student with the same seeds and
 # prompts (recipes shapes_arm_*), then every student on the same held-out prompts, compared prompt by prompt.
 #
-#   bash bench/shapes_arms.sh [STEP ...]          (default: start arms eval)
+#   bash bench/shapes_arms.sh [STEP ...]          (default: start gate arms eval)
 #   start   the shapes VAE, teacher and ODE student (bench/shapes_train.sh vae teacher ode_init), skipped when
 #           runs/shapes already has their files (carry them in: the device machine starts bare)
+#   gate    python -m training.shapes.gate --runs runs/shapes: 64 rollouts of the ODE student, Spearman(analytic r,
+#           checker) >= 0.3 or the steps after it do not run (GATE=off skips it); its beta_half_ess (the beta at which
+#           W_inter keeps an effective sample size of half the batch on these rollouts) becomes the reward arms' beta
 #   arms    for each training seed in $SEEDS (default "0 1") and arm in $ARMS (default "dmd stream_r1 shuffled"):
 #           python -m training.run --recipe shapes_arm_<arm> --set schedule.seed=<seed>
 #           --set output_dir=runs/shapes/arms/<arm>_s<seed>; $PARALLEL runs at once on one GPU (default 3); a run
@@ -23,14 +26,20 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 SEEDS=${SEEDS:-0 1}; ARMS=${ARMS:-dmd stream_r1 shuffled}; PARALLEL=${PARALLEL:-3}
 R=runs/shapes
-for step in ${@:-start arms eval}; do
+for step in ${@:-start gate arms eval}; do
   case $step in
     start) need=()
            [ -f $R/vae/vae.safetensors ] || need+=(vae)
            [ -f $R/teacher/teacher.safetensors ] || need+=(teacher)
            [ -f $R/ode_init/exports/student_latest.safetensors ] || need+=(ode_init)
            [ ${#need[@]} -gt 0 ] && bash bench/shapes_train.sh "${need[@]}" ;;
-    arms)  if [ "${MPS:-0}" = 1 ]; then
+    gate)  [ "${GATE:-on}" = off ] && { echo "gate: skipped (GATE=off)"; continue; }
+           python3 -m training.shapes.gate --runs $R --rollouts ${GATE_ROLLOUTS:-64} --json $R/gate.json | grep -v rollouts
+           [ "${PIPESTATUS[0]}" = 0 ] || { echo "gate failed: the analytic reward does not rank the ODE student's rollouts"\
+             "like the checker (Spearman < 0.3, $R/gate.json); no arm is trained on it (GATE=off to go on anyway)"; break; } ;;
+    arms)  beta=$(python3 -c "import json; print(json.load(open('$R/gate.json'))['beta_half_ess']['beta'])" 2>/dev/null)
+           echo "reward arms: beta ${beta:-as in the recipes (no $R/gate.json)}"
+           if [ "${MPS:-0}" = 1 ]; then
              if command -v nvidia-cuda-mps-control >/dev/null; then
                export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
                mkdir -p /tmp/mps_pipe /tmp/mps_log && nvidia-cuda-mps-control -d && echo "MPS: started"
@@ -44,7 +53,8 @@ for step in ${@:-start arms eval}; do
              set -- $job
              while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
              ${ARMS_TIMEOUT:+timeout -s TERM $ARMS_TIMEOUT} python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" ${STEPS:+--set schedule.steps=$STEPS} \
-               --set "output_dir=$R/arms/$1_s$2" --set log.progress=false > "$R/arms_$1_s$2.log" 2>&1 &
+               --set "output_dir=$R/arms/$1_s$2" --set log.progress=false ${beta:+$([ "$1" != dmd ] && echo --set reward.beta=$beta)} \
+               > "$R/arms_$1_s$2.log" 2>&1 &
            done
            wait
            [ "${MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control
@@ -60,6 +70,6 @@ if [ -n "${OUT:-}" ]; then
     for f in metrics.jsonl config.json; do [ -f "$d$f" ] && cp "$d$f" "$OUT/${n}_$f"; done
     [ -f "${d}exports/student_latest.safetensors" ] && cp "${d}exports/student_latest.safetensors" "$OUT/$n.safetensors"
   done
-  cp $R/arms/eval.json $R/arms/eval.md "$OUT/" 2>/dev/null
+  cp $R/arms/eval.json $R/arms/eval.md $R/gate.json "$OUT/" 2>/dev/null
   true
 fi

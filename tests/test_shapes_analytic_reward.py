@@ -1,6 +1,7 @@
 """The analytic shapes reward (training/shapes/analytic_reward.py) and the gate's statistics (gate.py)."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -161,3 +162,32 @@ def test_arms_paired_differences_intervals_and_logged_statistics(tmp_path):
     assert "| stream_r1 - dmd | " in table and "+0.100 [+0.100, +0.100]" in table
     with pytest.raises(SystemExit, match="no trained arm in .*dmd_s0"):
         arms.main(["--runs", str(tmp_path), "--seeds", "0"])
+
+
+def test_gate_exit_status_and_the_runs_folder_it_needs(tmp_path, capsys):
+    """The gate stops a distillation run: exit 3 when the analytic reward does not rank the rollouts like the checker,
+    0 when it does (rollouts read from a --videos cache); --runs names each file of the training folder it lacks."""
+    import torch
+
+    from stream_r1.shapes import generate
+    from training.shapes import gate
+
+    vids, prompts = [], []
+    for i in range(16):
+        f, sc = generate(3000 + i, 9, width=64, height=64)
+        if i % 2:                                   # half the clips lose their shapes: the checker and r both fall
+            f = f.mean(dim=(2, 3), keepdim=True).expand_as(f).contiguous()
+        vids.append(f)
+        prompts.append(sc.prompt)
+    info = {"student": "test", "height": 64, "width": 64, "bundle": str(tmp_path)}
+
+    def run(videos, name, ps=prompts):
+        cache = tmp_path / f"{name}.pt"
+        torch.save({"videos": torch.stack(videos).half(), "prompts": ps, "info": info}, cache)
+        return gate.main(["--videos", str(cache), "--no-learned", "--json", str(tmp_path / f"{name}.json")])
+
+    assert run(vids, "informative") == 0
+    assert json.loads((tmp_path / "informative.json").read_text())["analytic"]["passed"]
+    assert run([vids[0]] * 16, "constant", [prompts[0]] * 16) == 3     # one video and prompt 16 times: no ranking
+    with pytest.raises(SystemExit, match=r"lacks student .*ode_init.*vae .*text encoder"):
+        gate._source(tmp_path / "runs", torch.device("cpu"))

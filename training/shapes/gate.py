@@ -1,6 +1,7 @@
 """Reward gate: does a reward rank the starting student's rollouts the way the analytic checker does?
 
     python -m training.shapes.gate --rollouts 64 --json out.json [--frames 21] [--batch 8] [--no-learned]
+                                   [--runs runs/shapes] [--device auto]
 
 Rolls out `--rollouts` videos of the bundle's student (streaming, 4 steps, as `training.shapes.bundle` samples it)
 on shapes-world prompts (scene seeds `--seed`+i, one noise seed per batch of `--batch`), scores each video with the
@@ -9,6 +10,8 @@ the checker, and reports Spearman(r, checker) overall and per axis (TA-colour, M
 pass/fail against `--threshold`. Collateral checker metrics (shape, background) are reported apart. The bundle's
 learned reward is scored the same way for comparison (`--no-learned` skips it). `beta_half_ess`: the beta at which
 W_inter = exp(beta r) of the analytic r keeps an effective sample size of half a `--train-batch` batch.
+With `--runs`, the rollouts are the ODE student's of that training folder (the arms' starting point). Exit status 3
+when the analytic reward fails the gate: no distillation run on it (bench/shapes_arms.sh stops there).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -80,16 +84,44 @@ def correlations(rows: list[dict], prefix: str, threshold: float) -> dict:
     return out
 
 
-def rollouts(count: int, frames: int, batch: int, seed: int, progress: bool = True):
-    """`count` videos [T, 3, H, W] in [0, 1] of the bundle's student and their prompts."""
+def _source(runs: Optional[Path], device: torch.device) -> SimpleNamespace:
+    """What the rollouts stream: the bundle's student (runs None), or a shapes training folder's ODE student with that
+    folder's VAE and text encoder (`<runs>/ode_init/exports/student_latest.safetensors`, `<runs>/vae/vae.safetensors`,
+    `<runs>/teacher/umt5.safetensors`, the size from `<runs>/teacher/config.json`): model, stream config, text
+    encoder, VAE, height, width, the student's path and the folder that names it."""
+    from stream_r1.loaders import load_student
     from stream_r1.shapes.bundle import load_bundle
+    from stream_r1.text_encoder import load_text_encoder
+    from stream_r1.vae import load_vae
+
+    if runs is None:
+        b = load_bundle(device=device, attention="sdpa")
+        return SimpleNamespace(model=b.model, stream=b.info.stream_config, enc=b.text_encoder, vae=b.vae,
+                               height=b.height, width=b.width, student=str(b.root / "student.safetensors"),
+                               root=b.root)
+    files = {"student": runs / "ode_init" / "exports" / "student_latest.safetensors", "vae": runs / "vae" / "vae.safetensors",
+             "text encoder": runs / "teacher" / "umt5.safetensors", "teacher config": runs / "teacher" / "config.json"}
+    missing = [f"{k} ({v})" for k, v in files.items() if not v.is_file()]
+    if missing:
+        raise SystemExit(f"error: {runs} lacks {', '.join(missing)}; train them first (bash bench/shapes_arms.sh start)")
+    from ..config import TrainConfig
+    world = TrainConfig.from_dict(json.loads(files["teacher config"].read_text())).world
+    model, info = load_student(str(files["student"]), device=device, dtype=torch.float32, attention="sdpa")
+    return SimpleNamespace(model=model, stream=info.stream_config, enc=load_text_encoder(str(files["text encoder"]),
+                           device=device), vae=load_vae(str(files["vae"]), device=device), height=world.height,
+                           width=world.width, student=str(files["student"]), root=runs)
+
+
+def rollouts(count: int, frames: int, batch: int, seed: int, progress: bool = True, runs: Optional[Path] = None,
+             device: str = "cpu"):
+    """`count` videos [T, 3, H, W] in [0, 1] of the bundle's student (or of `runs`' ODE student) and their prompts."""
     from stream_r1.stream import StreamSession, chunks_for_frames
     from stream_r1.vae import StreamingDecoder
 
     from .world import shapes_prompts
 
-    b = load_bundle(device="cpu", attention="sdpa")
-    sc = b.info.stream_config
+    dev = torch.device(device)
+    b = _source(runs, dev)
     prompts = shapes_prompts(count, seed, frames=frames, size=b.height)
     latent = (frames - 1) // 4 + 1
     videos = []
@@ -97,14 +129,14 @@ def rollouts(count: int, frames: int, batch: int, seed: int, progress: bool = Tr
     for i in range(0, count, batch):
         ps = prompts[i:i + batch]
         with torch.no_grad():
-            sess = StreamSession(b.model, sc, b.text_encoder.encode(ps), height=b.height, width=b.width,
-                                 seed=seed + i, decoder=StreamingDecoder(b.vae), device="cpu", dtype=torch.float32)
-            v = torch.cat([c.frames.float().cpu() for c in sess.run(chunks_for_frames(latent, sc.frames_per_block))],
+            sess = StreamSession(b.model, b.stream, b.enc.encode(ps).to(dev), height=b.height, width=b.width,
+                                 seed=seed + i, decoder=StreamingDecoder(b.vae), device=dev, dtype=torch.float32)
+            v = torch.cat([c.frames.float().cpu() for c in sess.run(chunks_for_frames(latent, b.stream.frames_per_block))],
                           dim=1)[:, :frames]
         videos.extend(v.clamp(0, 1).unbind(0))
         if progress:
             print(f"  rollouts {len(videos)}/{count}  {time.perf_counter() - t0:.0f}s", flush=True)
-    return videos, prompts, {"student": str(b.root / "student.safetensors"), "height": b.height, "width": b.width,
+    return videos, prompts, {"student": b.student, "height": b.height, "width": b.width,
                              "bundle": b.root, "rollout_s": time.perf_counter() - t0}
 
 
@@ -175,22 +207,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--train-batch", type=int, default=16, help="the distillation batch that `beta_half_ess` (the "
                    "analytic r's beta keeping an effective sample size of half of it) is computed for")
     p.add_argument("--videos", default="", help="cache file (.pt) of the rollouts: read if present, else written")
+    p.add_argument("--runs", default="", help="a shapes training folder (runs/shapes): roll out its ODE student "
+                   "(ode_init) with its VAE and text encoder instead of the bundle's student, the gate before the "
+                   "paired arms (bench/shapes_arms.sh gate)")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
     args = p.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     t0 = time.perf_counter()
     cache = Path(args.videos) if args.videos else None
     if cache is not None and cache.is_file():
         d = torch.load(cache)
         videos, prompts, info = list(d["videos"].float().unbind(0)), d["prompts"], d["info"]
     else:
-        videos, prompts, info = rollouts(args.rollouts, args.frames, args.batch, args.seed)
+        videos, prompts, info = rollouts(args.rollouts, args.frames, args.batch, args.seed,
+                                         runs=Path(args.runs) if args.runs else None, device=device)
         info["bundle"] = str(info["bundle"])
         if cache is not None:       # fp16, not uint8: rounding to 8 bits moves a few of the checker's verdicts
             torch.save({"videos": torch.stack(videos).half(), "prompts": prompts, "info": info}, cache)
     t1 = time.perf_counter()
-    rows = score_all(videos, prompts, not args.no_learned, Path(info["bundle"]))
+    rows = score_all(videos, prompts, not (args.no_learned or args.runs), Path(info["bundle"]))   # (the bundle's)
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     res = {"command": f"python -m training.shapes.gate {cmd}",
-           "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "threads": torch.get_num_threads(),
+           "torch": torch.__version__,
            "rollouts": len(videos), "frames": args.frames, "seed": args.seed, "threshold": args.threshold,
            "student": info["student"], "size": [info["height"], info["width"]],
            "seconds": {"rollouts": round(info.get("rollout_s", t1 - t0), 1), "scoring": round(time.perf_counter() - t1, 1)},
@@ -214,7 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "beta_half_ess" in res:
         print(f"beta for an effective sample size of half a batch of {args.train_batch}: {res['beta_half_ess']['beta']}")
     print(f"wrote {out}  ({res['seconds']})")
-    return 0
+    return 0 if res["analytic"]["passed"] else 3         # 3: the analytic reward fails the gate, no distillation
 
 
 if __name__ == "__main__":
