@@ -69,6 +69,10 @@ def test_ab_runs_every_variant_each_round_and_reports_paired_ratios(tmp_path):
     assert rows["base"]["speedup_vs_first"] == 1.0 and len(rows["skip"]["totals"]) == 3
     lo, hi = rows["skip"]["speedup_range"]
     assert lo <= rows["skip"]["speedup_vs_first"] <= hi and len(rows["skip"]["chunk_median_s"]) == 2
+    assert 0 < rows["skip"]["ttff_median_s"] <= rows["skip"]["chunk_median_s"][0] + 1e-3
+    assert ab.parse_variants("pad:;exact:--rope-per-length")[1][1].rope_per_length
+    with pytest.raises(SystemExit, match="add --compile"):     # the padding exists only in the compiled rotation
+        ab.main(["--variants", "pad:;exact:--rope-per-length", "--model", "tiny", "--frames", "5", "--no-vae"])
 
 
 def test_vae_flop_constant_is_the_decoders_counted_flops():
