@@ -51,10 +51,11 @@ for step in ${@:-start gate arms eval}; do
            for seed in $SEEDS; do for arm in $ARMS; do jobs+=("$arm $seed"); done; done
            for job in "${jobs[@]}"; do
              set -- $job
+             extra=()
+             [ -n "$beta" ] && [ "$1" != dmd ] && extra=(--set "reward.beta=$beta")        # plain DMD has no reward
              while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
              ${ARMS_TIMEOUT:+timeout -s TERM $ARMS_TIMEOUT} python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" ${STEPS:+--set schedule.steps=$STEPS} \
-               --set "output_dir=$R/arms/$1_s$2" --set log.progress=false ${beta:+$([ "$1" != dmd ] && echo --set reward.beta=$beta)} \
-               > "$R/arms_$1_s$2.log" 2>&1 &
+               --set "output_dir=$R/arms/$1_s$2" --set log.progress=false "${extra[@]}" > "$R/arms_$1_s$2.log" 2>&1 &
            done
            wait
            [ "${MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control

@@ -252,10 +252,7 @@ def check_many(videos, prompts) -> list[dict]:
     videos, prompts = list(videos), list(prompts)
     if len(videos) != len(prompts):
         raise ValueError(f"check_many: {len(videos)} videos but {len(prompts)} prompts; give one prompt per video")
-    workers = max(1, min(8, len(videos), os.cpu_count() or 1))
-    if workers == 1:
-        return [check(v, p) for v, p in zip(videos, prompts)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(videos), os.cpu_count() or 1))) as pool:
         return list(pool.map(check, videos, prompts))
 
 

@@ -91,10 +91,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from stream_r1.text_encoder import load_text_encoder
-    from stream_r1.vae import load_vae
-
-    from .bundle import eval_prompts, score_videos, student_sampler
+    from .bundle import eval_prompts, run_parts, score_videos, student_sampler
 
     p = argparse.ArgumentParser(prog="python -m training.shapes.arms", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,12 +107,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                if not (runs / "arms" / f"{a}_s{s}" / "exports" / "student_latest.safetensors").is_file()]
     if missing:
         raise SystemExit(f"error: no trained arm in {', '.join(missing)}; train them with bash bench/shapes_arms.sh")
-    from ..config import TrainConfig
-    world = TrainConfig.from_dict(json.loads((runs / "teacher" / "config.json").read_text())).world
-    frames = args.frames or world.frames
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    enc = load_text_encoder(str(runs / "teacher" / "umt5.safetensors"), device=device)
-    vae = load_vae(str(runs / "vae" / "vae.safetensors"), device=device)
+    tcfg, enc, vae = run_parts(runs, device)
+    world = tcfg.world
+    frames = args.frames or world.frames
     prompts = eval_prompts(args.prompts)
     t0 = time.perf_counter()
     rows: dict[str, dict[int, list[dict]]] = {}

@@ -38,6 +38,18 @@ def eval_prompts(count: int, seed: int = EVAL_SEED) -> list[str]:
     return shapes_prompts(count, seed)
 
 
+def run_parts(runs: Path, device):
+    """A shapes training folder's shared parts: the teacher stage's TrainConfig (its `world` is the videos' size and
+    length), the text encoder it wrote and the VAE, loaded on `device`."""
+    from stream_r1.text_encoder import load_text_encoder
+    from stream_r1.vae import load_vae
+
+    from ..config import TrainConfig
+    cfg = TrainConfig.from_dict(json.loads((runs / "teacher" / "config.json").read_text()))
+    return (cfg, load_text_encoder(str(runs / "teacher" / "umt5.safetensors"), device=device),
+            load_vae(str(runs / "vae" / "vae.safetensors"), device=device))
+
+
 # ---- samplers: prompt, seed -> frames [T, 3, H, W] in [0, 1] --------------------------------------------------------
 def student_sampler(student_path: str, enc, vae, size: tuple[int, int], device, dtype=torch.float32,
                     search: Optional[tuple] = None) -> Callable:
@@ -262,11 +274,6 @@ def assemble(runs: Path, out: Path, student: Path, extra: dict, with_reward: boo
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from stream_r1.text_encoder import load_text_encoder
-    from stream_r1.vae import load_vae
-
-    from ..config import TrainConfig
-
     p = argparse.ArgumentParser(prog="python -m training.shapes.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/shapes")
@@ -289,12 +296,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bundle] %(message)s", datefmt="%H:%M:%S")
     runs = Path(args.runs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tcfg = json.loads((runs / "teacher" / "config.json").read_text())
-    world = TrainConfig.from_dict(tcfg).world
+    tcfg, enc, vae = run_parts(runs, device)
+    world = tcfg.world
     size, frames = (world.height, world.width), world.frames
     long_frames = 1 + 4 * int(round(args.long_seconds * world.fps / 4))
-    enc = load_text_encoder(str(runs / "teacher" / "umt5.safetensors"), device=device)
-    vae = load_vae(str(runs / "vae" / "vae.safetensors"), device=device)
     students = {n: runs / n / "exports" / "student_latest.safetensors" for n in ("ode_init", "dmd", "stream_r1")}
     evaluation, sources = None, None
     if args.no_eval and (runs / "eval.json").is_file():        # a saved evaluation (e.g. from the GPU) is recorded
@@ -334,7 +339,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "recipes": [f"python -m training.run --recipe {r}" for r in RECIPE_ORDER]
                  + ["python -m training.shapes.bundle"],
                  "seeds": {"clip_seed": world.clip_seed, "eval_seed": EVAL_SEED,
-                           "schedule_seed": TrainConfig.from_dict(tcfg).schedule.seed},
+                           "schedule_seed": tcfg.schedule.seed},
                  "evaluation": evaluation and means_only(evaluation)}
         if sources:
             extra["evaluation_sources"] = sources         # device and prompt count per row, when rows were merged

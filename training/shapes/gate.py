@@ -91,8 +91,8 @@ def _source(runs: Optional[Path], device: torch.device) -> SimpleNamespace:
     encoder, VAE, height, width, the student's path and the folder that names it."""
     from stream_r1.loaders import load_student
     from stream_r1.shapes.bundle import load_bundle
-    from stream_r1.text_encoder import load_text_encoder
-    from stream_r1.vae import load_vae
+
+    from .bundle import run_parts
 
     if runs is None:
         b = load_bundle(device=device, attention="sdpa")
@@ -104,12 +104,10 @@ def _source(runs: Optional[Path], device: torch.device) -> SimpleNamespace:
     missing = [f"{k} ({v})" for k, v in files.items() if not v.is_file()]
     if missing:
         raise SystemExit(f"error: {runs} lacks {', '.join(missing)}; train them first (bash bench/shapes_arms.sh start)")
-    from ..config import TrainConfig
-    world = TrainConfig.from_dict(json.loads(files["teacher config"].read_text())).world
+    tcfg, enc, vae = run_parts(runs, device)
     model, info = load_student(str(files["student"]), device=device, dtype=torch.float32, attention="sdpa")
-    return SimpleNamespace(model=model, stream=info.stream_config, enc=load_text_encoder(str(files["text encoder"]),
-                           device=device), vae=load_vae(str(files["vae"]), device=device), height=world.height,
-                           width=world.width, student=str(files["student"]), root=runs)
+    return SimpleNamespace(model=model, stream=info.stream_config, enc=enc, vae=vae, height=tcfg.world.height,
+                           width=tcfg.world.width, student=str(files["student"]), root=runs)
 
 
 def rollouts(count: int, frames: int, batch: int, seed: int, progress: bool = True, runs: Optional[Path] = None,
