@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..stream_r1.vae import StreamingDecoder, WanVAE, denormalize, load_vae, normalize
+from ..stream_r1.vae import StreamingDecoder, WanVAE, channels_last_pays, denormalize, load_vae, normalize
 from . import host, layout
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def fast_vae(vae: Any, device: torch.device) -> CoreVAE:
     if fast is None:
         offload = getattr(getattr(vae, "patcher", None), "offload_device", None) or host.offload_device()
         core = load_vae(_stock_wan21(vae).state_dict(), device=offload, dtype=vae.vae_dtype, decoder_only=True)
-        if device.type == "cuda":
+        if channels_last_pays(device, core.dtype):
             core.to_channels_last()
         fast = CoreVAE(core, host.wrap_model(core, device, offload))
         setattr(vae, _FAST, fast)

@@ -152,7 +152,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="torch.compile the DiT's per-block stages")
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder")
     ap.add_argument("--vae-layout", choices=("auto", "ndhwc", "ncdhw"), default="auto",
-                    help="memory layout of the Wan VAE's 3-D convs (auto: channels-last NDHWC on CUDA)")
+                    help="memory layout of the Wan VAE's 3-D convs (auto: channels-last NDHWC on CUDA, and on the CPU in "
+                    "float32)")
     ap.add_argument("--fp8", action="store_true", help="fp8 (e4m3) block linears")
     ap.add_argument("--taehv", default=None, metavar="PATH|random",
                     help="decode with the TAEHV preview decoder instead of the Wan VAE: a taew2_1 file, or 'random' "
@@ -206,9 +207,9 @@ def build(args: argparse.Namespace) -> argparse.Namespace:
             taehv.decoder.compile()
         decoder = TAEHVStreamingDecoder(taehv)
     elif not args.no_vae:
-        from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE
+        from stream_r1.vae import StreamingDecoder, VAEConfig, WanVAE, channels_last_pays
         vae = WanVAE(VAEConfig.wan21()).to(dev, dtype).eval()
-        if args.vae_layout == "ndhwc" or (args.vae_layout == "auto" and dev.type == "cuda"):
+        if args.vae_layout == "ndhwc" or (args.vae_layout == "auto" and channels_last_pays(dev, dtype)):
             vae.to_channels_last()
         if args.compile_vae:
             vae.decoder.compile()

@@ -545,7 +545,7 @@ def _decoder(args, bundle, device: torch.device, dtype: torch.dtype):
         decoder = TAEHVStreamingDecoder(load_taehv(args.preview_decoder, device=device, dtype=dtype))
     if (args.no_decode or decoder is not None) and not init_image:
         return decoder, vae
-    from .vae import StreamingDecoder, VAEConfig, WanVAE, load_vae
+    from .vae import StreamingDecoder, VAEConfig, WanVAE, channels_last_pays, load_vae
     if args.vae:
         vae = load_vae(args.vae, device=device, dtype=dtype)
     elif bundle is not None:
@@ -558,8 +558,8 @@ def _decoder(args, bundle, device: torch.device, dtype: torch.dtype):
     else:                                               # a trainer export's own, else one line saying what to pass
         from .loaders import checkpoint_vae
         vae = checkpoint_vae(args.checkpoint, device=device, dtype=dtype)
-    if device.type == "cuda":
-        vae.to_channels_last()                          # cuDNN's NDHWC kernels: -25 % decode time on Hopper
+    if channels_last_pays(device, vae.dtype):
+        vae.to_channels_last()                          # cuDNN's / oneDNN's NDHWC kernels
     if args.compile:
         vae.decoder.compile()
     if decoder is None and not args.no_decode:

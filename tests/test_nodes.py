@@ -523,7 +523,7 @@ def test_a_stock_vae_streams_through_the_fast_decoder_built_once(comfy, pack, no
     assert vae._stream_r1_fast_vae is fast and torch.equal(again, images)         # cached, same frames
     stock = decode.ComfyVAEStream(vae)                                          # the stock module, driven directly
     frames = stock.frames(latent["samples"]).permute(0, 1, 3, 4, 2)[0]           # [T, H, W, 3]
-    torch.testing.assert_close(images, frames, atol=1e-6, rtol=0)
+    torch.testing.assert_close(images, frames, atol=1e-5, rtol=0)    # fp32: oneDNN's conv against PyTorch's own
 
 
 def test_a_vae_on_another_device_decodes_eagerly_with_a_note(comfy, pack, nodes, model):
@@ -568,7 +568,7 @@ def test_a_state_saved_with_the_stock_decoder_still_loads_and_continues(comfy, p
         loaded.vae_stream.note
     rest, _, _, _ = run(nodes["StreamR1Continue"], state=loaded, positive=cond(), seconds=1.5, keep_state=False,
                      unique_id="8")
-    torch.testing.assert_close(torch.cat([first, rest]), full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat([first, rest]), full, atol=1e-5, rtol=0)      # fp32: stock vs oneDNN conv
 
 
 def test_frames_copied_by_a_worker_thread_give_the_same_outputs(comfy, pack, nodes, model, monkeypatch):

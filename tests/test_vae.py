@@ -307,3 +307,34 @@ def test_own_tail_is_a_compact_copy_in_eager_compiled_and_autograd() -> None:
     want = torch.zeros_like(x)
     want[:, :, -2:] = 3
     assert torch.equal(x.grad, want)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_causal_conv_on_the_cpu_takes_onednn_and_equals_the_plain_conv(monkeypatch, channels_last):
+    """fp32 on the CPU, CausalConv3d calls oneDNN's convolution (PyTorch's own dispatch picks its slow im2col kernel at
+    batch 1): same output and gradients as F.conv3d of the causally padded input, first call and with history."""
+    import torch.nn.functional as F
+
+    from stream_r1 import vae as vae_mod
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    calls = []
+    real = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(a[0].shape) or real(*a))
+    conv = vae_mod.CausalConv3d(6, 5, 3)
+    conv.slot = 0
+    if channels_last:
+        conv.to(memory_format=torch.channels_last_3d)
+    g = torch.Generator().manual_seed(0)
+    for b in (1, 2):
+        x1, x2 = torch.randn(b, 6, 1, 7, 9, generator=g), torch.randn(b, 6, 4, 7, 9, generator=g, requires_grad=True)
+        cache = [None]
+        y1, y2 = conv(x1, cache), conv(x2, cache)                                  # [b, 5, 1, 7, 9], [b, 5, 4, 7, 9]
+        full = F.pad(torch.cat([x1, x2], 2), (0, 0, 0, 0, 2, 0))                      # zero history, then the frames
+        ref = F.conv3d(full, conv.weight, conv.bias, padding=(0, 1, 1))             # [b, 5, 5, 7, 9]
+        torch.testing.assert_close(torch.cat([y1, y2], 2), ref, atol=1e-5, rtol=0)
+        gy, gr = torch.autograd.grad(y2.square().sum(), x2)[0], torch.autograd.grad(ref[:, :, 1:].square().sum(), x2)[0]
+        torch.testing.assert_close(gy, gr, atol=1e-4, rtol=1e-5)
+    assert len(calls) == 4
+    assert vae_mod.channels_last_pays("cpu", torch.float32) and vae_mod.channels_last_pays("cuda", torch.bfloat16)
+    assert not vae_mod.channels_last_pays("cpu", torch.bfloat16)
