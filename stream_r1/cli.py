@@ -653,7 +653,7 @@ def _contexts(args, model, prompts: list[str], saved, bundle, device: torch.devi
             unknown = unknown_words(p)
             if unknown:
                 log.warning("the shapes-world model does not know %s in %r: it draws coloured shapes (words it knows: "
-                            "README, 'The shapes world'); pass --checkpoint for a real model",
+                            "README, 'Shapes-world vocabulary'); pass --checkpoint for a real model",
                             ", ".join(repr(w) for w in unknown), p)
         contexts = {p: bundle.text_encoder.encode([p]) for p in prompts}
     elif args.checkpoint is None:

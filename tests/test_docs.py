@@ -194,3 +194,20 @@ def test_every_command_shown_parses(page, module, args, full, tmp_path):
             parser.parse_args(rest)
         except SystemExit as e:
             pytest.fail(f"{shown} does not parse (exit {e.code})")
+
+
+def test_the_readme_lists_the_shapes_world_vocabulary():
+    """The warnings about unknown words send users to the README's vocabulary: every colour, shape, motion and
+    background the model knows is listed there, and every word of it is a word the model knows."""
+    import re
+
+    from stream_r1.shapes import BACKGROUNDS, COLORS, MOTIONS, SHAPES, vocabulary
+    text = (ROOT / "README.md").read_text()
+    start = text.index("**Shapes-world vocabulary**")
+    block = text[start:text.index("\n\n", start)]
+    for kind, names in (("colours", COLORS), ("shapes", SHAPES), ("motions", MOTIONS), ("backgrounds", BACKGROUNDS)):
+        line = next(ln for ln in block.splitlines() if ln.startswith(f"- {kind}:"))
+        items = {re.sub(r"\(or \w+\)", "", n).strip(" ;.") for n in line.split(":", 1)[1].split(",")}
+        assert set(names) <= items, (kind, set(names) - items)
+    listed = {w for ln in block.splitlines() if ln.startswith("- ") for w in re.findall(r"[a-z]+", ln.split(":", 1)[1])}
+    assert listed - {"or"} <= vocabulary(), listed - {"or"} - vocabulary()
