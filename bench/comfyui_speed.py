@@ -125,6 +125,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--node-runs", type=int, default=None, help="runs of Generate -> Create/Save Video "
+                    "(default: --runs); the shipped workflow always gets --runs")
     ap.add_argument("--seconds-to-file", type=float, default=29.75, help="477 frames = 29.75 s")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, 64x48, no GPU figures")
@@ -170,7 +172,8 @@ def main() -> int:
         warm, _ = timed_run(server, graph)
         result["generate_node_warmup_seconds"] = round(warm, 2)
         print(f"generate_node warm-up: {warm:.1f} s", flush=True)
-        result["generate_node"] = timed_runs(server, graph, "StreamR1Generate", args.runs, 2000, vram)
+        result["generate_node"] = timed_runs(server, graph, "StreamR1Generate", args.node_runs or args.runs, 2000,
+                                             vram)
         result["generate_node_median"] = medians(result["generate_node"])
 
         tf = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_30s_to_file.api.json").read_text()),

@@ -9,7 +9,7 @@
 #   cli     `python -m stream_r1 bench` as the engine runs fastest, 81 and 477 frames
 #   comfy   bench/comfyui_speed.py: the shipped 5-second workflow (Generate to File; warm-up, then $RUNS runs, VRAM
 #           and RSS each), the Generate node (Generate -> Create Video -> Save Video, $RUNS runs), the 30-second
-#           Generate to File at 477 frames; compile on
+#           Generate to File at 477 frames; compile on ($NODE_RUNS runs of the second graph, default $RUNS)
 #   cold    `python -m stream_r1 generate --compile` twice, each a fresh process, with an empty compile cache
 #           before the first: whole-command time, first frames and per-chunk times of the first-ever and the second
 #   tests   pytest -m gpu tests/test_gpu.py
@@ -55,7 +55,7 @@ PY
            grep -v -i warn "$OUT/reference.log" | tail -4 ;;
     cli)   BENCH_TIMEOUT=200 bench_run cli81 $BEST
            BENCH_TIMEOUT=200 bench_run cli477 $BEST --frames 477 --repeats 1 ;;
-    comfy) timeout ${COMFY_TIMEOUT:-540} python3 bench/comfyui_speed.py --runs ${RUNS:-20} --json "$OUT/comfyui_speed.json" \
+    comfy) timeout ${COMFY_TIMEOUT:-540} python3 bench/comfyui_speed.py --runs ${RUNS:-20} --node-runs ${NODE_RUNS:-${RUNS:-20}} --json "$OUT/comfyui_speed.json" \
              2>&1 | grep -v -i warn | tail -30 ;;
     cold)  timeout ${COLD_TIMEOUT:-400} python3 bench/cold_start.py --json "$OUT/cold_start.json" 2>&1 | tail -12 ;;
     tests) timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 ;;
