@@ -2,7 +2,7 @@
 
     python3 bench/block_micro.py --json $OUT/block_micro.json --code $OUT/block_code
 
-The 2026-11-22 H200 profile (results/2026-11-22_h200_s6_profile_new81.json) put ~270 ms of the 81-frame DiT in fused
+The 2026-11-22 H200 profile (results/2026-11-22_h200_ndhwc_gelu_profile_new81.json) put ~270 ms of the 81-frame DiT in fused
 elementwise kernels (LayerNorm + modulation, RoPE, RMSNorm), e.g. 78 us a call for a LayerNorm kernel whose bytes
 floor is ~12 us. This runs `WanModel._pre` / `_post` compiled as `compile_blocks` does (1.3B block, bf16, B=1,
 L = 3 frames x 30 x 52 = 4,680 queries, window keys Lk = 14,040), profiles them, and prints each kernel's mean time per
