@@ -387,19 +387,22 @@ class StreamSession:
     @torch.no_grad()
     def _dit_overlapped(self, last: bool) -> tuple[Chunk, torch.cuda.Event]:
         """The next chunk's DiT, enqueued on the DiT stream (the caller's, or the high-priority one); returns the
-        chunk (frames not decoded yet) and the event its latents are ready at. No host sync."""
+        chunk (frames not decoded yet) and the event its latents are ready at: after the denoising steps, before
+        the clean cache pass, so the decode on the side stream runs beside that pass. The caller's stream waits for
+        the whole chunk, pass included (what it does next may read the cache). No host sync."""
         caller = torch.cuda.current_stream(self.device)
         dit = self._dit_stream or caller
         if dit is not caller:
             dit.wait_stream(caller)                              # context / state set on the caller's stream
+        latents = torch.cuda.Event()
         with torch.cuda.stream(dit):
-            chunk = self.next_chunk(last=last, decode=False)
-        ready = torch.cuda.Event()
-        ready.record(dit)
-        if dit is not caller:                                    # the caller reads the latents after this
-            caller.wait_event(ready)
+            chunk = self.next_chunk(last=last, decode=False, latents_ready=lambda: latents.record(dit))
+        if dit is not caller:                                    # the caller reads the latents and the cache after this
+            done = torch.cuda.Event()
+            done.record(dit)
+            caller.wait_event(done)
             chunk.latents.record_stream(caller)
-        return chunk, ready
+        return chunk, latents
 
     @torch.no_grad()
     def _decode_overlapped(self, chunk: Chunk, ready: torch.cuda.Event,
@@ -418,10 +421,12 @@ class StreamSession:
         return chunk, done
 
     @torch.no_grad()
-    def next_chunk(self, *, last: bool = False, decode: bool = True, noise: Optional[Tensor] = None) -> Chunk:
+    def next_chunk(self, *, last: bool = False, decode: bool = True, noise: Optional[Tensor] = None,
+                   latents_ready: Optional[Callable[[], None]] = None) -> Chunk:
         """Generate (and decode, if a decoder is attached) the next chunk. `noise` [B, f, 16, h, w]: the chunk's
         initial noise instead of a draw from the generator (test-time search; the re-noise draws still come
-        from `self.generator`)."""
+        from `self.generator`). `latents_ready()` is called once the chunk's latents exist, before the clean cache
+        pass (the overlapped path records its decode's event there, so the decode need not wait for that pass)."""
         t0 = self._clock()
         f, start = self.cfg.frames_per_block, self.frames_done
         if noise is None:
@@ -431,6 +436,8 @@ class StreamSession:
         x0 = self._sample(x, start, lambda x0: torch.randn(x0.shape, generator=self.generator, device=self.device,
                                                            dtype=self.dtype))
         # decode before the clean cache pass: the frames do not depend on it, so they arrive one pass earlier
+        if latents_ready is not None:
+            latents_ready()
         t1 = self._clock()
         frames = self._decode(x0) if decode and self.decoder is not None else None
         t2 = self._clock()

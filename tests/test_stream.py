@@ -39,6 +39,21 @@ def test_loop_matches_a_hand_written_sampler(tiny_model):
     assert torch.equal(lat, torch.cat(out, 1))
 
 
+def test_latents_ready_comes_after_the_denoising_steps_and_before_the_clean_cache_pass(tiny_model):
+    """`next_chunk(latents_ready=...)`, where the overlapped path records its decode's event: called once a chunk,
+    with the chunk's final latents already computed and before the context pass (t = 0) that writes the cache."""
+    sess = StreamSession(tiny_model, StreamConfig.stream_r1(), _ctx(), height=H, width=W, seed=3)
+    calls, real = [], sess._denoise
+    sess._denoise = lambda noisy, t, *a, **k: calls.append(float(t)) or real(noisy, t, *a, **k)
+    for _ in range(2):
+        chunk = sess.next_chunk(decode=False, latents_ready=lambda: calls.append("ready"))
+    assert len(calls) == 12 and calls[4:6] == ["ready", 0.0] and calls[10:12] == ["ready", 0.0]   # 4 steps, ready, pass
+    assert all(isinstance(t, float) and t > 0 for t in calls[:4] + calls[6:10])
+    ref = StreamSession(tiny_model, StreamConfig.stream_r1(), _ctx(), height=H, width=W, seed=3)
+    ref.next_chunk(decode=False)
+    assert torch.equal(chunk.latents, ref.next_chunk(decode=False).latents)     # the hook changes nothing
+
+
 def test_same_seed_same_video_different_seed_differs(tiny_model):
     sc = StreamConfig.stream_r1()
     a, _ = generate(tiny_model, _ctx(), sc, 9, height=H, width=W, seed=1)
