@@ -117,8 +117,9 @@ def test_overlapped_decode_schedule_and_frames(tiny_model, vae, fakes, priority)
         done = index(lambda e: e[0] == "record" and e[1] == "side", dec)
         y = index(lambda e, k=k: e == ("yield", k), done)
         assert ("wait", "main", log[done][2]) in log[done:y]                        # the caller waits before using them
-        if priority:                                                                # the caller's stream waits for
-            assert ("wait", "main", log[ready][2]) in log[ready:dec]                # the latents too
+        if priority:                                      # the caller's stream waits for the whole chunk (latents,
+            after = index(lambda e: e[0] == "record" and e[1] == "dit", ready + 1)  # clean cache pass): an event the
+            assert after < dec and ("wait", "main", log[after][2]) in log[after:dec]  # DiT stream records after them
             assert ("wait_stream", "dit", "main") in log[:d]
         if k == 0:                                                                  # chunk 2's DiT waits for the
             assert ("wait", dit_stream, log[done][2]) in log[done:index(lambda e: e[:2] == ("dit", 1))]  # first decode
