@@ -9,9 +9,7 @@ chunks"), more than the effects being measured. Here one model and one decoder a
 order that rotates from round to round. Reported per variant: the median and best end-to-end time, and the median of its per-round ratio to the
 first variant (paired, so drift of the machine cancels) with that ratio's range. A variant may set only what a
 session can change: --attention, --skip-last-context-pass, --overlap / --overlap-priority (decode on a side
-stream), --no-split-times (time it as a user runs it, without the syncs that split DiT from decode time),
---decode-after-pass (overlapped: the decode also waits for the chunk's clean cache pass, the order the engine had
-before 2026-12-07) and, compiled, --rope-per-length (the key rotation without the padding to the window's capacity).
+stream) and --no-split-times (time it as a user runs it, without the syncs that split DiT from decode time).
 """
 from __future__ import annotations
 
@@ -24,17 +22,6 @@ import time
 import torch
 
 from stream_r1.bench import build, parser, run_once
-from stream_r1.stream import StreamSession
-
-_next_chunk = StreamSession.next_chunk
-
-
-def _next_chunk_decode_after_pass(self, *, latents_ready=None, **kw):
-    """`StreamSession.next_chunk` with the overlapped decode's event recorded after the clean cache pass."""
-    chunk = _next_chunk(self, **kw)
-    if latents_ready is not None:
-        latents_ready()
-    return chunk
 
 
 def variant_parser() -> argparse.ArgumentParser:
@@ -44,11 +31,6 @@ def variant_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-split-times", action="store_true", help="no syncs around the decode (DiT/decode read 0)")
     ap.add_argument("--overlap", action="store_true", help="decode chunk k on a side stream during chunk k+1")
     ap.add_argument("--overlap-priority", action="store_true", help="--overlap with the DiT on a high-priority stream")
-    ap.add_argument("--decode-after-pass", action="store_true", help="overlapped: the decode starts after the "
-                    "chunk's clean cache pass, not after its denoising steps (the earlier order)")
-    ap.add_argument("--rope-per-length", action="store_true", help="with --compile: the window's key rotation compiled "
-                    "once per key length instead of padded to the window's capacity (the padding's cost in the first "
-                    "chunks, where the window fills)")
     return ap
 
 
@@ -71,17 +53,12 @@ def main(argv=None) -> None:
     own, rest = ap.parse_known_args(argv)
     args = parser().parse_args(rest)
     variants = parse_variants(own.variants)
-    if any(f.rope_per_length for _, f in variants) and not args.compile:
-        raise SystemExit("--rope-per-length changes only the compiled rotation: add --compile")
     b = build(args)
     default_attention = args.attention
 
     def run(flags) -> dict:
         sc = b.sc.replace(skip_last_context_pass=flags.skip_last_context_pass or args.skip_last_context_pass)
         b.model.set_attention(flags.attention or default_attention)
-        if args.compile:
-            b.model._rope_full_window = not flags.rope_per_length
-        StreamSession.next_chunk = _next_chunk_decode_after_pass if flags.decode_after_pass else _next_chunk
         if b.decoder is not None:
             b.decoder.reset()
         return run_once(b.model, sc, b.context, args.height, args.width, b.lat, b.decoder,
@@ -89,15 +66,12 @@ def main(argv=None) -> None:
                         overlap_priority=flags.overlap_priority)
 
     rounds: list[dict[str, dict]] = []
-    try:
-        with torch.no_grad():
-            for name, flags in variants:                                  # warm-up: compile every variant's path
-                run(flags)
-            for r in range(own.rounds):
-                order = variants[r % len(variants):] + variants[:r % len(variants)]
-                rounds.append({name: run(flags) for name, flags in order})
-    finally:
-        StreamSession.next_chunk = _next_chunk
+    with torch.no_grad():
+        for name, flags in variants:                                      # warm-up: compile every variant's path
+            run(flags)
+        for r in range(own.rounds):
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            rounds.append({name: run(flags) for name, flags in order})
     first = variants[0][0]
     frames = 1 + 4 * (b.lat - 1)
     rows = {}

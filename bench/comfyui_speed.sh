@@ -26,10 +26,11 @@
 #                             installs it into /tmp/comfy_site, which stays while the machine is warm): the tree plus
 #                             everything exceeds one call's 64 MiB
 #   .ref/reward_forcing       the public reference's files (bench/reference_side_by_side.py lists them)
-# Everything in one call runs past the 600 s a command may take (2026-12-07, call D: `cold` did not run). Two calls
-# back to back on the warm machine, each with the reference in it:
-#   carry .gpu_av .ref:        bash bench/comfyui_speed.sh setup ref cli cold          (≈ 5 min)
-#   carry .gpu_comfy .ref:     RUNS=20 bash bench/comfyui_speed.sh setup ref comfy     (≈ 7.5 min)
+# The av wheel and the ComfyUI files together exceed one call's 64 MiB, and every step together its 600 s. Back to
+# back on the warm machine (bench/RESULTS.md, 2026-12-07, calls K–M):
+#   carry .gpu_av:             bash bench/comfyui_speed.sh setup [cold]                (installs av; cold ≈ 3.5 min)
+#   carry .gpu_comfy .ref:     RUNS=20 NODE_RUNS=5 COMFY_TIMEOUT=390 bash bench/comfyui_speed.sh setup ref cli comfy
+#                              (the reference, the CLI and the node path in one call: ≈ 7 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh

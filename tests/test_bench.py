@@ -1,6 +1,5 @@
 """`python -m stream_r1 bench` helpers that run without a GPU."""
 import pytest
-import torch
 
 
 def test_bench_profile_classes_the_kernels_seen_on_the_h200():
@@ -71,9 +70,6 @@ def test_ab_runs_every_variant_each_round_and_reports_paired_ratios(tmp_path):
     lo, hi = rows["skip"]["speedup_range"]
     assert lo <= rows["skip"]["speedup_vs_first"] <= hi and len(rows["skip"]["chunk_median_s"]) == 2
     assert 0 < rows["skip"]["ttff_median_s"] <= rows["skip"]["chunk_median_s"][0] + 1e-3
-    assert ab.parse_variants("pad:;exact:--rope-per-length")[1][1].rope_per_length
-    with pytest.raises(SystemExit, match="add --compile"):     # the padding exists only in the compiled rotation
-        ab.main(["--variants", "pad:;exact:--rope-per-length", "--model", "tiny", "--frames", "5", "--no-vae"])
 
 
 def test_vae_flop_constant_is_the_decoders_counted_flops():
@@ -89,30 +85,3 @@ def test_vae_flop_constant_is_the_decoders_counted_flops():
         vae.decoder(torch.empty(1, 16, 1, 60, 104, device="meta", dtype=torch.bfloat16),
                     [None] * vae.decoder.num_slots, False)
     assert abs(fc.get_total_flops() / 1e12 / 4 - VAE_DECODE_TFLOP_PER_FRAME) < 0.01
-
-
-def test_ab_decode_after_pass_variant_moves_the_event_after_the_cache_pass_and_is_undone(tiny_model):
-    """bench/ab.py --decode-after-pass (the engine's earlier overlapped order, for the A/B of first frames): the
-    decode's event comes after the clean cache pass instead of before it; same latents; the engine is restored."""
-    import importlib.util
-    from pathlib import Path
-
-    from stream_r1.config import StreamConfig
-    from stream_r1.stream import StreamSession
-    spec = importlib.util.spec_from_file_location("bench_ab", Path(__file__).parents[1] / "bench" / "ab.py")
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
-    assert ab.parse_variants("early:;late:--decode-after-pass")[1][1].decode_after_pass
-    ctx = torch.randn(1, 8, tiny_model.cfg.text_dim, generator=torch.Generator().manual_seed(0))
-    order, latents = {}, {}
-    for name, fn in (("early", ab._next_chunk), ("late", ab._next_chunk_decode_after_pass)):
-        sess = StreamSession(tiny_model, StreamConfig.stream_r1(), ctx, height=32, width=48, seed=3)
-        calls, real = [], sess._denoise
-        sess._denoise = lambda noisy, t, *a, calls=calls, real=real, **k: calls.append(float(t)) or real(noisy, t, *a, **k)
-        latents[name] = fn(sess, decode=False, latents_ready=lambda calls=calls: calls.append("ready")).latents
-        order[name] = calls
-    assert order["early"][4:] == ["ready", 0.0] and order["late"][4:] == [0.0, "ready"]
-    assert torch.equal(latents["early"], latents["late"])
-    ab.main(["--variants", "early:;late:--decode-after-pass", "--rounds", "1", "--model", "tiny", "--frames", "9",
-             "--height", "32", "--width", "48", "--no-vae", "--attention", "sdpa"])
-    assert StreamSession.next_chunk is ab._next_chunk
