@@ -18,7 +18,9 @@ encoding is outside the stream). Then, with Load Model's compile on (DiT and dec
 Every run's record: workflow_seconds, the node's log line (chunks, seconds, first, engine, host, peak_gib), node_fps
 (frames / the node's streaming seconds), nodes ({class_type: seconds}), rss_mib, and on a GPU allocated /
 reserved / device_used MiB. Also: device, torch, comfyui, date, compile, warmup_seconds,
-generate_node_warmup_seconds, peak_device_mib (nvidia-smi every 50 ms), server_log_tail.
+generate_node_warmup_seconds, peak_device_mib (nvidia-smi every 50 ms, the server's whole life), peak_device_mib_by_phase
+(the same samples split by phase: start, warm-up, the five_s runs, generate_node warm-up and runs, to_file),
+server_log_tail.
 
     COMFYUI_PATH=... python3 bench/comfyui_speed.py --json out.json [--runs 20] [--seconds-to-file 29.8]
 
@@ -103,6 +105,25 @@ def timed_runs(server, prompt: dict, node_class: str, runs: int, first_seed: int
     return out
 
 
+def phase_peaks(smi_lines: list[str], phases: list[tuple[str, float, float]]) -> dict:
+    """Peak device memory (MiB) per phase from `nvidia-smi --query-gpu=timestamp,memory.used` CSV lines
+    ("2026/12/07 23:52:01.123, 3670", local time) and (name, start, end) in `time.time()` seconds; samples outside
+    every phase go to "other". Phases with no sample are left out."""
+    from datetime import datetime
+
+    peaks: dict = {}
+    for line in smi_lines:
+        stamp, _, used = line.rpartition(",")
+        try:
+            t = datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            mib = int(used)
+        except ValueError:
+            continue                                                    # a partial line at the end, a header
+        name = next((n for n, a, b in phases if a <= t <= b), "other")
+        peaks[name] = max(peaks.get(name, 0), mib)
+    return peaks
+
+
 def medians(runs: list[dict]) -> dict:
     """Median wall time, node FPS and first-frame time of `timed_runs` records (None where none has it)."""
     def med(values):
@@ -151,8 +172,15 @@ def main() -> int:
     server = Server(base, gpu=not args.tiny, extra_args=["--verbose", "DEBUG"])
     import subprocess
     smi_log = base / "smi.txt"
-    smi = subprocess.Popen(["true"] if args.tiny else ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "50"],
+    smi = subprocess.Popen(["true"] if args.tiny else ["nvidia-smi", "--query-gpu=timestamp,memory.used",
+                                                       "--format=csv,noheader,nounits", "-lms", "50"],
                            stdout=open(smi_log, "w"), stderr=subprocess.DEVNULL)
+    phases: list[tuple[str, float, float]] = []
+    mark = [time.time()]
+
+    def phase(name: str) -> None:                                   # the phase that ends now
+        phases.append((name, mark[0], time.time()))
+        mark[0] = time.time()
     size, dtype = ({"width": 64, "height": 48}, "fp32") if args.tiny else ({"width": 832, "height": 480}, "bf16")
     vram = (lambda _: {}) if args.tiny else _vram_mib
     result: dict = {"device": "cpu" if args.tiny else torch.cuda.get_device_name(0), "torch": torch.__version__, "comfyui": "0.8.0",
@@ -162,19 +190,24 @@ def main() -> int:
                     dtype=dtype)
         load = next(n for n, v in five.items() if v["class_type"] == "StreamR1ModelLoader")
         five[load]["inputs"]["compile"] = not args.no_compile
+        phase("start")
         warm, _ = timed_run(server, five)
+        phase("warmup")
         result["warmup_seconds"] = round(warm, 2)
         print(f"warm-up (load + compile + run): {warm:.1f} s", flush=True)
         result["five_s"] = timed_runs(server, five, "StreamR1GenerateToFile", args.runs, 1000, vram)
         result["five_s_median"] = medians(result["five_s"])
+        phase("five_s")
 
         graph = generate_node_graph(five)        # the same loaders (cached) and inputs, Generate -> Create/Save Video
         warm, _ = timed_run(server, graph)
+        phase("generate_node_warmup")
         result["generate_node_warmup_seconds"] = round(warm, 2)
         print(f"generate_node warm-up: {warm:.1f} s", flush=True)
         result["generate_node"] = timed_runs(server, graph, "StreamR1Generate", args.node_runs or args.runs, 2000,
                                              vram)
         result["generate_node_median"] = medians(result["generate_node"])
+        phase("generate_node")
 
         tf = tiny(json.loads((WORKFLOWS / "api" / "stream_r1_30s_to_file.api.json").read_text()),
                   args.seconds_to_file, size=size, dtype=dtype)
@@ -187,18 +220,21 @@ def main() -> int:
         result["to_file"] = {"workflow_seconds": round(wall, 2), **line, "frames": frames,
                              "node_fps": round(frames / line["seconds"], 2) if line else None}
         print("to_file", json.dumps(result["to_file"]), flush=True)
+        phase("to_file")
     finally:
         server.stop()
         smi.terminate()
-        used = [int(x) for x in Path(smi_log).read_text().split() if x.isdigit()]
-        result["peak_device_mib"] = max(used, default=None)       # nvidia-smi, every 50 ms: the whole process
+        by_phase = phase_peaks(Path(smi_log).read_text().splitlines(), phases)
+        result["peak_device_mib"] = max(by_phase.values(), default=None)   # nvidia-smi, every 50 ms: the whole life
+        result["peak_device_mib_by_phase"] = by_phase
         result["server_log_tail"] = server.tail(40)
         Path(args.json).write_text(json.dumps(result, indent=1))
     m, g = result.get("five_s_median", {}), result.get("generate_node_median", {})
     print(f"ComfyUI 5 s workflow (Generate to File): median {m.get('workflow_seconds')} s queue->MP4, node "
           f"{m.get('node_fps')} FPS, first frame {m.get('first_frame_seconds')} s; Generate -> Create/Save Video: "
           f"{g.get('workflow_seconds')} s queue->MP4, node {g.get('node_fps')} FPS; "
-          f"to file 477: {result.get('to_file', {}).get('node_fps')} FPS")
+          f"to file 477: {result.get('to_file', {}).get('node_fps')} FPS; device peak MiB by phase "
+          f"{result.get('peak_device_mib_by_phase')}")
     return 0
 
 

@@ -85,3 +85,25 @@ def test_vae_flop_constant_is_the_decoders_counted_flops():
         vae.decoder(torch.empty(1, 16, 1, 60, 104, device="meta", dtype=torch.bfloat16),
                     [None] * vae.decoder.num_slots, False)
     assert abs(fc.get_total_flops() / 1e12 / 4 - VAE_DECODE_TFLOP_PER_FRAME) < 0.01
+
+
+def test_comfyui_speed_splits_the_device_peak_by_phase():
+    """bench/comfyui_speed.py: nvidia-smi's timestamped samples fall into the phase whose (start, end) holds them; a
+    sample outside every phase counts as "other"; a partial last line is skipped."""
+    import importlib.util
+    from datetime import datetime
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_comfyui_speed",
+                                                  Path(__file__).parents[1] / "bench" / "comfyui_speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    t0 = 1_800_000_000.0
+
+    def line(t: float, mib: int) -> str:
+        return datetime.fromtimestamp(t).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] + f", {mib}"
+
+    lines = [line(t0 + 0.5, 900), line(t0 + 1.5, 81063), line(t0 + 1.9, 5000), line(t0 + 2.5, 10480),
+             line(t0 + 3.0, 10300), line(t0 + 9.0, 3600), "2026/12/07 23:5"]
+    phases = [("warmup", t0 + 1.0, t0 + 2.0), ("five_s", t0 + 2.0, t0 + 4.0)]
+    assert speed.phase_peaks(lines, phases) == {"other": 3600, "warmup": 81063, "five_s": 10480}
+    assert speed.phase_peaks([], phases) == {}
