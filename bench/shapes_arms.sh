@@ -19,8 +19,9 @@
 # service first, so the runs that share the GPU run their kernels side by side instead of taking turns.
 # $ARMS_TIMEOUT (seconds, optional) sends each run SIGTERM after that long: it saves a checkpoint and stops, and the
 # next `arms` (a later device call on the warm machine) resumes it. Set it below the call's limit minus the eval.
-# With $OUT set (the lent GPU machine), the evaluation and every run's metrics.jsonl and config.json go there,
-# and the students' exports as <arm>_s<seed>.safetensors.
+# With $OUT set (the lent GPU machine), the evaluation, the gate and every run's metrics.jsonl and config.json go
+# there as one archive (arms_results.tgz), and the students named in $STUDENTS (e.g. "stream_r1_s0") as fp16 exports
+# in parts of 15 MiB (<arm>_s<seed>.safetensors.part*; rejoin with cat): the device returns at most 8 files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -65,12 +66,14 @@ for step in ${@:-start gate arms eval}; do
     *)     echo "unknown step $step" ;;
   esac
 done
-if [ -n "${OUT:-}" ]; then
-  for d in $R/arms/*_s*/; do
-    n=$(basename "$d")
-    for f in metrics.jsonl config.json; do [ -f "$d$f" ] && cp "$d$f" "$OUT/${n}_$f"; done
-    [ -f "${d}exports/student_latest.safetensors" ] && cp "${d}exports/student_latest.safetensors" "$OUT/$n.safetensors"
+if [ -n "${OUT:-}" ]; then     # the device returns at most 8 files of 16 MiB: one archive, then the students asked for
+  (cd $R && find arms gate.json -maxdepth 2 \( -name metrics.jsonl -o -name config.json -o -name 'eval.*' \
+      -o -name gate.json \) -print0 2>/dev/null | tar --null -T - -czf "$OUT/arms_results.tgz")
+  for n in ${STUDENTS:-}; do                    # e.g. STUDENTS="stream_r1_s0": fp16, in parts of 15 MiB
+    f=$R/arms/$n/exports/student_latest.safetensors
+    [ -f "$f" ] || { echo "no student $n"; continue; }
+    python3 bench/half_weights.py "$f" "$OUT/$n.safetensors" && split -b 15M -d "$OUT/$n.safetensors" "$OUT/$n.safetensors.part" \
+      && rm "$OUT/$n.safetensors"
   done
-  cp $R/arms/eval.json $R/arms/eval.md $R/gate.json "$OUT/" 2>/dev/null
   true
 fi
