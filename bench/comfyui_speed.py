@@ -179,8 +179,9 @@ def main() -> int:
     mark = [time.time()]
 
     def phase(name: str) -> None:                                   # the phase that ends now
-        phases.append((name, mark[0], time.time()))
-        mark[0] = time.time()
+        now = time.time()
+        phases.append((name, mark[0], now))
+        mark[0] = now
     size, dtype = ({"width": 64, "height": 48}, "fp32") if args.tiny else ({"width": 832, "height": 480}, "bf16")
     vram = (lambda _: {}) if args.tiny else _vram_mib
     result: dict = {"device": "cpu" if args.tiny else torch.cuda.get_device_name(0), "torch": torch.__version__, "comfyui": "0.8.0",

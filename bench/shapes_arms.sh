@@ -24,6 +24,7 @@
 # in parts of 15 MiB (<arm>_s<seed>.safetensors.part*; rejoin with cat): the device returns at most 8 files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+[ -n "${OUT:-}" ] && source bench/gpu_env.sh                   # $OUT: weights_out
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 SEEDS=${SEEDS:-0 1}; ARMS=${ARMS:-dmd stream_r1 shuffled}; PARALLEL=${PARALLEL:-3}
 R=runs/shapes
@@ -72,8 +73,7 @@ if [ -n "${OUT:-}" ]; then     # the device returns at most 8 files of 16 MiB: o
   for n in ${STUDENTS:-}; do                    # e.g. STUDENTS="stream_r1_s0": fp16, in parts of 15 MiB
     f=$R/arms/$n/exports/student_latest.safetensors
     [ -f "$f" ] || { echo "no student $n"; continue; }
-    python3 bench/half_weights.py "$f" "$OUT/$n.safetensors" && split -b 15M -d "$OUT/$n.safetensors" "$OUT/$n.safetensors.part" \
-      && rm "$OUT/$n.safetensors"
+    weights_out "$f" "$OUT/$n.safetensors"
   done
   true
 fi

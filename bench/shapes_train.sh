@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 copy_out() {     # the device returns at most 8 files of 16 MiB: the weights of the stages run here, then the small files
   if [ -n "${OUT:-}" ] && [ -d runs/shapes ]; then
-    local r=runs/shapes stage f name dest=${COPY_TO:-$OUT}          # COPY_TO: a staging folder (shapes_chain_x2.sh)
+    local r=runs/shapes stage f dest=${COPY_TO:-$OUT}          # COPY_TO: a staging folder (shapes_chain_x2.sh)
     mkdir -p "$dest"
     for stage in "${STAGES[@]}"; do
       case "$stage" in
@@ -26,15 +26,7 @@ copy_out() {     # the device returns at most 8 files of 16 MiB: the weights of 
       esac
       for f in "${files[@]}"; do
         [ -f "$r/$f" ] || continue
-        name="$dest/${stage}_$(basename "$f")"
-        if [ "$(stat -c %s "$r/$f")" -gt 15728640 ]; then    # over 15 MiB: fp16, and in parts if still too big
-          python3 bench/half_weights.py "$r/$f" "$name.fp16" && mv "$name.fp16" "$name"
-          if [ "$(stat -c %s "$name")" -gt 15728640 ]; then  # rejoin with: cat NAME.part* > NAME
-            split -b 15M -d "$name" "$name.part" && rm "$name"
-          fi
-        else
-          cp "$r/$f" "$name"
-        fi
+        weights_out "$r/$f" "$dest/${stage}_$(basename "$f")"      # fp16 / in parts when over 15 MiB (gpu_env.sh)
       done
     done
     if [[ " ${STAGES[*]} " == *" reward "* ]] && [ -d "$r/reward/reward" ]; then   # 80 MB -> ~3 MB, loads the same

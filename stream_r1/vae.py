@@ -152,11 +152,16 @@ def _layout(weight: Tensor) -> torch.memory_format:
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
+def _onednn_conv(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether CausalConv3d calls oneDNN's convolution itself: float32 on the CPU of a torch build with oneDNN."""
+    return device_type == "cpu" and dtype == torch.float32 and _ONEDNN
+
+
 def channels_last_pays(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether `WanVAE.to_channels_last` speeds the VAE up on `device`: CUDA (cuDNN's NDHWC kernels, -25 % decode time
-    on Hopper) and float32 on the CPU (oneDNN, 2.4x on top of its own kernel; bench/RESULTS.md, CPU decode)."""
+    on Hopper) and where the convs run on oneDNN (2.4x on top of its own kernel; bench/RESULTS.md, CPU decode)."""
     device = torch.device(device)
-    return device.type == "cuda" or (device.type == "cpu" and dtype == torch.float32 and _ONEDNN)
+    return device.type == "cuda" or _onednn_conv(device.type, dtype)
 
 
 class CausalConv3d(nn.Conv3d):
@@ -180,7 +185,7 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat([past, x], dim=2)  # [B, C, 2 + T, H, W]
         x = x.contiguous(memory_format=_layout(self.weight))  # a 1-frame input's layout is ambiguous: pin it
         cache[self.slot] = own_tail(x, 2, self.history)  # [B, C, 2, H, W] in own storage: does not pin x
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _ONEDNN:
+        if _onednn_conv(x.device.type, x.dtype):
             # PyTorch's CPU dispatch sends a batch-1 Conv3d to its im2col kernel (its size test reads N*C*T*H, no W);
             # oneDNN's is 2.5x faster here, 6x with channels-last weights (bench/RESULTS.md, CPU decode)
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
