@@ -164,6 +164,46 @@ def test_arms_paired_differences_intervals_and_logged_statistics(tmp_path):
         arms.main(["--runs", str(tmp_path), "--seeds", "0"])
 
 
+def test_arms_student_rows_are_kept_and_read_back_only_for_the_same_student_and_settings(tmp_path):
+    """Each student's scored videos are written beside it and read back (no sampling) by a later run with the same
+    student file, prompts and frames; another student file, other prompts or an unreadable rows file sample again.
+    --only names one student; a bad name says what to give."""
+    import os
+
+    from stream_r1.shapes import generate
+    from training.shapes import arms
+
+    clips = [generate(4000 + i, 9, width=48, height=48) for i in range(2)]
+    prompts = [sc.prompt for _, sc in clips]
+    calls = []
+
+    def sample_fn(path):                             # the "student" draws the rendered clip of its prompt
+        calls.append(path)
+        return lambda prompt, seed, frames: clips[prompts.index(prompt)][0][:frames]
+
+    student, rows_path = tmp_path / "student.safetensors", tmp_path / "eval_rows.json"
+    student.write_bytes(b"x" * 10)
+    first = arms.student_rows(student, rows_path, prompts, 9, sample_fn)
+    assert len(calls) == 1 and len(first) == 2 and rows_path.is_file()
+    assert first[0]["color"] > 0.5 and set(arms.METRICS) <= set(first[0])          # rendered clips pass the checker
+    assert arms.student_rows(student, rows_path, prompts, 9, sample_fn) == first and len(calls) == 1
+    arms.student_rows(student, rows_path, prompts[:1], 9, sample_fn)               # other prompts
+    assert len(calls) == 2
+    arms.student_rows(student, rows_path, prompts, 9, sample_fn)
+    arms.student_rows(student, rows_path, prompts, 9, sample_fn)
+    assert len(calls) == 3
+    st = student.stat()                                                             # a retrained student
+    os.utime(student, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    arms.student_rows(student, rows_path, prompts, 9, sample_fn)
+    assert len(calls) == 4
+    rows_path.write_text("{not json")
+    assert arms.student_rows(student, rows_path, prompts, 9, sample_fn) == first and len(calls) == 5
+    with pytest.raises(SystemExit, match="give one of dmd, stream_r1, shuffled with _s<seed>"):
+        arms.main(["--runs", str(tmp_path), "--only", "ppo_s0"])
+    with pytest.raises(SystemExit, match="no trained arm in .*stream_r1_s3;"):
+        arms.main(["--runs", str(tmp_path), "--only", "stream_r1_s3"])
+
+
 def test_gate_exit_status_and_the_runs_folder_it_needs(tmp_path, capsys):
     """The gate stops a distillation run: exit 3 when the analytic reward does not rank the rollouts like the checker,
     0 when it does (rollouts read from a --videos cache); --runs names each file of the training folder it lacks."""

@@ -1,6 +1,11 @@
 """The paired test of reward weighting in the shapes world: evaluate the arms and compare them prompt by prompt.
 
     python -m training.shapes.arms [--runs runs/shapes] [--seeds 0,1] [--prompts 128] [--json out.json]
+    python -m training.shapes.arms --only stream_r1_s0 ...   # one student's videos, scored, kept beside it
+
+Each student's scored videos are kept in <runs>/arms/<arm>_s<seed>/eval_rows.json (with the prompt count, frames
+and the student file's size and time) and read back by a later run with the same settings, so several `--only`
+processes can share one GPU (bench/shapes_arms.sh does) and the comparison run only merges.
 
 Arms (recipes `shapes_arm_dmd`, `shapes_arm_stream_r1`, `shapes_arm_shuffled`; one run per arm and training seed
 under <runs>/arms/<arm>_s<seed>/, all from the same ODE student; bench/shapes_arms.sh trains them): plain DMD;
@@ -90,8 +95,37 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def student_rows(student: Path, rows_path: Path, prompts: list[str], frames: int, sample_fn) -> list[dict]:
+    """The scored videos of one student on `prompts`: read from `rows_path` when it was written for this student file
+    (size and modification time), these prompts and frames; else sampled with `sample_fn(path)` -> sample(prompt, seed,
+    frames), scored and written there. A rows file that does not match (or does not parse) is replaced, with a note."""
+    from .bundle import score_videos
+
+    st = student.stat()
+    stamp = {"student_bytes": st.st_size, "student_mtime_ns": st.st_mtime_ns, "prompts": prompts, "frames": frames}
+    if rows_path.is_file():
+        try:
+            kept = json.loads(rows_path.read_text())
+            if {k: kept.get(k) for k in stamp} == stamp and len(kept["videos"]) == len(prompts) and all(
+                    isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS)
+                    for r in kept["videos"]):
+                log.info("%s: %d scored videos read from %s", student.parent.parent.name, len(prompts), rows_path)
+                return kept["videos"]
+            log.info("%s: %s is from other settings or another student file; sampling again", student, rows_path)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s: unreadable (%s); sampling again", rows_path, e)
+    sample = sample_fn(str(student))
+    with torch.no_grad():                   # noise seed i for prompt i: the same in every arm and training seed
+        videos = [sample(pr, i, frames).clamp(0, 1) for i, pr in enumerate(prompts)]
+    rows = score_videos(videos, prompts)["videos"]
+    tmp = rows_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stamp | {"videos": rows}))
+    tmp.replace(rows_path)
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    from .bundle import eval_prompts, run_parts, score_videos, student_sampler
+    from .bundle import eval_prompts, run_parts, student_sampler
 
     p = argparse.ArgumentParser(prog="python -m training.shapes.arms", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,10 +134,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--prompts", type=int, default=128)
     p.add_argument("--frames", type=int, default=None, help="video frames per clip (4k+1; default the world's)")
     p.add_argument("--json", default="", help="default <runs>/arms/eval.json")
+    p.add_argument("--only", default="", metavar="ARM_sSEED",
+                   help="sample and score one student (e.g. dmd_s0), keep its rows beside it and stop")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [arms] %(message)s", datefmt="%H:%M:%S")
-    runs, seeds = Path(args.runs), [int(s) for s in args.seeds.split(",")]
-    missing = [f"{runs}/arms/{a}_s{s}" for a in ARMS for s in seeds
+    runs = Path(args.runs)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --seeds {args.seeds!r}: give training seeds as integers, e.g. 0,1") from None
+    names = [(a, s) for a in ARMS for s in seeds]
+    if args.only:
+        arm, _, seed = args.only.rpartition("_s")
+        if arm not in ARMS or not seed.isdigit():
+            raise SystemExit(f"error: --only {args.only!r}: give one of {', '.join(ARMS)} with _s<seed>, e.g. dmd_s0")
+        names = [(arm, int(seed))]
+    missing = [f"{runs}/arms/{a}_s{s}" for a, s in names
                if not (runs / "arms" / f"{a}_s{s}" / "exports" / "student_latest.safetensors").is_file()]
     if missing:
         raise SystemExit(f"error: no trained arm in {', '.join(missing)}; train them with bash bench/shapes_arms.sh")
@@ -114,14 +160,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     prompts = eval_prompts(args.prompts)
     t0 = time.perf_counter()
     rows: dict[str, dict[int, list[dict]]] = {}
-    for arm in ARMS:
-        for s in seeds:
-            sample = student_sampler(str(runs / "arms" / f"{arm}_s{s}" / "exports" / "student_latest.safetensors"),
-                                     enc, vae, (world.height, world.width), device)
-            with torch.no_grad():           # noise seed i for prompt i: the same in every arm and training seed
-                videos = [sample(pr, i, frames).clamp(0, 1) for i, pr in enumerate(prompts)]
-            rows.setdefault(arm, {})[s] = score_videos(videos, prompts)["videos"]
-            log.info("%s seed %d: %d videos scored (%.0f s)", arm, s, len(videos), time.perf_counter() - t0)
+    for arm, s in names:
+        run = runs / "arms" / f"{arm}_s{s}"
+        rows.setdefault(arm, {})[s] = student_rows(
+            run / "exports" / "student_latest.safetensors", run / "eval_rows.json", prompts, frames,
+            lambda path: student_sampler(path, enc, vae, (world.height, world.width), device))
+        log.info("%s seed %d: %d videos scored (%.0f s)", arm, s, len(prompts), time.perf_counter() - t0)
+    if args.only:
+        return 0
     result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device.type == "cuda"
               else "cpu", "prompts": len(prompts), "frames": frames, "seeds": seeds,
               "means": {a: {k: float(np.mean([r[k] for s in seeds for r in rows[a][s]])) for k in METRICS}
