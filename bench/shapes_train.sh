@@ -4,6 +4,7 @@
 #   bench/shapes_train.sh                          # every stage, then the evaluation + bundle
 #   bench/shapes_train.sh vae teacher ode_init     # some stages (the later ones read runs/shapes/<stage>/)
 #   BUDGET_teacher=240 bench/shapes_train.sh teacher   # a stage stops cleanly (SIGTERM: saves) after N seconds
+#   SHAPES_EXTRA_teacher="--set schedule.steps=1800" bench/shapes_train.sh teacher ode_init   # one stage's settings
 #
 # Stages: vae teacher reward ode_init dmd stream_r1 bundle. Outputs under runs/shapes/; with $OUT set (the lent
 # GPU machine) the weights of the stages run here are copied to $OUT as <stage>_<file> (fp16 when over 15 MiB, and
@@ -45,19 +46,21 @@ pack_reward(Path('$r/reward/reward'), Path('/tmp/reward_packed/reward'))" \
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(vae teacher reward ode_init dmd stream_r1 bundle)
 trap copy_out EXIT
-EXTRA=(${SHAPES_EXTRA:-})                     # e.g. SHAPES_EXTRA="--set log.interval=100"
+EXTRA=(${SHAPES_EXTRA:-})                     # every stage, e.g. SHAPES_EXTRA="--set log.interval=100"
 
 for stage in "${STAGES[@]}"; do
   t0=$(date +%s)
   budget_var="BUDGET_${stage}"
   budget=${!budget_var:-0}
+  stage_var="SHAPES_EXTRA_${stage}"
+  STAGE_EXTRA=("${EXTRA[@]}" ${!stage_var:-})  # then this stage's own (a later --set wins)
   if [ "$stage" = bundle ]; then
     python3 -m training.shapes.bundle ${BUNDLE_ARGS:-}
   elif [ "$budget" -gt 0 ]; then
     timeout -s TERM -k 60 "$budget" python3 -m training.run --recipe "shapes_${stage}" --set log.progress=false \
-      "${EXTRA[@]}" || [ $? -eq 124 ]
+      "${STAGE_EXTRA[@]}" || [ $? -eq 124 ]
   else
-    python3 -m training.run --recipe "shapes_${stage}" --set log.progress=false "${EXTRA[@]}"
+    python3 -m training.run --recipe "shapes_${stage}" --set log.progress=false "${STAGE_EXTRA[@]}"
   fi
   echo "stage ${stage}: $(( $(date +%s) - t0 )) s"
   if [ "$stage" = vae ] && [ -z "${SKIP_VAE_GATE:-}" ]; then   # do not spend GPU time on a VAE that loses the shapes
