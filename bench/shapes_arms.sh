@@ -22,10 +22,10 @@
 # $ARMS_TIMEOUT (seconds, optional) sends each run SIGTERM after that long: it saves a checkpoint and stops, and the
 # next `arms` (a later device call on the warm machine) resumes it. Set it below the call's limit minus the eval.
 # $ARMS_DEADLINE (seconds since the epoch, optional) does the same at that time, however long the steps before took.
-# With $OUT set (the lent GPU machine), one archive goes there, arms_return.tar (in parts of 15 MiB when larger:
-# `cat arms_return.tar* | tar -x`; the device returns at most 8 files): arms_results.tgz (the evaluation, the gate,
-# every run's metrics.jsonl, config.json and scored videos), the logs, and the students named in $STUDENTS
-# (e.g. "stream_r1_s0", or all) as fp16 exports <arm>_s<seed>.safetensors.
+# With $OUT set (the lent GPU machine), one archive goes there, arms_return.tar (in parts of 15 MiB when larger; the
+# device returns at most 8 files), laid out as runs/shapes so that `cat arms_return.tar* | tar -x -C runs/shapes`
+# restores it: the gate, the logs, the evaluation, every run's metrics.jsonl, config.json and scored videos, and the
+# students named in $STUDENTS (e.g. "stream_r1_s0", or all) as fp16 exports at arms/<run>/exports/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${OUT:-}" ] && source bench/gpu_env.sh                   # $OUT, PYTHONPATH
@@ -87,15 +87,15 @@ for step in ${@:-start gate arms eval}; do
 done
 if [ -n "${OUT:-}" ]; then     # the device returns at most 8 files of 16 MiB: one archive, in parts of 15 MiB
   stage=$(mktemp -d)
-  (cd $R && find arms gate.json -maxdepth 2 \( -name metrics.jsonl -o -name config.json -o -name 'eval.*' \
-      -o -name eval_rows.json -o -name gate.json \) -print0 2>/dev/null | tar --null -T - -czf "$stage/arms_results.tgz")
-  cp $R/*.log "$stage/" 2>/dev/null
+  (cd $R && find arms gate.json *.log -maxdepth 2 \( -name metrics.jsonl -o -name config.json -o -name 'eval.*' \
+      -o -name eval_rows.json -o -name gate.json -o -name '*.log' \) -print0 2>/dev/null | tar --null -T - -cf - ) \
+    | tar -C "$stage" -xf -
   names=${STUDENTS:-}
   [ "$names" = all ] && names=$(all_runs | while read -r arm seed; do echo "${arm}_s$seed"; done)
   for n in $names; do                           # e.g. STUDENTS="stream_r1_s0" or all: fp16 exports
     f=$R/arms/$n/exports/student_latest.safetensors
     [ -f "$f" ] || { echo "no student $n"; continue; }
-    python3 bench/half_weights.py "$f" "$stage/$n.safetensors"
+    mkdir -p "$stage/arms/$n/exports" && python3 bench/half_weights.py "$f" "$stage/arms/$n/exports/student_latest.safetensors"
   done
   tar -C "$stage" -cf "$OUT/arms_return.tar" . && rm -rf "$stage"
   if [ "$(stat -c %s "$OUT/arms_return.tar")" -gt 15728640 ]; then
