@@ -43,6 +43,7 @@ mps_on() {     # MPS=1: CUDA's multi-process service, so the processes that shar
 }
 mps_off() { [ "${MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control; true; }
 all_runs() { for seed in $SEEDS; do for arm in $ARMS; do echo "$arm $seed"; done; done; }
+wait_slot() { while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done; }   # $PARALLEL jobs at once
 for step in ${@:-start gate arms eval}; do
   case $step in
     start) need=()
@@ -65,7 +66,7 @@ for step in ${@:-start gate arms eval}; do
              set -- $job
              extra=()
              [ -n "$beta" ] && [ "$1" != dmd ] && extra=(--set "reward.beta=$beta")        # plain DMD has no reward
-             while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
+             wait_slot
              ${limit:+timeout -s TERM $limit} python3 -m training.run --recipe "shapes_arm_$1" --set "schedule.seed=$2" ${STEPS:+--set schedule.steps=$STEPS} \
                --set "output_dir=$R/arms/$1_s$2" --set log.progress=false "${extra[@]}" > "$R/arms_$1_s$2.log" 2>&1 &
            done
@@ -75,7 +76,7 @@ for step in ${@:-start gate arms eval}; do
     time)  for f in $R/arms_*.log; do echo "$(basename "$f" .log): $(grep -o '[0-9.]* s/step' "$f" | tail -1)"; done ;;
     eval)  mps_on
            while read -r arm seed; do
-             while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
+             wait_slot
              python3 -m training.shapes.arms --runs $R --only "${arm}_s$seed" --prompts ${PROMPTS:-128} \
                > "$R/eval_${arm}_s$seed.log" 2>&1 &
            done < <(all_runs)
